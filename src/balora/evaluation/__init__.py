@@ -1,0 +1,1 @@
+"""balora.evaluation"""
