@@ -1,0 +1,167 @@
+"""BALoRAConfig: the options of the BA-LoRA method (the regularisers and the reference).
+
+Defaults follow ../docs/METHOD.md section 4 (the values the authors published). Every field carries
+its help text once, in ``metadata["help"]``; the CLI and the docs read it from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+# Per-task defaults (METHOD.md section 4): (lambda_consistency, lambda_diversity, lambda_svd, svd_top_k)
+TASK_DEFAULTS: dict[str, tuple[float, float, float, int]] = {
+    "nlu": (0.15, 0.03, 0.03, 5),
+    "nlg": (0.025, 0.005, 0.005, 10),
+}
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class BALoRAConfig:
+    """Configuration of the BA-LoRA regularisers.
+
+    ``None`` for a lambda or ``svd_top_k`` means "the default for this task" (METHOD.md section 4).
+    """
+
+    task: Literal["nlu", "nlg"] = _help(
+        "Which variant of the regularisers: 'nlu' (logits N x C of a classification/regression head) "
+        "or 'nlg' (token distributions B x T x V of a causal LM, on trained positions only).",
+        default="nlu",
+    )
+    lambda_consistency: Optional[float] = _help(
+        "Weight l1 of the consistency term (agreement with the pretrained model). "
+        "Default: 0.15 (nlu) / 0.025 (nlg).",
+        default=None,
+    )
+    lambda_diversity: Optional[float] = _help(
+        "Weight l2 of the diversity term (nlu: covariance off-diagonal penalty; nlg: negative entropy). "
+        "Default: 0.03 (nlu) / 0.005 (nlg).",
+        default=None,
+    )
+    lambda_svd: Optional[float] = _help(
+        "Weight l3 of the SVD term (minus the share of the top-k singular values). "
+        "Default: 0.03 (nlu) / 0.005 (nlg).",
+        default=None,
+    )
+    svd_top_k: Optional[int] = _help(
+        "k of the SVD term: how many leading singular values are rewarded. Default 5 (nlu, clipped to "
+        "C-1 for small C) / 10 (nlg).",
+        default=None,
+    )
+    temperature: float = _help(
+        "NLG consistency: softmax temperature T of the KL term (the KL is scaled by T^2). 1 = paper.",
+        default=1.0,
+    )
+    entropy_top_k: Optional[int] = _help(
+        "NLG diversity: if set, the entropy is computed over the renormalised top-K tokens of each "
+        "position (a later version of the paper); None = full-vocabulary entropy.",
+        default=None,
+    )
+    svd_estimator: Literal["randomized", "exact"] = _help(
+        "NLG SVD term: 'randomized' = torch.svd_lowrank with q = k + svd_oversampling (the paper); "
+        "'exact' = all singular values. Both use the rank <= hidden-size factorisation when the fused "
+        "path is on (see fused_nlg), which gives the same singular values much faster.",
+        default="randomized",
+    )
+    svd_oversampling: int = _help(
+        "NLG SVD term, randomized estimator: extra columns q - k of the sketch.", default=5
+    )
+    svd_niter: int = _help("NLG SVD term, randomized estimator: subspace iterations.", default=2)
+    svd_normalizer: Literal["sum", "fro"] = _help(
+        "Denominator of the SVD term: 'sum' = sum of the (estimated) singular values (the paper); "
+        "'fro' = Frobenius norm of the logit matrix (the authors' later code).",
+        default="sum",
+    )
+    nlu_regression_features: Literal["hidden", "skip"] = _help(
+        "NLU regression heads (C = 1): the covariance and SVD terms are meaningless on one output. "
+        "'hidden' applies them to the pooled hidden features fed to the head; 'skip' turns them off "
+        "(logged once).",
+        default="hidden",
+    )
+    schedule: Literal["constant", "authors"] = _help(
+        "Lambda schedule: 'constant' (default) or 'authors' (cosine-decaying l1; l2 and l3 off for the "
+        "first 20% of steps, then a 5% linear ramp), as in the authors' code.",
+        default="constant",
+    )
+    reference: Literal["auto", "adapter", "disable", "cached", "model"] = _help(
+        "How the pretrained reference is obtained. 'auto': a frozen copy of the initial adapter switched "
+        "in for a no-grad pass (PiSSA-like inits) or the adapter disabled (zero-init LoRA); 'cached': "
+        "per-example teacher logits computed once before training (NLU, several epochs); 'model': a "
+        "separately held original model (costs a second model in memory).",
+        default="auto",
+    )
+    gather_batch_statistics: bool = _help(
+        "Under DDP, compute the batch-statistic terms (covariance, SVD) on the batch gathered from all "
+        "ranks with gradients flowing (torch.distributed.nn). False = per-rank terms.",
+        default=True,
+    )
+    fused_nlg: bool = _help(
+        "NLG: compute the task loss and the three terms from the final hidden states in position "
+        "chunks (the vocabulary-sized logits are never held for the whole batch; the SVD term uses "
+        "the small H R^T factor). Same values as the reference formulas.",
+        default=True,
+    )
+    chunk_size: int = _help(
+        "NLG fused path: positions per chunk of the vocabulary-sized computations.", default=256
+    )
+    nan_policy: Literal["error", "skip_term"] = _help(
+        "What a NaN/inf regulariser value does: 'error' raises with the term's name; 'skip_term' drops "
+        "that term for the step and logs a warning.",
+        default="error",
+    )
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_DEFAULTS:
+            raise ValueError(f"BALoRAConfig.task must be 'nlu' or 'nlg', got {self.task!r}")
+        l1, l2, l3, k = TASK_DEFAULTS[self.task]
+        if self.lambda_consistency is None:
+            self.lambda_consistency = l1
+        if self.lambda_diversity is None:
+            self.lambda_diversity = l2
+        if self.lambda_svd is None:
+            self.lambda_svd = l3
+        if self.svd_top_k is None:
+            self.svd_top_k = k
+        for name in ("lambda_consistency", "lambda_diversity", "lambda_svd"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0 or value != value:
+                raise ValueError(f"BALoRAConfig.{name} must be a number >= 0, got {value!r}")
+            setattr(self, name, float(value))
+        _check_choice(self, "svd_estimator", ("randomized", "exact"))
+        _check_choice(self, "svd_normalizer", ("sum", "fro"))
+        _check_choice(self, "schedule", ("constant", "authors"))
+        _check_choice(self, "reference", ("auto", "adapter", "disable", "cached", "model"))
+        _check_choice(self, "nlu_regression_features", ("hidden", "skip"))
+        _check_choice(self, "nan_policy", ("error", "skip_term"))
+        _check_int(self, "svd_top_k", 1)
+        _check_int(self, "svd_oversampling", 0)
+        _check_int(self, "svd_niter", 0)
+        _check_int(self, "chunk_size", 1)
+        if self.entropy_top_k is not None:
+            _check_int(self, "entropy_top_k", 2)
+        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+            raise ValueError(f"BALoRAConfig.temperature must be > 0, got {self.temperature!r}")
+
+    @property
+    def any_regularizer(self) -> bool:
+        return (self.lambda_consistency or 0) > 0 or (self.lambda_diversity or 0) > 0 or (self.lambda_svd or 0) > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in choices:
+        raise ValueError(f"{type(cfg).__name__}.{name} must be one of {choices}, got {value!r}")
+
+
+def _check_int(cfg: Any, name: str, minimum: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{type(cfg).__name__}.{name} must be an integer >= {minimum}, got {value!r}")

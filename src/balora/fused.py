@@ -1,0 +1,149 @@
+"""Memory-lean NLG path: task loss, KL and entropy from final hidden states, chunked over positions.
+
+The reference formulas in :mod:`balora.regularizers` take ``(B, T, V)`` logits. For a causal LM whose
+output layer is a frozen linear map ``z = W h (+ b)``, this module computes the same quantities from the
+hidden states ``H`` of the trained positions without ever holding more than ``chunk x V`` logits:
+
+* one pass per chunk computes the student log-softmax once and derives from it the cross-entropy, the
+  entropy and (with the teacher's chunk) the forward KL;
+* the gradient with respect to the chunk's logits is known in closed form
+  (CE: ``p - onehot``; KL(q || p_T) * T^2: ``T (p_T - q)``; minus entropy: ``p (log p + H)``), so it is
+  formed right there and multiplied back through ``W``: the backward pass only scales a stored
+  ``M x d`` gradient. No logits are kept for backward, no recomputation (the idea of fused linear
+  cross-entropy kernels such as Liger's, written here in plain PyTorch because the regularisers must
+  share the log-softmax with the task loss, which those kernels do not offer).
+
+The SVD term uses ``Z = H W^T = (H R^T) Q^T`` with ``W = Q R`` (thin QR of the frozen output layer,
+computed once): the singular values of ``Z`` are those of the small ``M x d`` matrix ``H R^T`` and
+``||Z||_F = ||H R^T||_F``; a bias is handled by appending it as an extra column (``[H, 1] [W, b]^T``).
+A randomised estimate on the small factor has the same distribution as one on ``Z``, because
+``Q^T Omega`` is again Gaussian for a Gaussian sketch ``Omega``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class FusedTerms:
+    """Values of one fused pass (detached except ``loss``)."""
+
+    loss: torch.Tensor  # differentiable: w_task * CE + l1 * KL * T^2 + l2 * (-entropy)
+    task: torch.Tensor
+    consistency: torch.Tensor
+    diversity: torch.Tensor
+
+
+class _FusedLMLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, ref_hidden, task_norm, l1, l2, temperature, chunk):  # type: ignore[override]
+        m = hidden.shape[0]
+        grad_h = torch.empty_like(hidden, dtype=torch.float32) if hidden.requires_grad else None
+        ce_sum = hidden.new_zeros((), dtype=torch.float32)
+        kl_sum = hidden.new_zeros((), dtype=torch.float32)
+        ent_sum = hidden.new_zeros((), dtype=torch.float32)
+        w32 = weight.float()
+        b32 = None if bias is None else bias.float()
+        with torch.no_grad():
+            for start in range(0, m, chunk):
+                sl = slice(start, min(start + chunk, m))
+                z = F.linear(hidden[sl].float(), w32, b32)
+                logp = torch.log_softmax(z, dim=-1)
+                p = logp.exp()
+                tgt = targets[sl]
+                ce_sum += -logp.gather(1, tgt[:, None]).sum()
+                plogp = p * logp
+                ent = -plogp.sum(-1)
+                ent_sum += ent.sum()
+                # Gradient of the chunk's logits, assembled in place in `g`.
+                g = p * (1.0 / task_norm)
+                g.scatter_add_(1, tgt[:, None], torch.full_like(tgt[:, None], -1.0 / task_norm, dtype=g.dtype))
+                if l2:
+                    g += (plogp + p * ent[:, None]) * (l2 / m)
+                del plogp
+                if ref_hidden is not None:
+                    zq = F.linear(ref_hidden[sl].float(), w32, b32)
+                    logq = torch.log_softmax(zq / temperature, dim=-1)
+                    logpt = logp if temperature == 1.0 else torch.log_softmax(z / temperature, dim=-1)
+                    q = logq.exp()
+                    kl_sum += (q * (logq - logpt)).sum()
+                    if l1:
+                        g += (logpt.exp() - q) * (l1 * temperature / m)
+                    del zq, logq, q, logpt
+                if grad_h is not None:
+                    grad_h[sl] = g @ w32
+                del z, logp, p, g
+        ctx.save_for_backward(grad_h)
+        ctx.hidden_dtype = hidden.dtype
+        task = ce_sum / task_norm
+        kl = kl_sum / m * temperature**2
+        neg_ent = -ent_sum / m
+        loss = task + l1 * kl + l2 * neg_ent
+        return loss, task, kl, neg_ent
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):  # type: ignore[override]
+        (grad_h,) = ctx.saved_tensors
+        gh = None if grad_h is None else (grad_h * grad_loss).to(ctx.hidden_dtype)
+        return gh, None, None, None, None, None, None, None, None, None
+
+
+def fused_lm_terms(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ref_hidden: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    lambda_consistency: float = 0.0,
+    lambda_diversity: float = 0.0,
+    temperature: float = 1.0,
+    task_normalizer: Optional[float] = None,
+    chunk_size: int = 256,
+) -> FusedTerms:
+    """Cross-entropy + l1 * KL(P_ref || P) * T^2 + l2 * (-H(P)) on ``(M, d)`` trained-position states.
+
+    ``weight`` (V x d) and ``bias`` are the frozen output layer; no gradient flows into them.
+    ``targets`` are the M next tokens. ``task_normalizer`` divides the summed cross-entropy (default M;
+    pass Trainer's ``num_items_in_batch`` under gradient accumulation). KL and entropy are means over M.
+    """
+    if hidden.dim() != 2 or hidden.shape[0] == 0:
+        raise ValueError(f"hidden must be (M, d) with M >= 1, got {tuple(hidden.shape)}")
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
+        raise ValueError("the fused path needs a frozen output layer (adapters on lm_head are not supported)")
+    norm = float(task_normalizer) if task_normalizer is not None else float(hidden.shape[0])
+    ref = None if ref_hidden is None else ref_hidden.detach()
+    loss, task, kl, neg_ent = _FusedLMLoss.apply(
+        hidden, weight.detach(), None if bias is None else bias.detach(), targets, ref,
+        norm, float(lambda_consistency), float(lambda_diversity), float(temperature), int(chunk_size),
+    )
+    return FusedTerms(loss=loss, task=task.detach(), consistency=kl.detach(), diversity=neg_ent.detach())
+
+
+class OutputFactor:
+    """Thin QR of a frozen output layer, cached: ``Z = [H, 1] [W, b]^T`` -> small factor ``[H, 1] R^T``."""
+
+    def __init__(self) -> None:
+        self._key: Optional[tuple] = None
+        self._r: Optional[torch.Tensor] = None
+
+    def r_factor(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape), None if bias is None else bias._version)
+        if self._key != key or self._r is None:
+            w = weight.detach().float()
+            if bias is not None:
+                w = torch.cat([w, bias.detach().float()[:, None]], dim=1)
+            self._r = torch.linalg.qr(w, mode="r").R  # (d[+1]) x (d[+1])
+            self._key = key
+        return self._r
+
+    def small_logits(self, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``M x d`` matrix with the same singular values (and Frobenius norm) as the logits ``H W^T + b``."""
+        h = hidden.float()
+        if bias is not None:
+            h = torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)
+        return h @ self.r_factor(weight, bias).T

@@ -1,0 +1,180 @@
+"""prepare_model: turn a transformers model into one ready to fine-tune with a given method.
+
+Methods (``METHODS``):
+
+* peft LoRA family: ``lora``, ``pissa`` (PiSSA init through peft, exact or ``pissa_niter=K``),
+  ``dora``, ``loha``, ``adalora``;
+* ``ba-lora``: PiSSA + the three BA-LoRA regularisers;
+* ``<peft method>+reg``: the regularisers on any of the peft methods above (``lora+reg``, ``dora+reg``
+  are the paper's Table 9);
+* baselines without peft: ``full`` (full fine-tuning), ``bitfit``, ``houlsby`` and ``pfeiffer``
+  (bottleneck adapters, see :mod:`balora.baselines`).
+
+The returned model carries ``model.balora`` (a :class:`MethodInfo`): whether the regularisers are on and
+how the pretrained reference is computed. :class:`balora.BALoRATrainer` reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from torch import nn
+
+from .config import BALoRAConfig
+from .reference import ReferenceSpec, reference_spec_for
+
+PEFT_METHODS = ("lora", "pissa", "dora", "loha", "adalora")
+BASELINES = ("full", "bitfit", "houlsby", "pfeiffer")
+METHODS = PEFT_METHODS + ("ba-lora",) + tuple(f"{m}+reg" for m in PEFT_METHODS) + BASELINES
+
+
+@dataclass
+class MethodInfo:
+    """What prepare_model did; read by the trainer and written into run records and model cards."""
+
+    method: str
+    base_method: str
+    regularized: bool
+    task_type: Optional[str]
+    reference: Optional[ReferenceSpec] = None
+    balora: Optional[BALoRAConfig] = None
+    adapter_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_method(method: str) -> tuple[str, bool]:
+    """``"dora+reg"`` -> ``("dora", True)``; ``"ba-lora"`` -> ``("pissa", True)``."""
+    name = method.strip().lower()
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if name == "ba-lora":
+        return "pissa", True
+    if name.endswith("+reg"):
+        return name[: -len("+reg")], True
+    return name, False
+
+
+def infer_task_type(model: nn.Module) -> Optional[str]:
+    """peft task type from the model class: SEQ_CLS, CAUSAL_LM or None (feature extraction, custom)."""
+    cls = type(model).__name__
+    if cls.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    if cls.endswith("ForCausalLM") or cls.endswith("LMHeadModel"):
+        return "CAUSAL_LM"
+    return None
+
+
+def prepare_model(
+    model: nn.Module,
+    method: str = "ba-lora",
+    r: int = 8,
+    alpha: Optional[float] = None,
+    target_modules: Union[str, list[str], None] = "all-linear",
+    dropout: float = 0.0,
+    pissa_niter: Optional[int] = None,
+    modules_to_save: Optional[list[str]] = None,
+    task_type: Optional[str] = None,
+    balora: Optional[BALoRAConfig] = None,
+    reference: Optional[str] = None,
+    **peft_kwargs: Any,
+) -> nn.Module:
+    """Wrap ``model`` for training with ``method``; returns the (peft) model with ``.balora`` info.
+
+    Args:
+        model: a transformers model (sequence classification or causal LM), in fp32 for the paper's setup.
+        method: one of :data:`METHODS`.
+        r, alpha: adapter rank and scaling numerator (``alpha`` defaults to ``r``: scaling 1).
+        target_modules: peft's ``target_modules`` (``"all-linear"`` = all linear layers but the output
+            layer, as in the paper).
+        dropout: adapter dropout (the paper uses 0).
+        pissa_niter: for PiSSA inits, use peft's fast randomised ``pissa_niter_K`` instead of the exact SVD.
+        modules_to_save: extra fully-trained modules (peft adds the classification head for SEQ_CLS).
+        task_type: peft task type; inferred from the model class when omitted.
+        balora: regulariser options; defaults to ``BALoRAConfig(task="nlu" | "nlg")`` from the task type.
+        reference: override ``balora.reference`` (``auto``, ``adapter``, ``disable``, ``cached``, ``model``).
+        **peft_kwargs: passed to the peft config (e.g. ``total_step`` and ``target_r`` for AdaLoRA).
+    """
+    base_method, regularized = parse_method(method)
+    task_type = task_type or infer_task_type(model)
+    if balora is None:
+        balora = BALoRAConfig(task="nlg" if task_type == "CAUSAL_LM" else "nlu")
+    ref_mode = reference or balora.reference
+
+    original = None
+    if regularized and ref_mode == "model":
+        import copy
+
+        original = copy.deepcopy(model).eval().requires_grad_(False)
+
+    if base_method in BASELINES:
+        if regularized:
+            raise ValueError(f"+reg is offered for peft adapters {PEFT_METHODS}, not for {base_method!r}")
+        model = _apply_baseline(model, base_method, task_type, **peft_kwargs)
+        model.balora = MethodInfo(method, base_method, False, task_type)
+        return model
+
+    from peft import get_peft_model
+
+    config = _peft_config(base_method, r, alpha, target_modules, dropout, pissa_niter, modules_to_save, task_type, **peft_kwargs)
+    model = get_peft_model(model, config)
+    spec = None
+    if regularized:
+        spec = ReferenceSpec(mode="model", model=original) if ref_mode == "model" else reference_spec_for(model, ref_mode)
+    model.balora = MethodInfo(
+        method=method,
+        base_method=base_method,
+        regularized=regularized,
+        task_type=task_type,
+        reference=spec,
+        balora=balora if regularized else None,
+        adapter_kwargs={"r": r, "alpha": alpha if alpha is not None else r, "target_modules": target_modules,
+                        "dropout": dropout, "pissa_niter": pissa_niter, **peft_kwargs},
+    )
+    return model
+
+
+def _peft_config(
+    base_method: str,
+    r: int,
+    alpha: Optional[float],
+    target_modules: Union[str, list[str], None],
+    dropout: float,
+    pissa_niter: Optional[int],
+    modules_to_save: Optional[list[str]],
+    task_type: Optional[str],
+    **kwargs: Any,
+) -> Any:
+    import peft
+
+    if r < 1:
+        raise ValueError(f"r must be >= 1, got {r}")
+    alpha = r if alpha is None else alpha
+    common = dict(target_modules=target_modules, task_type=task_type, modules_to_save=modules_to_save)
+    if base_method in ("lora", "pissa", "dora"):
+        init: Union[bool, str] = True
+        if base_method == "pissa":
+            init = f"pissa_niter_{pissa_niter}" if pissa_niter else "pissa"
+        return peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=init,
+                               use_dora=base_method == "dora", **common, **kwargs)
+    if base_method == "loha":
+        return peft.LoHaConfig(r=r, alpha=alpha, rank_dropout=dropout, module_dropout=0.0, **common, **kwargs)
+    if base_method == "adalora":
+        if "total_step" not in kwargs:
+            raise ValueError("method 'adalora' needs total_step=<number of training steps> (peft AdaLoraConfig)")
+        kwargs.setdefault("init_r", r + r // 2)
+        kwargs.setdefault("target_r", r)
+        return peft.AdaLoraConfig(lora_alpha=alpha, lora_dropout=dropout, **common, **kwargs)
+    raise ValueError(f"no peft config for method {base_method!r}")
+
+
+def _apply_baseline(model: nn.Module, method: str, task_type: Optional[str], **kwargs: Any) -> nn.Module:
+    from .baselines import bitfit, bottleneck
+
+    if method == "full":
+        model.requires_grad_(True)
+        return model
+    if method == "bitfit":
+        return bitfit.apply_bitfit(model, **kwargs)
+    if method == "houlsby":
+        return bottleneck.apply_houlsby(model, **kwargs)
+    return bottleneck.apply_pfeiffer(model, **kwargs)
