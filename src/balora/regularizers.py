@@ -150,7 +150,7 @@ def nlg_svd(
 ) -> torch.Tensor:
     """``-(sum_{i<=k} s_i) / norm`` on the ``(M, V)`` matrix of trained-position logits.
 
-    ``estimator="randomized"`` uses ``torch.svd_lowrank`` with ``q = k + oversampling`` (the paper),
+    ``estimator="randomized"`` is torch.svd_lowrank's estimate with ``q = k + oversampling`` (the paper),
     ``"exact"`` all singular values. ``normalizer="sum"`` divides by the sum of the singular values that
     were computed, ``"fro"`` by the Frobenius norm of the matrix (the authors' later code).
     """
@@ -176,8 +176,19 @@ def singular_values(
     if estimator != "randomized":
         raise ValueError(f"estimator must be 'randomized' or 'exact', got {estimator!r}")
     q = min(k + oversampling, *z.shape)
-    _, s, _ = torch.svd_lowrank(z, q=q, niter=niter)
-    return s
+    # Randomised range finder (Halko et al., the algorithm of torch.svd_lowrank) with the basis Q taken
+    # as a constant: s = svdvals(Q^T Z) is the same estimator as torch.svd_lowrank (up to the random
+    # draw; it sketches Z^T when M < V), but the gradient
+    # flows only through svdvals, which is stable. Differentiating through svd_lowrank's QR gives NaN
+    # gradients whenever Z has rank < q (all-zero or rank-one logits), seen with torch 2.13.
+    with torch.no_grad():
+        zd = z.detach()
+        omega = torch.randn(zd.shape[1], q, dtype=zd.dtype, device=zd.device)
+        basis = torch.linalg.qr(zd @ omega).Q
+        for _ in range(niter):
+            basis = torch.linalg.qr(zd.T @ basis).Q
+            basis = torch.linalg.qr(zd @ basis).Q
+    return torch.linalg.svdvals(basis.T @ z)
 
 
 def effective_k(k: int, rows: int, cols: int) -> int:
