@@ -1,0 +1,101 @@
+"""Numeric contracts of prepare_model and the pretrained reference on tiny models built in code."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from balora import BALoRAConfig, prepare_model
+from balora.methods import parse_method
+from balora.reference import REFERENCE_ADAPTER, reference_mode
+
+from .tiny import nlg_batch, nlu_batch, tiny_bert, tiny_llama
+
+
+@pytest.mark.parametrize("factory,batch", [(tiny_bert, nlu_batch), (tiny_llama, nlg_batch)])
+@pytest.mark.parametrize("init", [None, 4])
+def test_pissa_init_keeps_outputs_and_reference_equals_original(factory, batch, init):
+    model, inputs = factory(), batch()
+    with torch.no_grad():
+        original = model(**inputs).logits
+    pm = prepare_model(model, "ba-lora", r=4, pissa_niter=init).eval()
+    with torch.no_grad():
+        initial = pm(**inputs).logits
+        with reference_mode(pm, pm.balora.reference) as ref:
+            reference = ref(**inputs).logits
+        with pm.disable_adapter():
+            residual = pm(**inputs).logits
+    assert torch.allclose(initial, original, atol=1e-5)
+    assert torch.allclose(reference, original, atol=1e-5)
+    # The trap: disabling a PiSSA adapter gives the residual model, not the original.
+    assert (residual - original).abs().max() > 1e-3
+
+
+def test_reference_adapter_is_frozen_and_switch_leaves_flags_alone():
+    pm = prepare_model(tiny_bert(), "ba-lora", r=4)
+    flags = {n: p.requires_grad for n, p in pm.named_parameters()}
+    assert not any(v for n, v in flags.items() if REFERENCE_ADAPTER in n)
+    assert any(v for n, v in flags.items() if "lora_A.default" in n)
+    with reference_mode(pm, pm.balora.reference):
+        assert {n: p.requires_grad for n, p in pm.named_parameters()} == flags
+    assert {n: p.requires_grad for n, p in pm.named_parameters()} == flags
+    assert pm.training  # restored mode
+
+
+def test_reference_stays_original_after_training_steps():
+    model, inputs = tiny_bert(), nlu_batch()
+    with torch.no_grad():
+        original = model(**inputs).logits
+    pm = prepare_model(model, "ba-lora", r=4)
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+    pm.train()
+    for _ in range(3):
+        opt.zero_grad()
+        pm(**inputs).loss.backward()
+        opt.step()
+    pm.eval()
+    with torch.no_grad():
+        moved = pm(**inputs).logits
+        with reference_mode(pm, pm.balora.reference) as ref:
+            reference = ref(**inputs).logits
+    assert (moved - original).abs().max() > 1e-3
+    assert torch.allclose(reference, original, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora+reg", "dora+reg", "loha+reg"])
+def test_zero_init_methods_use_disabled_adapter_as_reference(method):
+    model, inputs = tiny_bert(), nlu_batch()
+    with torch.no_grad():
+        original = model(**inputs).logits
+    pm = prepare_model(model, method, r=4)
+    assert pm.balora.reference.mode == "disable"
+    with torch.no_grad(), reference_mode(pm, pm.balora.reference) as ref:
+        assert torch.allclose(ref(**inputs).logits, original, atol=1e-5)
+
+
+def test_reference_model_mode_holds_original_copy():
+    model, inputs = tiny_bert(), nlu_batch()
+    with torch.no_grad():
+        original = model(**inputs).logits
+    pm = prepare_model(model, "ba-lora", r=4, reference="model")
+    with torch.no_grad(), reference_mode(pm, pm.balora.reference) as ref:
+        assert torch.allclose(ref(**inputs).logits, original, atol=1e-6)
+
+
+def test_methods_and_config_validation():
+    assert parse_method("ba-lora") == ("pissa", True)
+    assert parse_method("DoRA+reg") == ("dora", True)
+    with pytest.raises(ValueError, match="method must be one of"):
+        parse_method("qlora")
+    with pytest.raises(ValueError, match="lambda_svd"):
+        BALoRAConfig(lambda_svd=-1)
+    with pytest.raises(ValueError, match="svd_estimator"):
+        BALoRAConfig(task="nlg", svd_estimator="fast")
+    with pytest.raises(ValueError, match="task"):
+        BALoRAConfig(task="vision")
+    nlg = BALoRAConfig(task="nlg")
+    assert (nlg.lambda_consistency, nlg.lambda_diversity, nlg.lambda_svd, nlg.svd_top_k) == (0.025, 0.005, 0.005, 10)
+    nlu = BALoRAConfig()
+    assert (nlu.lambda_consistency, nlu.lambda_diversity, nlu.lambda_svd, nlu.svd_top_k) == (0.15, 0.03, 0.03, 5)
+    with pytest.raises(ValueError, match="reference='disable' is wrong"):
+        prepare_model(tiny_bert(), "ba-lora", r=4, reference="disable")

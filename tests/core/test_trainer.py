@@ -1,0 +1,168 @@
+"""BALoRATrainer on tiny models: loss composition, logging, fallbacks, fused NLG path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+from transformers import TrainingArguments
+
+from balora import BALoRAConfig, BALoRATrainer, prepare_model
+from balora import regularizers as R
+from balora.fused import OutputFactor, fused_lm_terms
+from balora.reference import reference_mode
+
+from .tiny import nlg_batch, nlu_batch, tiny_bert, tiny_llama
+
+
+class ListDataset(Dataset):
+    def __init__(self, batch: dict):
+        self.rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["input_ids"]))]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def _args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, learning_rate=5e-3, max_steps=4,
+                logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _train_loss(model, batch, cfg=None):
+    trainer = BALoRATrainer(model=model, args=_args("/tmp/balora-test-unused"), balora_config=cfg)
+    model.train()
+    return trainer.compute_loss(model, batch)
+
+
+def test_all_lambdas_zero_equals_plain_pissa():
+    batch = nlu_batch()
+    plain = prepare_model(tiny_bert(), "pissa", r=4)
+    reg = prepare_model(tiny_bert(), "ba-lora", r=4,
+                        balora=BALoRAConfig(lambda_consistency=0, lambda_diversity=0, lambda_svd=0))
+    plain_loss = _train_loss(plain, batch)
+    reg_loss = _train_loss(reg, batch)
+    assert reg_loss.item() == pytest.approx(plain_loss.item(), abs=1e-6)
+
+
+def test_nlu_loss_is_task_plus_weighted_terms_and_consistency_zero_at_step0():
+    batch = nlu_batch()
+    cfg = BALoRAConfig(lambda_consistency=0.5, lambda_diversity=0.2, lambda_svd=0.3, svd_top_k=1)
+    model = prepare_model(tiny_bert(), "ba-lora", r=4, balora=cfg)
+    model.train()
+    with torch.no_grad():
+        out = model(**batch)
+        expected = (out.loss + 0.5 * 0.0 + 0.2 * R.nlu_diversity(out.logits) + 0.3 * R.nlu_svd(out.logits, 1))
+    trainer = BALoRATrainer(model=model, args=_args("/tmp/balora-test-unused"))
+    loss = trainer.compute_loss(model, batch)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert trainer._sums["consistency"] == pytest.approx(0.0, abs=1e-10)
+
+
+def test_training_logs_each_term_and_consistency_grows(tmp_path):
+    data = ListDataset(nlu_batch(n=16))
+    model = prepare_model(tiny_bert(), "ba-lora", r=4)
+    trainer = BALoRATrainer(model=model, args=_args(tmp_path, max_steps=6), train_dataset=data)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss_task" in h]
+    assert len(logs) == 6
+    for key in ("loss_task", "loss_consistency", "loss_diversity", "loss_svd"):
+        assert all(torch.isfinite(torch.tensor(h[key])) for h in logs)
+    assert logs[0]["loss_consistency"] == pytest.approx(0.0, abs=1e-10)
+    assert logs[-1]["loss_consistency"] > 1e-6
+    assert all(h["loss_svd"] < 0 for h in logs)
+
+
+def test_batch_of_one_skips_batch_terms_with_a_logged_count(tmp_path):
+    data = ListDataset(nlu_batch(n=3))
+    model = prepare_model(tiny_bert(), "ba-lora", r=4)
+    trainer = BALoRATrainer(model=model, args=_args(tmp_path, per_device_train_batch_size=1, max_steps=2), train_dataset=data)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss_task" in h]
+    assert all(h.get("balora_skipped_diversity") == 1 and h.get("balora_skipped_svd") == 1 for h in logs)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
+
+
+def test_nan_term_raises_naming_the_term():
+    model = prepare_model(tiny_bert(), "ba-lora", r=4)
+    trainer = BALoRATrainer(model=model, args=_args("/tmp/balora-test-unused"))
+    with pytest.raises(FloatingPointError, match="diversity"):
+        trainer._checked("diversity", torch.tensor(float("nan")), {})
+
+
+def test_regression_head_uses_pooled_features():
+    batch = nlu_batch(num_labels=1)
+    model = prepare_model(tiny_bert(num_labels=1), "ba-lora", r=4)
+    loss = _train_loss(model, batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_fused_nlg_terms_equal_reference_formulas():
+    torch.manual_seed(0)
+    m, d, v = 13, 8, 50
+    weight = torch.randn(v, d)
+    bias = torch.randn(v)
+    h = torch.randn(m, d, dtype=torch.float64).float().requires_grad_(True)
+    hr = torch.randn(m, d)
+    targets = torch.randint(0, v, (m,))
+    l1, l2, temp = 0.7, 0.3, 2.0
+    fused = fused_lm_terms(h, weight, targets, hr, bias, l1, l2, temp, chunk_size=5)
+    fused.loss.backward()
+    g_fused = h.grad.clone()
+    h.grad = None
+    logits = (h @ weight.T + bias)[None]
+    ref_logits = (hr @ weight.T + bias)[None]
+    mask = torch.ones(1, m, dtype=torch.bool)
+    ce = torch.nn.functional.cross_entropy(logits[0], targets)
+    kl = R.nlg_consistency(logits, ref_logits, mask, temp)
+    neg_ent = R.nlg_diversity(logits, mask)
+    total = ce + l1 * kl + l2 * neg_ent
+    total.backward()
+    assert fused.task.item() == pytest.approx(ce.item(), rel=1e-5)
+    assert fused.consistency.item() == pytest.approx(kl.item(), rel=1e-4)
+    assert fused.diversity.item() == pytest.approx(neg_ent.item(), rel=1e-5)
+    assert torch.allclose(g_fused, h.grad, atol=1e-5)
+    # The small factor has the logits' singular values and Frobenius norm.
+    small = OutputFactor().small_logits(h.detach(), weight, bias)
+    s_small, s_full = torch.linalg.svdvals(small), torch.linalg.svdvals(logits[0].detach())
+    assert small.shape == (m, d + 1)  # rank <= d + 1 (the bias adds one)
+    assert torch.allclose(s_small, s_full[: d + 1], rtol=1e-4, atol=1e-4)
+    assert s_full[d + 1:].abs().max() < 1e-3
+    assert torch.linalg.matrix_norm(small).item() == pytest.approx(torch.linalg.matrix_norm(logits[0]).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_nlg_trainer_loss_matches_formulas(fused):
+    batch = nlg_batch()
+    cfg = BALoRAConfig(task="nlg", lambda_consistency=0.5, lambda_diversity=0.1, lambda_svd=0.2, svd_top_k=2,
+                       svd_estimator="exact", fused_nlg=fused)
+    model = prepare_model(tiny_llama(), "ba-lora", r=4, balora=cfg)
+    model.train()
+    with torch.no_grad():
+        out = model(**batch)
+        with reference_mode(model, model.balora.reference) as ref:
+            ref_logits = ref(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        mask = R.shifted_label_mask(batch["labels"])
+        expected = (out.loss + 0.5 * R.nlg_consistency(out.logits, ref_logits, mask)
+                    + 0.1 * R.nlg_diversity(out.logits, mask) + 0.2 * R.nlg_svd(out.logits, mask, 2, estimator="exact"))
+    trainer = BALoRATrainer(model=model, args=_args("/tmp/balora-test-unused"))
+    loss = trainer.compute_loss(model, batch)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert trainer._sums["consistency"] == pytest.approx(0.0, abs=1e-6)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad and p.grad is not None)
+
+
+def test_nlg_lambdas_zero_equals_plain_causal_lm_loss():
+    batch = nlg_batch()
+    plain = prepare_model(tiny_llama(), "pissa", r=4)
+    reg = prepare_model(tiny_llama(), "ba-lora", r=4, balora=BALoRAConfig(
+        task="nlg", lambda_consistency=0, lambda_diversity=0, lambda_svd=0))
+    assert _train_loss(reg, batch).item() == pytest.approx(_train_loss(plain, batch).item(), rel=1e-5)
