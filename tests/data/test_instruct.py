@@ -50,7 +50,8 @@ def make_tokenizer(chat_template: str | None) -> PreTrainedTokenizerFast:
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    bos = ("<s>", tok.token_to_id("<s>"))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[bos])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    additional_special_tokens=SPECIALS[3:])
     fast.chat_template = chat_template
@@ -155,7 +156,8 @@ def test_multi_turn_trains_every_assistant_turn_only(template, fmt, chat_tok, pl
         rec = {"messages": [{"role": roles[t["from"]], "content": t["value"]} for t in CONVERSATION]}
     ds, stats = build_instruct_dataset(write_jsonl(tmp_path / "c.jsonl", [rec]), tok, max_length=512)
     runs = labelled_runs(ds[0]["input_ids"], ds[0]["labels"])
-    assert [tok.decode(r, skip_special_tokens=True) for r in runs] == [CONVERSATION[2]["value"], CONVERSATION[4]["value"]]
+    decoded = [tok.decode(r, skip_special_tokens=True) for r in runs]
+    assert decoded == [CONVERSATION[2]["value"], CONVERSATION[4]["value"]]
     assert stats.n_boundary_fallback == 0
     answers = [tok(CONVERSATION[i]["value"], add_special_tokens=False)["input_ids"] for i in (2, 4)]
     if template == "chat":  # each turn closes with <|end|>; EOS is appended after the last one
@@ -195,8 +197,11 @@ def _three_lengths(tok, tmp_path):
 
 def test_truncation_policy_truncate(plain_tok, tmp_path) -> None:
     path, max_length, lengths, prompt_lengths = _three_lengths(plain_tok, tmp_path)
-    with pytest.warns(UserWarning, match="dropped 1 of 3"):
+    with pytest.warns(UserWarning) as record:
         ds, stats = build_instruct_dataset(path, plain_tok, max_length=max_length, truncation="truncate")
+    messages = [str(w.message) for w in record]
+    assert any(f"truncated 1 of 3 examples to max_length={max_length}" in m for m in messages)
+    assert any("dropped 1 of 3" in m and "1 had no response token" in m for m in messages)
     assert (stats.n_truncated, stats.n_response_lost, stats.n_dropped, stats.n_examples) == (2, 1, 1, 2)
     assert [len(x) for x in ds["input_ids"]] == [lengths[0], max_length]
     (run,) = labelled_runs(ds[1]["input_ids"], ds[1]["labels"])
@@ -255,6 +260,9 @@ def test_empty_response_is_an_error_with_file_and_row(plain_tok, tmp_path) -> No
     path = write_jsonl(tmp_path / "e.jsonl", [RECORDS["alpaca"], {"instruction": Q, "input": "", "output": "  "}])
     with pytest.raises(ValueError, match=r"e\.jsonl, row 2: field 'output' is empty"):
         build_instruct_dataset(path, plain_tok, max_length=256)
+    with pytest.warns(UserWarning, match=r"skipped 1 record\(s\) with an empty response .*rows \[2\]"):
+        ds, stats = build_instruct_dataset(path, plain_tok, max_length=256, on_empty="drop")
+    assert (len(ds), stats.n_records, stats.n_empty_dropped) == (1, 2, 1)
     conv = {"conversations": [{"from": "human", "value": Q}, {"from": "robot", "value": A}]}
     path = write_jsonl(tmp_path / "s.jsonl", [conv])
     with pytest.raises(ValueError, match=r"s\.jsonl, row 1, conversations\[1\]: unknown speaker 'robot'"):
@@ -262,7 +270,8 @@ def test_empty_response_is_an_error_with_file_and_row(plain_tok, tmp_path) -> No
 
 
 def test_collator_pads_right_with_pad_id_and_ignore_index(chat_tok) -> None:
-    features = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7], "position_ids": [0, 1, 0]},
+    features = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7],
+                 "position_ids": [0, 1, 0]},
                 {"input_ids": [8], "attention_mask": [1], "labels": [8], "position_ids": [0]}]
     batch = DataCollatorForResponseOnly(chat_tok, pad_to_multiple_of=4)(features)
     pad = chat_tok.pad_token_id

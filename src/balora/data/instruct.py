@@ -36,7 +36,14 @@ import numpy as np
 import torch
 
 from balora.data.files import SUPPORTED_FORMATS, load_table
-from balora.data.templates import Message, check_format, detect_format, normalize_record, plain_segments
+from balora.data.templates import (
+    EmptyResponseError,
+    Message,
+    check_format,
+    detect_format,
+    normalize_record,
+    plain_segments,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,7 @@ class InstructStats:
     n_truncated: int = 0  # examples longer than max_length (truncated, dropped or refused per policy)
     n_response_lost: int = 0  # of those, examples with no trained token left in the first max_length
     n_dropped: int = 0  # examples removed: over-long under "drop", or left without trained tokens
+    n_empty_dropped: int = 0  # records with an empty response skipped under on_empty="drop"
     n_boundary_fallback: int = 0  # examples tokenised piecewise (chat template broke the prefix property)
     n_tokens: int = 0  # tokens kept, padding excluded
     n_trained_tokens: int = 0  # tokens with a label (not -100)
@@ -223,7 +231,9 @@ def pack_examples(examples: Sequence[tuple[list[int], list[int]]], max_length: i
     return out
 
 
-def load_instruct_source(source: str | Path, limit: int | None = None, seed: int = 0) -> tuple[datasets.Dataset, str, list[int]]:
+def load_instruct_source(
+    source: str | Path, limit: int | None = None, seed: int = 0
+) -> tuple[datasets.Dataset, str, list[int]]:
     """Load a local file or folder (json/jsonl/parquet/csv/tsv) or a Hub dataset ``"name"`` / ``"name:split"``.
 
     Returns ``(dataset, display_name, row_indices)``: ``row_indices`` are the 0-based row numbers of the
@@ -258,6 +268,7 @@ def build_instruct_dataset(
     *,
     packing_position_ids: bool = True,
     use_chat_template: bool | None = None,
+    on_empty: str = "error",
 ) -> tuple[datasets.Dataset, InstructStats]:
     """Build a causal-LM instruction dataset with response-only labels.
 
@@ -275,11 +286,15 @@ def build_instruct_dataset(
             warned), ``"error"`` raises ValueError naming the rows.
         packing_position_ids: with ``packing``, add ``position_ids`` restarting at 0 per example.
         use_chat_template: force (True) or forbid (False) the chat template; None = when present.
+        on_empty: a record with an empty response raises ValueError naming file/row/field (``"error"``,
+            the default) or is skipped, counted in ``n_empty_dropped`` and warned about (``"drop"``).
 
     Returns:
         ``(dataset, stats)``: columns ``input_ids``, ``attention_mask``, ``labels`` (+ ``position_ids``
         when packing with position ids), unpadded; pad with :class:`DataCollatorForResponseOnly`.
     """
+    if on_empty not in ("error", "drop"):
+        raise ValueError(f"on_empty={on_empty!r} is not one of ('error', 'drop')")
     if truncation not in TRUNCATION_POLICIES:
         raise ValueError(f"truncation={truncation!r} is not one of {TRUNCATION_POLICIES}")
     if not isinstance(max_length, int) or max_length < 2:
@@ -301,9 +316,17 @@ def build_instruct_dataset(
 
     kept: list[tuple[list[int], list[int]]] = []
     too_long: list[str] = []
+    empty_rows: list[int] = []
     for row, record in zip(indices, ds.select(indices)):
         where = f"{name}, row {row + 1}"
-        messages = normalize_record(record, format, where)
+        try:
+            messages = normalize_record(record, format, where)
+        except EmptyResponseError as err:
+            if on_empty == "error":
+                raise ValueError(f"{err} (pass on_empty='drop' to skip such records, counted)") from None
+            stats.n_empty_dropped += 1
+            empty_rows.append(row + 1)
+            continue
         ids, labels, fallback = encode_messages(tokenizer, messages, use_chat_template=use_chat_template, where=where)
         stats.n_boundary_fallback += int(fallback)
         if len(ids) > max_length:
@@ -322,12 +345,18 @@ def build_instruct_dataset(
             f"{name}: {len(too_long)} example(s) longer than max_length={max_length}: {', '.join(too_long[:5])}"
             f"{' ...' if len(too_long) > 5 else ''}; raise max_length or use truncation='truncate' or 'drop'"
         )
+    if truncation == "truncate" and stats.n_truncated > stats.n_response_lost:
+        warnings.warn(f"{name}: truncated {stats.n_truncated - stats.n_response_lost} of {stats.n_records} "
+                      f"examples to max_length={max_length} tokens", stacklevel=2)
     if stats.n_dropped:
         warnings.warn(
             f"{name}: dropped {stats.n_dropped} of {stats.n_records} examples (truncation={truncation!r}, "
             f"max_length={max_length}; {stats.n_response_lost} had no response token within max_length)",
             stacklevel=2,
         )
+    if empty_rows:
+        warnings.warn(f"{name}: skipped {len(empty_rows)} record(s) with an empty response (on_empty='drop'): "
+                      f"rows {empty_rows[:10]}{' ...' if len(empty_rows) > 10 else ''}", stacklevel=2)
     if not kept:
         raise ValueError(f"{name}: no example left after truncation ({stats.summary()})")
     stats.n_examples = len(kept)

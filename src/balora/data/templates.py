@@ -54,6 +54,10 @@ _SHAREGPT_ROLES = {
 }
 
 
+class EmptyResponseError(ValueError):
+    """A record whose response (or an assistant turn) is empty; a ValueError naming file, row and field."""
+
+
 def known_formats_text() -> str:
     """One line listing the known format names and the columns that identify each."""
     return "; ".join(f"{name} ({desc})" for name, (_, _, desc) in FORMATS.items())
@@ -89,14 +93,15 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _text(value: Any, where: str, field: str, required: bool) -> str:
+def _text(value: Any, where: str, field: str, required: bool, response: bool = False) -> str:
     """Validate a text field: a non-empty string when required, a string or missing otherwise."""
     if _is_missing(value):
         value = ""
     if not isinstance(value, str):
         raise ValueError(f"{where}: field {field!r} must be a string, got {type(value).__name__}: {value!r:.80}")
     if required and not value.strip():
-        raise ValueError(f"{where}: field {field!r} is empty (an instruction example needs a non-empty {field})")
+        error = EmptyResponseError if response else ValueError
+        raise error(f"{where}: field {field!r} is empty (an instruction example needs a non-empty {field})")
     return value
 
 
@@ -122,7 +127,7 @@ def _conversation(turns: Any, where: str, field: str, role_key: str, content_key
             role = _SHAREGPT_ROLES[role.lower()]
         elif not isinstance(role, str) or not role:
             raise ValueError(f"{at}: {role_key!r} must be a non-empty string, got {role!r}")
-        content = _text(turn[content_key], at, content_key, required=role == "assistant")
+        content = _text(turn[content_key], at, content_key, required=role == "assistant", response=True)
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError(f"{where}: the conversation has no assistant turn, so nothing would be trained")
@@ -138,7 +143,7 @@ def normalize_record(record: Mapping[str, Any], format: str, where: str) -> list
     """Normalise one record of ``format`` into messages ending with an assistant turn.
 
     ``where`` (e.g. ``"train.jsonl, row 12"``) prefixes every error message. Empty responses raise
-    ValueError; they are never dropped silently.
+    :class:`EmptyResponseError` (a ValueError); they are never dropped silently.
     """
     if format == "messages":
         return _conversation(record["messages"], where, "messages", "role", "content")
@@ -150,12 +155,14 @@ def normalize_record(record: Mapping[str, Any], format: str, where: str) -> list
         extra = _text(record.get("input"), where, "input", required=False)
         # Alpaca's optional input is appended to the instruction as a second paragraph.
         prompt = f"{instruction}{PLAIN_TURN_SEPARATOR}{extra}" if extra.strip() else instruction
-        return _single_turn(system, prompt, _text(record["output"], where, "output", required=True))
+        response = _text(record["output"], where, "output", required=True, response=True)
+        return _single_turn(system, prompt, response)
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not a known instruction format; known: {known_formats_text()}")
     prompt_field, response_field = FORMATS[format][0]
     prompt = _text(record[prompt_field], where, prompt_field, required=True)
-    return _single_turn(system, prompt, _text(record[response_field], where, response_field, required=True))
+    response = _text(record[response_field], where, response_field, required=True, response=True)
+    return _single_turn(system, prompt, response)
 
 
 def plain_segments(messages: Sequence[Message]) -> list[tuple[str, bool]]:
