@@ -1,0 +1,188 @@
+"""Batched greedy generation with transformers (optionally vLLM) and atomic JSONL output.
+
+Prompt formatting (:func:`format_prompt`):
+
+* ``use_chat_template="auto"`` (default): the tokenizer's chat template when it has one
+  (one user turn, generation prompt added), otherwise :data:`PLAIN_TEMPLATE`;
+* ``True``: the chat template (error if the tokenizer has none); ``False``: the raw prompt,
+  for completion-style tasks such as HumanEval.
+
+:data:`PLAIN_TEMPLATE` is the Alpaca instruction format, which is also the format PiSSA/BA-LoRA
+fine-tuning on MetaMathQA / Code-Feedback uses, so a fine-tuned base model without a chat
+template is prompted the way it was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence, Union
+
+PLAIN_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the request.\n\n### Instruction:\n{prompt}\n\n### Response:"
+)
+
+
+@dataclass
+class GenerationOptions:
+    """Options of :func:`generate` (greedy decoding)."""
+
+    max_new_tokens: int = field(default=512, metadata={"help": "Maximum number of generated tokens per prompt."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
+    stop_sequences: tuple[str, ...] = field(
+        default=(), metadata={"help": "Strings that end a completion (generation stops; text is cut there)."})
+    use_chat_template: Union[bool, str] = field(
+        default="auto", metadata={"help": "'auto' (chat template if the tokenizer has one, else the plain "
+                                          "Alpaca template), True, or False (raw prompt)."})
+    system_prompt: Optional[str] = field(default=None, metadata={"help": "Optional system message (chat template)."})
+    progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.use_chat_template not in (True, False, "auto"):
+            raise ValueError(f"use_chat_template must be True, False or 'auto', got {self.use_chat_template!r}")
+        self.stop_sequences = tuple(self.stop_sequences)
+        if any(not s for s in self.stop_sequences):
+            raise ValueError(f"stop_sequences must be non-empty strings, got {self.stop_sequences!r}")
+
+
+def format_prompt(tokenizer, prompt: str, use_chat_template: Union[bool, str] = "auto",  # noqa: ANN001
+                  system_prompt: Optional[str] = None) -> str:
+    """Text fed to the model for ``prompt`` (see the module docstring for the rules)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if use_chat_template is True and not has_template:
+        raise ValueError("use_chat_template=True but the tokenizer has no chat_template")
+    if use_chat_template is False:
+        return prompt
+    if has_template:
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+        messages.append({"role": "user", "content": prompt})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return PLAIN_TEMPLATE.format(prompt=prompt)
+
+
+def truncate_at_stop(text: str, stop_sequences: Iterable[str]) -> str:
+    """``text`` up to the earliest stop sequence (generation may overshoot within a batch)."""
+    cut = len(text)
+    for stop in stop_sequences:
+        idx = text.find(stop)
+        if idx != -1:
+            cut = min(cut, idx)
+    return text[:cut]
+
+
+def generate(model, tokenizer, prompts: Sequence[str], options: Optional[GenerationOptions] = None) -> list[str]:  # noqa: ANN001
+    """Greedy completions for already-formatted ``prompts`` (use :func:`format_prompt` first).
+
+    Batches are left-padded; prompts are processed longest first to reduce padding and the
+    outputs are returned in input order, cut at the stop sequences.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    opts = options or GenerationOptions()
+    if not prompts:
+        return []
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("tokenizer has neither a pad token nor an eos token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    gen_kwargs = dict(max_new_tokens=opts.max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                      top_k=None, pad_token_id=tokenizer.pad_token_id)
+    if opts.stop_sequences:
+        gen_kwargs.update(stop_strings=list(opts.stop_sequences), tokenizer=tokenizer)
+    try:
+        bar = tqdm(total=len(prompts), desc="generate", disable=not opts.progress)
+        for start in range(0, len(order), opts.batch_size):
+            idx = order[start:start + opts.batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
+            with torch.inference_mode():
+                out = model.generate(**enc, **gen_kwargs)
+            new_tokens = out[:, enc["input_ids"].shape[1]:]
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for i, text in zip(idx, texts):
+                outputs[i] = truncate_at_stop(text, opts.stop_sequences)
+            bar.update(len(idx))
+        bar.close()
+    finally:
+        tokenizer.padding_side = old_side
+        model.train(was_training)
+    return outputs
+
+
+def vllm_available() -> bool:
+    """Whether the optional ``vllm`` package can be imported."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def generate_vllm(model_path: str, prompts: Sequence[str], options: Optional[GenerationOptions] = None,
+                  adapter_path: Optional[str] = None, **llm_kwargs) -> list[str]:
+    """Greedy completions with vLLM (only when ``vllm`` is installed: ``pip install balora[vllm]``).
+
+    ``adapter_path`` is served as a LoRA adapter (merge PiSSA adapters first with balora's export).
+    """
+    if not vllm_available():
+        raise ImportError("the vLLM backend needs the optional 'vllm' package (pip install vllm)")
+    from vllm import LLM, SamplingParams
+
+    opts = options or GenerationOptions()
+    llm = LLM(model=model_path, enable_lora=adapter_path is not None, **llm_kwargs)
+    params = SamplingParams(temperature=0.0, max_tokens=opts.max_new_tokens, stop=list(opts.stop_sequences) or None)
+    lora = None
+    if adapter_path is not None:
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest("adapter", 1, adapter_path)
+    results = llm.generate(list(prompts), params, lora_request=lora)
+    return [truncate_at_stop(r.outputs[0].text, opts.stop_sequences) for r in results]
+
+
+def write_jsonl_atomic(path: Union[str, Path], records: Iterable[Mapping]) -> Path:
+    """Write ``records`` as JSONL to ``path`` via a temporary file in the same folder + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: Union[str, Path], obj: object) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
