@@ -110,3 +110,25 @@ def test_label_values_on_real_files(shared_data):
     mrpc = load_glue("mrpc", shared_data / "glue" / "glue_data")["validation"]
     assert mrpc[0]["sentence2"].startswith('" The foodservice pie business')  # bare quote kept
     assert sum(mrpc["label"]) == 279  # 68.4% positive, the known MRPC dev balance
+
+
+def test_mnli_tsv_layout_gives_matched_and_mismatched_splits(tmp_path):
+    folder = tmp_path / "MNLI"
+    folder.mkdir()
+    head = "index\tpromptID\tsentence1\tsentence2\tgold_label\n"
+    (folder / "dev_matched.tsv").write_text(head + '0\t7\tA "quoted\tB\tneutral\n1\t8\tC\tD\tcontradiction\n')
+    (folder / "dev_mismatched.tsv").write_text(head + "0\t9\tE\tF\tentailment\n")
+    (folder / "test_matched.tsv").write_text("index\tpromptID\tsentence1\tsentence2\n0\t1\tG\tH\n")
+    dsd = load_glue("mnli", tmp_path)
+    assert list(dsd) == ["validation_matched", "validation_mismatched", "test_matched"]
+    assert dsd["validation_matched"]["premise"] == ['A "quoted', "C"]
+    assert dsd["validation_matched"]["label"] == [1, 2] and dsd["validation_mismatched"]["label"] == [0]
+    assert dsd["test_matched"]["label"] == [-1] and not is_labeled(dsd["test_matched"])
+
+
+def test_stsb_non_numeric_score_is_an_error(tmp_path):
+    folder = tmp_path / "STS-B"
+    folder.mkdir()
+    (folder / "dev.tsv").write_text("index\tsentence1\tsentence2\tscore\n0\ta\tb\t4.2\n1\tc\td\thigh\n")
+    with pytest.raises(ValueError, match=r"dev\.tsv: row 2: column 'score' has unknown label 'high' \(expected a number\)"):
+        load_glue("stsb", tmp_path)
