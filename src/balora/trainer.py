@@ -244,7 +244,7 @@ class BALoRATrainer(Trainer):
         if "loss" in logs:  # a training log: attach the averaged terms since the last one
             for name in TERMS:
                 if self._counts.get(name):
-                    logs[f"loss_{name}"] = round(self._sums[name] / self._counts[name], 6)
+                    logs[f"loss_{name}"] = float(f"{self._sums[name] / self._counts[name]:.7g}")
             for key, count in self._counts.items():
                 if key.startswith("balora_skipped_") and count:
                     logs[key] = count

@@ -1,0 +1,169 @@
+"""Export a trained run: a plain LoRA adapter for the ORIGINAL base, an optional merged model, a model card.
+
+A PiSSA adapter ``(A, B)`` only makes sense on the residual base ``W - s B0 A0``. On the original base the
+same function is ``W + s (B A - B0 A0) = W + s [B, -B0] [A; A0]``: a plain LoRA adapter of rank ``2r`` with
+``alpha`` doubled (same scaling). This is the conversion of peft's
+``save_pretrained(..., path_initial_model_for_weight_conversion=...)`` (``subtract_mutated_init``).
+It is done here on the saved state dicts because peft's route needs the PiSSA model in memory with its
+residual base, whereas ``balora export`` works from a finished run directory, after the process ended,
+without re-running the (possibly randomised) SVD. The result loads with stock
+``PeftModel.from_pretrained(original_model, DIR)``.
+
+Run directory layout written by the training code (see :func:`save_run_adapters`)::
+
+    RUN_DIR/adapter/          trained adapter (peft format; for PiSSA, relative to the residual base)
+    RUN_DIR/initial_adapter/  the adapter at step 0 (A0, B0), PiSSA-like inits only
+    RUN_DIR/balora_run.json   method, base model, data, hyperparameters, metrics
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+RUN_RECORD = "balora_run.json"
+
+
+def save_run_adapters(model: Any, run_dir: str | os.PathLike, *, initial: bool) -> Path:
+    """Save the trained adapter (``initial=False``) or the step-0 adapter (``initial=True``) of ``model``."""
+    out = Path(run_dir) / ("initial_adapter" if initial else "adapter")
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp-adapter-"))
+    model.save_pretrained(str(tmp), selected_adapters=["default"])
+    if initial:  # peft's convention for an initial adapter: loadable with a plain init
+        _edit_json(tmp / ADAPTER_CONFIG, {"init_lora_weights": True})
+    _replace_dir(tmp, out)
+    return out
+
+
+def convert_pissa_state(trained: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``[B, -B0] [A; A0]``: the rank-2r plain-LoRA state dict equal to ``B A - B0 A0`` on the original base."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in trained.items():
+        if ".lora_A." in key:
+            if key not in initial:
+                raise KeyError(f"initial adapter has no {key!r}: was it saved from the same model?")
+            out[key] = torch.cat([value, initial[key]], dim=0)
+        elif ".lora_B." in key:
+            if key not in initial:
+                raise KeyError(f"initial adapter has no {key!r}: was it saved from the same model?")
+            out[key] = torch.cat([value, -initial[key]], dim=1)
+        else:  # classification head and other fully trained modules: as trained
+            out[key] = value
+    return out
+
+
+def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge: bool = False,
+                   base_model: Optional[str] = None) -> Path:
+    """Write a plain LoRA adapter for the original base (and with ``merge`` a full merged model) + model card."""
+    run = Path(run_dir)
+    record = read_run_record(run)
+    adapter = run / "adapter"
+    if not (adapter / ADAPTER_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{adapter / ADAPTER_WEIGHTS} not found: is {run} a finished balora run directory?")
+    config = json.loads((adapter / ADAPTER_CONFIG).read_text())
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
+    try:
+        state = load_file(str(adapter / ADAPTER_WEIGHTS))
+        init = str(config.get("init_lora_weights", True)).lower()
+        if init.startswith(("pissa", "olora", "corda")):
+            initial_file = run / "initial_adapter" / ADAPTER_WEIGHTS
+            if not initial_file.is_file():
+                raise FileNotFoundError(f"{initial_file} not found: a PiSSA adapter cannot be converted without A0, B0")
+            state = convert_pissa_state(state, load_file(str(initial_file)))
+            config["r"] = 2 * config["r"]
+            config["lora_alpha"] = 2 * config["lora_alpha"]
+            config["init_lora_weights"] = True
+            for key in ("rank_pattern", "alpha_pattern"):
+                if config.get(key):
+                    config[key] = {k: 2 * v for k, v in config[key].items()}
+        config["inference_mode"] = True
+        if base_model:
+            config["base_model_name_or_path"] = base_model
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+        (tmp / "README.md").write_text(model_card(record, config, merged=merge))
+        if merge:
+            _merge_into(tmp, tmp / "merged", record, base_model or config.get("base_model_name_or_path"))
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _merge_into(adapter_dir: Path, target: Path, record: dict, base: Optional[str]) -> None:
+    from peft import PeftModel
+
+    from .training.models import load_base_model, load_tokenizer
+
+    if not base:
+        raise ValueError("the base model path is unknown: pass base_model= (--base-model)")
+    model = load_base_model(base, record.get("task_kind", "nlu"), num_labels=record.get("num_labels"))
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(target), safe_serialization=True)
+    try:
+        load_tokenizer(base).save_pretrained(str(target))
+    except (OSError, ValueError):
+        pass  # a model folder without a tokenizer: the merged weights are still complete
+
+
+def read_run_record(run: Path) -> dict:
+    path = run / RUN_RECORD
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def model_card(record: dict, adapter_config: dict, merged: bool = False) -> str:
+    """A README.md stating method, base model, data, hyperparameters and metrics."""
+    base = adapter_config.get("base_model_name_or_path") or record.get("base_model", "unknown")
+    lines = [
+        "---", "library_name: peft", f"base_model: {base}", "tags: [balora, lora, peft]", "---", "",
+        f"# {record.get('method', 'adapter')} adapter for {base}", "",
+        "Trained with [balora](https://example.invalid/balora) (BA-LoRA: PiSSA adapters with consistency, "
+        "diversity and SVD regularisers). This is a plain LoRA adapter for the **original** base model "
+        "(a PiSSA adapter converted to rank 2r), loadable with `PeftModel.from_pretrained(base_model, this_dir)`."
+        + (" `merged/` holds the full merged model." if merged else ""), "",
+        "## Method", f"- method: `{record.get('method', 'unknown')}`",
+        f"- adapter: r = {adapter_config.get('r')}, alpha = {adapter_config.get('lora_alpha')}, "
+        f"targets = {adapter_config.get('target_modules')}",
+    ]
+    if record.get("balora"):
+        lines.append("- regularisers: " + ", ".join(f"{k} = {v}" for k, v in record["balora"].items()
+                                                    if k.startswith(("lambda_", "svd_", "temperature", "schedule", "reference"))))
+    lines += ["", "## Data", f"- {record.get('data', 'unknown')}", "", "## Hyperparameters"]
+    lines += [f"- {k}: {v}" for k, v in sorted(record.get("training", {}).items())] or ["- unknown"]
+    lines += ["", "## Metrics"]
+    lines += [f"- {k}: {v}" for k, v in sorted(record.get("metrics", {}).items())] or ["- none recorded"]
+    return "\n".join(lines) + "\n"
+
+
+def _edit_json(path: Path, updates: dict) -> None:
+    data = json.loads(path.read_text())
+    data.update(updates)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished temporary folder into place (the old one, if any, is removed only after)."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".old-{dst.name}-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,129 @@
+"""Pieces shared by the NLU and NLG runs: TrainingArguments from a RunConfig, checkpoints, run records."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+
+from .run_config import RunConfig
+
+
+def peft_extra_kwargs(method: str, total_steps: int) -> dict:
+    """AdaLoRA needs the number of training steps for its rank-allocation budget."""
+    return {"total_step": total_steps} if method.split("+")[0] == "adalora" else {}
+
+
+def training_arguments(cfg: RunConfig, has_eval: bool) -> Any:
+    """TrainingArguments from a RunConfig, for transformers 4.x and 5.x (keywords it lacks are dropped)."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    wanted = dict(
+        output_dir=t.output_dir,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        lr_scheduler_type=t.scheduler,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_dir=str(Path(t.output_dir) / "tb"),
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=t.save_steps if t.save_steps > 0 else 500,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="epoch" if has_eval else "no",
+        report_to=["tensorboard"] if t.tensorboard else [],
+        disable_tqdm=not t.progress,
+        remove_unused_columns=False,  # keeps balora_index (cached teacher logits) in the batches
+        bf16=cfg.model.dtype == "bfloat16",
+        fp16=cfg.model.dtype == "float16",
+        dataloader_num_workers=0,
+    )
+    accepted = inspect.signature(TrainingArguments.__init__).parameters
+    if "warmup_ratio" in accepted:  # transformers 4.x
+        wanted["warmup_ratio"], wanted["warmup_steps"] = t.warmup_ratio, 0
+    if t.tensorboard and "logging_dir" not in accepted:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(t.output_dir) / "tb"))
+    return TrainingArguments(**{k: v for k, v in wanted.items() if k in accepted})
+
+
+def build_trainer(cfg: RunConfig, model: Any, train_ds: Any, eval_ds: Optional[Any], collator: Any, tokenizer: Any,
+                  teacher_cache: Any = None, compute_metrics: Any = None, callbacks: Optional[list] = None) -> Any:
+    from ..trainer import BALoRATrainer
+
+    return BALoRATrainer(
+        model=model,
+        args=training_arguments(cfg, eval_ds is not None),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        teacher_cache=teacher_cache,
+    )
+
+
+def last_checkpoint(run_dir: Path) -> Optional[str]:
+    """The newest ``checkpoint-N`` folder of a run, or None (a fresh start)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("balora", "torch", "transformers", "peft", "datasets", "accelerate"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit() -> Optional[str]:
+    try:
+        root = Path(__file__).resolve().parents[3]
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def finish_run(cfg: RunConfig, run_dir: Path, model: Any, metrics: dict, extra: Optional[dict] = None) -> Path:
+    """Write ``balora_run.json`` (atomically): what ran, on what, with which settings, and the metrics."""
+    info = getattr(model, "balora", None)
+    flat_metrics = {f"{split}_{k}": v for split, values in metrics.items() for k, v in values.items()
+                    if isinstance(v, (int, float))}
+    record = {
+        "method": cfg.method.name,
+        "base_model": cfg.model.name_or_path,
+        "task_kind": cfg.kind,
+        "balora": info.balora.to_dict() if info is not None and info.balora is not None else None,
+        "adapter": {"r": cfg.method.r, "alpha": cfg.method.alpha or cfg.method.r,
+                    "target_modules": cfg.method.target_modules, "pissa_niter": cfg.method.pissa_niter},
+        "training": {k: v for k, v in cfg.to_dict()["train"].items() if k not in ("output_dir", "progress")},
+        "metrics": flat_metrics,
+        "config": cfg.to_dict(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+        **(extra or {}),
+    }
+    path = Path(run_dir) / "balora_run.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,285 @@
+"""One NLU run: load model and data, prepare the method, train with BALoRATrainer, evaluate, save.
+
+Used by ``balora train`` (kind ``nlu``), ``balora demo`` and ``balora bench nlu``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from ..methods import prepare_model
+from ..reference import TeacherCache, reference_mode
+from .run_config import RunConfig
+from .common import build_trainer, finish_run, last_checkpoint, peft_extra_kwargs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class NLUData:
+    """Tokenisation-ready NLU splits and what the label space is."""
+
+    splits: Any  # datasets.DatasetDict with 'train' and any of 'validation', 'test'
+    text_columns: list[str]
+    label_column: str = "label"
+    num_labels: int = 2
+    label_names: Optional[list[str]] = None
+    regression: bool = False
+    description: str = ""
+
+
+@dataclass
+class NLUResult:
+    run_dir: str
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> metric -> value
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    references: dict[str, np.ndarray] = field(default_factory=dict)
+    log_history: list[dict] = field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
+    train_seconds: float = 0.0
+    truncated: int = 0
+
+
+def load_nlu_data(cfg: RunConfig) -> NLUData:
+    """Read the train/validation/test sources of ``cfg.data`` (local files or Hub names)."""
+    import datasets
+
+    from ..data.files import load_table, require_columns
+
+    d = cfg.data
+    if not d.train:
+        raise ValueError("data.train is empty: give a local file or a Hub dataset name")
+    if not d.text_columns:
+        raise ValueError("data.text_columns is empty: name the one or two text columns")
+    splits = {}
+    for split, source in (("train", d.train), ("validation", d.validation), ("test", d.test)):
+        if not source:
+            continue
+        if Path(source).exists():
+            ds = load_table(source, split_name=split)
+        else:
+            name, _, config = source.partition(":")
+            ds = datasets.load_dataset(name, config or None, split=split)
+        require_columns(ds, [*d.text_columns, d.label_column], source)
+        splits[split] = ds
+    dd = datasets.DatasetDict(splits)
+    return describe_labels(dd, d.text_columns, d.label_column, d.task_type, description=d.train)
+
+
+def describe_labels(dd: Any, text_columns: list[str], label_column: str = "label", task_type: str = "auto",
+                    description: str = "") -> NLUData:
+    """Work out classes vs regression and map string labels to ids (sorted names; unknown ones are errors)."""
+    train = dd["train"]
+    feature = train.features.get(label_column)
+    names = getattr(feature, "names", None)
+    values = train.with_format("numpy")[label_column] if names is None else None
+    if names is not None:
+        return NLUData(dd, text_columns, label_column, len(names), list(names), False, description)
+    if values is not None and values.dtype.kind == "f" and task_type != "classification" or task_type == "regression":
+        return NLUData(dd, text_columns, label_column, 1, None, True, description)
+    if values.dtype.kind in "iu":
+        n = int(values.max()) + 1
+        return NLUData(dd, text_columns, label_column, n, [str(i) for i in range(n)], False, description)
+    label_names = sorted({str(v) for v in values})
+    mapping = {name: i for i, name in enumerate(label_names)}
+
+    def to_id(batch: dict, idx: list[int], split: str) -> dict:
+        out = []
+        for value, row in zip(batch[label_column], idx):
+            if str(value) not in mapping:
+                raise ValueError(f"{split} row {row}: label {value!r} not among the training labels {label_names}")
+            out.append(mapping[str(value)])
+        return {label_column: out}
+
+    for split in list(dd):
+        dd[split] = dd[split].map(lambda b, i, s=split: to_id(b, i, s), batched=True, with_indices=True)
+    return NLUData(dd, text_columns, label_column, len(label_names), label_names, False, description)
+
+
+def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int) -> tuple[Any, int]:
+    """Tokenised splits (model columns + labels; ``balora_index`` on train) and the count of truncated rows."""
+    truncated = 0
+
+    def encode(batch: dict) -> dict:
+        nonlocal truncated
+        texts = [batch[c] for c in data.text_columns]
+        enc = tokenizer(*texts, truncation=True, max_length=max_length)
+        full = tokenizer(*texts, truncation=False)["input_ids"]
+        truncated += sum(len(f) > max_length for f in full)
+        enc["labels"] = [float(v) for v in batch[data.label_column]] if data.regression else batch[data.label_column]
+        return enc
+
+    out = {}
+    for split, ds in data.splits.items():
+        keep = set()
+        enc = ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
+                     desc=f"tokenising {split}")
+        if split == "train":
+            enc = enc.add_column("balora_index", list(range(len(enc))))
+        out[split] = enc
+    if truncated:
+        logger.warning("%d examples were longer than max_length=%d tokens and were truncated", truncated, max_length)
+    return out, truncated
+
+
+def fill_teacher_cache(model: Any, spec: Any, train_ds: Any, collator: Any, batch_size: int, device: Any) -> TeacherCache:
+    """Reference logits for every training example, computed once before training (``reference='cached'``)."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    cache = TeacherCache()
+    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    with torch.no_grad(), reference_mode(model, spec) as ref:
+        for batch in tqdm(loader, desc="teacher logits", leave=False):
+            index = batch.pop("balora_index")
+            batch.pop("labels", None)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            cache.put("logits", index, ref(**batch)["logits"], len(train_ds))
+    return cache
+
+
+def run_nlu(cfg: RunConfig, data: Optional[NLUData] = None, *, compute_metrics: Optional[Callable] = None,
+            extra_callbacks: Optional[list] = None, save_adapter: bool = True) -> NLUResult:
+    """Train and evaluate one NLU configuration; writes ``balora_run.json`` into ``cfg.train.output_dir``."""
+    from transformers import DataCollatorWithPadding, set_seed
+
+    from ..baselines.params import count_parameters
+    from ..export import save_run_adapters
+    from .models import load_base_model, load_tokenizer
+
+    set_seed(cfg.train.seed)
+    run_dir = Path(cfg.train.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = data or load_nlu_data(cfg)
+    if cfg.data.train_limit and len(data.splits["train"]) > cfg.data.train_limit:
+        data.splits["train"] = _subsample(data.splits["train"], cfg.data.train_limit, cfg.train.seed, not data.regression)
+    for split in ("validation", "test"):
+        if cfg.data.eval_limit and split in data.splits and len(data.splits[split]) > cfg.data.eval_limit:
+            data.splits[split] = _subsample(data.splits[split], cfg.data.eval_limit, 0, not data.regression)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.gguf_file)
+    encoded, truncated = tokenize_nlu(data, tokenizer, cfg.model.max_length)
+    model = load_base_model(cfg.model.name_or_path, "nlu", data.num_labels, cfg.model.dtype, cfg.model.gguf_file,
+                            pad_token_id=tokenizer.pad_token_id,
+                            problem_type="regression" if data.regression else "single_label_classification")
+    steps = _total_steps(cfg, len(encoded["train"]))
+    balora_cfg = cfg.balora_config()
+    use_cache = (cfg.train.cached_reference_epochs > 0 and cfg.train.epochs >= cfg.train.cached_reference_epochs
+                 and balora_cfg.reference == "auto" and not data.regression and cfg.train.max_steps <= 0)
+    torch.manual_seed(cfg.train.seed)  # the adapter init (and pissa_niter's sketch) is reproducible on resume
+    model = prepare_model(model, cfg.method.name, r=cfg.method.r, alpha=cfg.method.alpha,
+                          target_modules=cfg.method.target_modules, dropout=cfg.method.dropout,
+                          pissa_niter=cfg.method.pissa_niter, balora=balora_cfg,
+                          **peft_extra_kwargs(cfg.method.name, steps))
+    if getattr(model, "peft_config", None) and _residual_init(model):
+        save_run_adapters(model, run_dir, initial=True)
+    collator = DataCollatorWithPadding(tokenizer)
+    teacher = None
+    info = model.balora
+    if use_cache and info.regularized:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device)
+        teacher = fill_teacher_cache(model, info.reference, encoded["train"], collator, cfg.train.eval_batch_size, device)
+        info.reference = info.reference.__class__(mode="cached", adapter_name=info.reference.adapter_name)
+    metric_fn = compute_metrics or _default_metrics(data)
+    trainer = build_trainer(cfg, model, encoded["train"], encoded.get("validation"), collator, tokenizer,
+                            teacher_cache=teacher, compute_metrics=metric_fn, callbacks=extra_callbacks)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last_checkpoint(run_dir) if cfg.train.resume else None)
+    result = NLUResult(run_dir=str(run_dir), log_history=list(trainer.state.log_history), truncated=truncated,
+                       train_seconds=time.perf_counter() - start)
+    result.trainable_params, result.total_params = count_parameters(model)
+    for split in ("validation", "test"):
+        if split not in encoded:
+            continue
+        pred = trainer.predict(encoded[split].remove_columns([c for c in ("balora_index",) if c in encoded[split].column_names]))
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        result.predictions[split] = logits.squeeze(-1) if data.regression else logits.argmax(-1)
+        result.references[split] = np.asarray(pred.label_ids)
+        result.metrics[split] = metric_fn(_EvalPrediction(logits, pred.label_ids))
+    if save_adapter and getattr(model, "peft_config", None):
+        save_run_adapters(model, run_dir, initial=False)
+    finish_run(cfg, run_dir, model, result.metrics, extra={"num_labels": data.num_labels, "label_names": data.label_names,
+                                                           "truncated": truncated, "data": data.description or cfg.data.train})
+    return result
+
+
+class _EvalPrediction:
+    def __init__(self, predictions: Any, label_ids: Any) -> None:
+        self.predictions, self.label_ids = predictions, label_ids
+
+
+def _default_metrics(data: NLUData) -> Callable:
+    from ..evaluation.nlu_metrics import classification_report_dict
+
+    def metrics(pred: Any) -> dict[str, float]:
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        refs = np.asarray(pred.label_ids)
+        if data.regression:
+            from scipy.stats import pearsonr, spearmanr
+
+            p = np.asarray(logits).reshape(-1)
+            return {"pearson": float(pearsonr(p, refs)[0]), "spearmanr": float(spearmanr(p, refs)[0])}
+        report = classification_report_dict(np.asarray(logits).argmax(-1), refs, data.num_labels)
+        return {k: v for k, v in _flatten(report).items() if isinstance(v, (int, float))}
+
+    return metrics
+
+
+def _flatten(report: dict, prefix: str = "") -> dict:
+    out: dict[str, Any] = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}_"))
+        elif isinstance(value, (list, tuple)) and value and not isinstance(value[0], (list, tuple)):
+            out.update({f"{prefix}{key}_{i}": float(v) for i, v in enumerate(value)})
+        elif isinstance(value, (int, float)):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def _subsample(ds: Any, n: int, seed: int, stratify: bool) -> Any:
+    from ..data.assets import subsample
+
+    return subsample(ds, n, seed=seed, stratify=stratify)
+
+
+def _residual_init(model: Any) -> bool:
+    from ..reference import init_modifies_base
+
+    return init_modifies_base(model.peft_config["default"])
+
+
+def _total_steps(cfg: RunConfig, n_train: int) -> int:
+    if cfg.train.max_steps > 0:
+        return cfg.train.max_steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_epoch = math.ceil(n_train / (cfg.train.batch_size * world * cfg.train.grad_accum))
+    return max(1, int(math.ceil(per_epoch * cfg.train.epochs)))
+
+
+def dump_json(path: Path, payload: Any) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,209 @@
+"""RunConfig: everything one training run needs, as dataclasses with one help text per field.
+
+Loadable from YAML (sections ``model``, ``data``, ``method``, ``balora``, ``train``) and overridable on the
+command line with ``--section.key value`` (values parsed as YAML scalars: ``--train.epochs 3``,
+``--method.target_modules '[query, value]'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from ..config import BALoRAConfig
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _help("Hugging Face model name or local model folder.", default="")
+    gguf_file: Optional[str] = _help("GGUF file name inside name_or_path (dequantised to fp32 on load).", default=None)
+    dtype: str = _help("Compute dtype of base and adapter: float32 (paper), bfloat16 or float16.", default="float32")
+    max_length: int = _help("Maximum tokens per example (longer inputs are truncated and counted).", default=256)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.max_length < 8:
+            raise ValueError(f"model.max_length must be >= 8, got {self.max_length}")
+
+
+@dataclass
+class DataConfig:
+    train: str = _help("Training data: a local CSV/TSV/JSON/JSONL/parquet file or a Hub dataset 'name[:config]'.", default="")
+    validation: Optional[str] = _help("Validation data (same forms); for a Hub dataset a split name.", default=None)
+    test: Optional[str] = _help("Test data evaluated once after training (same forms).", default=None)
+    text_columns: list[str] = _help("NLU: one or two text columns (sentence pairs).", default_factory=list)
+    label_column: str = _help("NLU: label column (int classes, strings mapped in sorted order, or floats for regression).", default="label")
+    task_type: str = _help("NLU: 'classification' or 'regression' (auto: float labels -> regression).", default="auto")
+    format: Optional[str] = _help("NLG: instruction format (alpaca, metamath, codefeedback, gsm8k, sharegpt, messages, prompt_completion); auto-detected when empty.", default=None)
+    train_limit: Optional[int] = _help("Use at most this many training examples (seeded stratified subsample for NLU).", default=None)
+    eval_limit: Optional[int] = _help("Use at most this many validation/test examples.", default=None)
+
+    def __post_init__(self) -> None:
+        if self.task_type not in ("auto", "classification", "regression"):
+            raise ValueError(f"data.task_type must be auto, classification or regression, got {self.task_type!r}")
+        if len(self.text_columns) > 2:
+            raise ValueError(f"data.text_columns takes one or two columns, got {self.text_columns}")
+
+
+@dataclass
+class MethodConfig:
+    name: str = _help("Method: lora, pissa, ba-lora, dora, loha, adalora, <peft method>+reg, full, bitfit, houlsby, pfeiffer.", default="ba-lora")
+    r: int = _help("Adapter rank.", default=8)
+    alpha: Optional[float] = _help("LoRA alpha (scaling alpha / r); default r.", default=None)
+    target_modules: Union[str, list[str]] = _help("Adapted modules: 'all-linear' (paper) or a list of names.", default="all-linear")
+    dropout: float = _help("Adapter dropout (paper: 0).", default=0.0)
+    pissa_niter: Optional[int] = _help("PiSSA: fast randomised SVD with this many subspace iterations (peft pissa_niter_K); exact SVD when empty.", default=None)
+
+    def __post_init__(self) -> None:
+        from ..methods import parse_method
+
+        parse_method(self.name)
+        if self.r < 1:
+            raise ValueError(f"method.r must be >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"method.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _help("Run directory (checkpoints, logs, adapters, balora_run.json).", default="runs/balora")
+    epochs: float = _help("Training epochs.", default=1.0)
+    max_steps: int = _help("Stop after this many optimizer steps (overrides epochs when > 0).", default=-1)
+    batch_size: int = _help("Per-device training batch size.", default=16)
+    eval_batch_size: int = _help("Per-device evaluation batch size.", default=64)
+    grad_accum: int = _help("Gradient accumulation steps.", default=1)
+    lr: float = _help("Peak learning rate (AdamW).", default=2e-4)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    warmup_ratio: float = _help("Linear warm-up fraction of the steps.", default=0.0)
+    scheduler: str = _help("transformers learning-rate scheduler name (linear, cosine, constant, ...).", default="linear")
+    seed: int = _help("Seed of data order, adapter init and dropout.", default=0)
+    logging_steps: int = _help("Log every N steps (each BA-LoRA term is logged separately).", default=10)
+    save_steps: int = _help("Checkpoint every N steps (0 = only at the end).", default=0)
+    save_total_limit: int = _help("Keep at most this many checkpoints.", default=2)
+    tensorboard: bool = _help("Also log to TensorBoard under output_dir/tb.", default=False)
+    progress: bool = _help("Show progress bars.", default=True)
+    resume: bool = _help("Resume from the last checkpoint in output_dir when there is one.", default=False)
+    cached_reference_epochs: float = _help("NLU: use cached per-example teacher logits (balora.reference='cached') when training for at least this many epochs; 0 = never switch automatically.", default=2.0)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_batch_size", "grad_accum", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    kind: str = _help("'nlu' (sequence classification/regression) or 'nlg' (causal LM instruction tuning).", default="nlu")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data."})
+    method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "Adapter method."})
+    balora: dict = field(default_factory=dict, metadata={"help": "BALoRAConfig fields (see balora.config)."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation and logging."})
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("nlu", "nlg"):
+            raise ValueError(f"kind must be 'nlu' or 'nlg', got {self.kind!r}")
+
+    def balora_config(self) -> BALoRAConfig:
+        return BALoRAConfig(task=self.kind, **self.balora)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}
+
+
+def build_config(raw: dict, source: str = "<config>") -> RunConfig:
+    """RunConfig from a nested dict; unknown sections/keys are errors naming the source and the key."""
+    raw = dict(raw or {})
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "kind":
+            kwargs["kind"] = value
+        elif key == "balora":
+            known = {f.name for f in dataclasses.fields(BALoRAConfig)} - {"task"}
+            bad = set(value or {}) - known
+            if bad:
+                raise ValueError(f"{source}: unknown balora option(s) {sorted(bad)}; known: {sorted(known)}")
+            kwargs["balora"] = dict(value or {})
+        elif key in SECTIONS:
+            cls = SECTIONS[key]
+            known = {f.name for f in dataclasses.fields(cls)}
+            bad = set(value or {}) - known
+            if bad:
+                raise ValueError(f"{source}: unknown {key} option(s) {sorted(bad)}; known: {sorted(known)}")
+            try:
+                kwargs[key] = cls(**(value or {}))
+            except TypeError as err:
+                raise ValueError(f"{source}: section {key}: {err}") from err
+        else:
+            raise ValueError(f"{source}: unknown section {key!r}; expected kind, model, data, method, balora, train")
+    cfg = RunConfig(**kwargs)
+    cfg.balora_config()  # validate early, naming the bad field
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["--train.epochs", "3", "--method.name=lora"]`` -> ``{"train": {"epochs": 3}, "method": {"name": "lora"}}``."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(items):
+        item = items[i]
+        head = item[2:].split("=", 1)[0] if item.startswith("--") else ""
+        if not head or (head != "kind" and "." not in head):
+            raise ValueError(f"override {item!r}: expected --section.key value (e.g. --train.epochs 3)")
+        if "=" in item:
+            key, value = item[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(items):
+                raise ValueError(f"override {item!r} has no value")
+            key, value = item[2:], items[i + 1]
+            i += 2
+        parsed = yaml.safe_load(value) if value != "" else ""
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = parsed
+    return out
+
+
+def merge(base: dict, extra: dict) -> dict:
+    result = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> RunConfig:
+    """Read a YAML file (optional) and apply ``--section.key value`` overrides."""
+    raw: dict = {}
+    source = "<command line>"
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{p}: not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ValueError(f"{p}: expected a mapping of sections at the top level")
+        source = str(p)
+    return build_config(merge(raw, parse_overrides(overrides or [])), source)
