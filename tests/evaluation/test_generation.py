@@ -113,3 +113,28 @@ def test_truncate_and_options_validation(tmp_path):
         GenerationOptions(use_chat_template="maybe")
     path = write_jsonl_atomic(tmp_path / "a" / "x.jsonl", [{"a": 1}, {"b": "é"}])
     assert path.read_text(encoding="utf-8") == '{"a": 1}\n{"b": "é"}\n'
+
+
+def test_eval_cli_with_saved_model_and_adapter(memorised, tmp_path, capsys):
+    import argparse
+
+    from peft import LoraConfig, get_peft_model
+
+    from balora.cli import eval_cmd
+
+    model, tok = memorised
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    peft_model = get_peft_model(tiny_llama(len(tok)), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(tmp_path / "adapter")  # LoRA B = 0: outputs equal the base model's
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a, _ in QUESTIONS))
+    parser = argparse.ArgumentParser()
+    eval_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["eval", "--task", "gsm8k", "--model", str(tmp_path / "base"), "--adapter",
+                              str(tmp_path / "adapter"), "--data", str(data), "--limit", "2", "--chat-template",
+                              "no", "--max-new-tokens", "40", "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "1.0000" in out
+    assert json.loads((tmp_path / "o" / "gsm8k_summary.json").read_text())["n"] == 2

@@ -103,6 +103,8 @@ def load_humaneval(path: Union[str, Path]) -> list[CodeProblem]:
 def load_mbpp(path: Union[str, Path], split: str = "test") -> list[CodeProblem]:
     """Load MBPP from ``mbpp.jsonl`` (all 974 tasks, filtered to ``split`` by task id), or from
     the Hub when ``path`` is a dataset name such as ``"mbpp"`` (its own ``split`` is used)."""
+    if split not in MBPP_SPLITS:
+        raise ValueError(f"MBPP split must be one of {sorted(MBPP_SPLITS)}, got {split!r}")
     p = Path(path)
     if p.exists():
         return _mbpp_from_rows(_read_jsonl(p), str(p), split)
