@@ -1,0 +1,221 @@
+"""The two settings of the overhead benchmark (NLU: MiniLM classifier, NLG: SmolLM2 causal LM), the
+per-term breakdown and the PiSSA initialisation timings. Machinery: :mod:`balora.bench.overhead`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import regularizers as R
+from ..config import BALoRAConfig
+from ..fused import OutputFactor, fused_lm_terms
+from ..methods import prepare_model
+from ..reference import reference_mode
+from ..trainer import _svd_term
+from .overhead import Batch, Variant, build_variant, time_op, use_cached_reference
+
+Loader = Callable[[], torch.nn.Module]
+
+
+# ------------------------------------------------------------------------------------------ batches
+def nlu_batch(vocab: int, batch: int, seq_len: int, num_labels: int = 2, seed: int = 0) -> Batch:
+    """Random token ids (full-length rows), random labels and the example index a TeacherCache needs."""
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(1000 if vocab > 2000 else 1, vocab, (batch, seq_len), generator=g),
+            "attention_mask": torch.ones(batch, seq_len, dtype=torch.long),
+            "labels": torch.randint(0, num_labels, (batch,), generator=g),
+            "balora_index": torch.arange(batch)}
+
+
+def nlg_batch(vocab: int, batch: int, seq_len: int, prompt_len: int = 1, seed: int = 0) -> Batch:
+    """Random token ids; labels -100 on the first ``prompt_len`` tokens of each row (the "prompt").
+
+    Trained positions (logits that predict a trained token): ``batch * (seq_len - max(prompt_len, 1))``.
+    """
+    if not 0 <= prompt_len < seq_len:
+        raise ValueError(f"prompt_len must be in [0, seq_len={seq_len}), got {prompt_len}")
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, seq_len), generator=g)
+    labels = ids.clone()
+    labels[:, :prompt_len] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones(batch, seq_len, dtype=torch.long), "labels": labels}
+
+
+# ------------------------------------------------------------------------------------------ loaders
+def hf_loader(path: str, kind: str, num_labels: int = 2, seed: int = 0) -> Loader:
+    """A function loading a fresh fp32 copy of the model (same seed, so heads are identical)."""
+    def load() -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        torch.manual_seed(seed)
+        if kind == "nlg":
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=torch.float32)
+    return load
+
+
+def _prepared(load: Loader, method: str, r: int, seed: int = 0, **kw: Any) -> torch.nn.Module:
+    model = load()
+    torch.manual_seed(seed)
+    return prepare_model(model, method, r=r, **kw)
+
+
+# ------------------------------------------------------------------------------------------ settings
+def nlu_variants(load: Loader, batch: Batch, r: int = 8, which: tuple[str, ...] = ("lora", "pissa", "ba-lora",
+                 "ba-lora-cached")) -> list[Variant]:
+    """LoRA, PiSSA, BA-LoRA (on-the-fly reference) and BA-LoRA with a TeacherCache filled beforehand."""
+    out = []
+    for name in which:
+        if name in ("lora", "pissa"):
+            out.append(build_variant(name, _prepared(load, name, r), batch))
+        elif name == "ba-lora":
+            out.append(build_variant(name, _prepared(load, "ba-lora", r), batch, notes="reference: adapter switch"))
+        elif name == "ba-lora-cached":
+            model = _prepared(load, "ba-lora", r)
+            start = time.perf_counter()
+            cache = use_cached_reference(model, [batch])
+            fill = time.perf_counter() - start
+            out.append(build_variant(name, model, batch, teacher_cache=cache,
+                                     notes=f"TeacherCache filled once: {fill:.3f} s for {len(cache)} examples"))
+        else:
+            raise ValueError(f"unknown NLU variant {name!r}")
+    return out
+
+
+def fused_ce_loss(model: torch.nn.Module, batch: Batch, chunk_size: int = 256) -> torch.Tensor:
+    """Plain causal-LM loss through the fused chunked CE (no full logits): the fair twin of PiSSA."""
+    mask = R.shifted_label_mask(batch["labels"])
+    fwd = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = model(**fwd, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    head = model.get_output_embeddings()
+    targets = batch["labels"][:, 1:][mask[:, :-1]]
+    return fused_lm_terms(hidden[mask], head.weight, targets, bias=head.bias, chunk_size=chunk_size).loss
+
+
+def nlg_variants(load: Loader, batch: Batch, r: int = 8, pissa_niter: Optional[int] = 4,
+                 which: tuple[str, ...] = ("lora", "pissa", "ba-lora"), chunk_size: int = 256) -> list[Variant]:
+    """Variants: lora, pissa (HF loss on full logits), ba-lora (fused default), ba-lora-unfused (the
+    straightforward implementation on full logits), pissa-fused-ce (PiSSA with the fused CE)."""
+    out = []
+    for name in which:
+        if name == "lora":
+            out.append(build_variant(name, _prepared(load, "lora", r), batch))
+        elif name == "pissa":
+            out.append(build_variant(name, _prepared(load, "pissa", r, pissa_niter=pissa_niter), batch,
+                                     notes="standard HF loss on full logits"))
+        elif name == "pissa-fused-ce":
+            out.append(build_variant(name, _prepared(load, "pissa", r, pissa_niter=pissa_niter), batch,
+                                     loss_fn=lambda m, b: fused_ce_loss(m, b, chunk_size),
+                                     notes="PiSSA with the chunked fused CE (no full logits)"))
+        elif name in ("ba-lora", "ba-lora-unfused"):
+            fused = name == "ba-lora"
+            cfg = BALoRAConfig(task="nlg", fused_nlg=fused, svd_estimator="randomized", chunk_size=chunk_size)
+            model = _prepared(load, "ba-lora", r, pissa_niter=pissa_niter, balora=cfg)
+            out.append(build_variant(name, model, batch, notes="fused (default)" if fused else
+                                     "unfused: full logits, reference formulas, randomized SVD"))
+        else:
+            raise ValueError(f"unknown NLG variant {name!r}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ breakdown
+def _fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    def run() -> None:
+        fn().backward()
+    return run
+
+
+def nlu_breakdown(variant: Variant, repeats: int = 3) -> dict[str, float]:
+    """Seconds of the reference pass and of each NLU regulariser's forward + backward on the logits."""
+    model, batch = variant.model, variant.batch
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "balora_index")}
+    spec = model.balora.reference
+    out: dict[str, float] = {}
+    if spec.mode != "cached":
+        def teacher() -> None:
+            with torch.no_grad(), reference_mode(model, spec) as ref:
+                ref(**inputs)
+        out["reference_pass"] = time_op(teacher, repeats)
+    with torch.no_grad():
+        logits = model(**inputs)["logits"].detach()
+        ref_logits = logits + 0.01 * torch.randn_like(logits)
+    z = logits.clone().requires_grad_(True)
+    k = model.balora.balora.svd_top_k
+    out["consistency"] = time_op(_fwd_bwd(lambda: R.nlu_consistency(z, ref_logits)), repeats)
+    out["diversity"] = time_op(_fwd_bwd(lambda: R.nlu_diversity(z)), repeats)
+    out["svd"] = time_op(_fwd_bwd(lambda: R.nlu_svd(z, k)), repeats)
+    return out
+
+
+def nlg_breakdown(variant: Variant, repeats: int = 2, unfused: bool = True) -> dict[str, float]:
+    """Seconds of the teacher pass and of each NLG term (forward + backward to the hidden states),
+    fused (from hidden states) and, with ``unfused``, the reference formulas on full logits."""
+    model, batch = variant.model, variant.batch
+    cfg: BALoRAConfig = model.balora.balora
+    spec = model.balora.reference
+    mask = R.shifted_label_mask(batch["labels"])
+    fwd = {k: v for k, v in batch.items() if k != "labels"}
+    head = model.get_output_embeddings()
+    w, b = head.weight, head.bias
+    out: dict[str, float] = {}
+
+    def teacher() -> torch.Tensor:
+        with torch.no_grad(), reference_mode(model, spec) as ref:
+            return ref(**fwd, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    out["reference_pass"] = time_op(teacher, repeats)
+    ref_h = teacher()[mask]
+    with torch.no_grad():
+        h0 = model(**fwd, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][mask]
+    targets = batch["labels"][:, 1:][mask[:, :-1]]
+    h = (h0 + 0.01 * torch.randn_like(h0)).requires_grad_(True)  # a student a little away from the teacher
+    l1, l2 = cfg.lambda_consistency, cfg.lambda_diversity
+    cs = cfg.chunk_size
+
+    def fused(ref: Optional[torch.Tensor], a: float, c: float) -> Callable[[], None]:
+        return _fwd_bwd(lambda: fused_lm_terms(h, w, targets, ref, b, a, c, cfg.temperature, None, cs).loss)
+    ce = time_op(fused(None, 0.0, 0.0), repeats)
+    out["fused_ce"] = ce
+    out["fused_consistency"] = max(time_op(fused(ref_h, l1, 0.0), repeats) - ce, 0.0)
+    out["fused_diversity"] = max(time_op(fused(None, 0.0, l2), repeats) - ce, 0.0)
+    factor = OutputFactor()
+    factor.r_factor(w, b)  # computed once per training run (cached): not part of a step
+    out["svd_small_factor"] = time_op(_fwd_bwd(lambda: _svd_term(factor.small_logits(h, w, b), cfg)), repeats)
+    if unfused:
+        def logits_fn(x: torch.Tensor) -> torch.Tensor:
+            full = torch.zeros(*mask.shape, x.shape[-1], dtype=x.dtype)
+            return full.index_put((mask,), x)  # (B, T, d) with the trained rows, others zero
+        hb = logits_fn(h.detach()).requires_grad_(True)
+        rb = logits_fn(ref_h)
+        labels = batch["labels"]
+
+        def hf_ce() -> torch.Tensor:  # what the standard HF path does after the last norm
+            z = F.linear(hb, w, b)
+            return F.cross_entropy(z[:, :-1].reshape(-1, z.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                                   ignore_index=-100)
+        out["hf_full_logits_ce"] = time_op(_fwd_bwd(hf_ce), repeats)
+        with torch.no_grad():
+            zref = F.linear(rb, w, b)
+        zs = F.linear(hb.detach(), w, b).requires_grad_(True)
+        out["unfused_consistency"] = time_op(_fwd_bwd(lambda: R.nlg_consistency(zs, zref, mask, cfg.temperature)), repeats)
+        out["unfused_diversity"] = time_op(_fwd_bwd(lambda: R.nlg_diversity(zs, mask)), repeats)
+        out["unfused_svd_randomized"] = time_op(_fwd_bwd(lambda: R.nlg_svd(zs, mask, cfg.svd_top_k, "randomized",
+                                                                        cfg.svd_oversampling, cfg.svd_niter)), repeats)
+    return out
+
+
+def pissa_init_times(load: Loader, r: int = 8, niters: tuple[Optional[int], ...] = (None, 2, 4, 16)) -> dict[str, float]:
+    """Seconds of prepare_model(..., 'pissa') on a fresh copy: exact SVD (None) and pissa_niter_K."""
+    out = {}
+    for k in niters:
+        model = load()
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        prepare_model(model, "pissa", r=r, pissa_niter=k)
+        out["exact" if k is None else f"niter_{k}"] = time.perf_counter() - start
+        del model
+    return out
