@@ -49,6 +49,8 @@ class NLUResult:
     total_params: int = 0
     train_seconds: float = 0.0
     truncated: int = 0
+    adapter_change: float = 0.0  # L2 norm of (trained - initial) trainable weights: was anything learnt?
+    adapter_fingerprint: str = ""  # sha256 of the trained weights: do two runs differ?
 
 
 def load_nlu_data(cfg: RunConfig) -> NLUData:
@@ -194,11 +196,17 @@ def run_nlu(cfg: RunConfig, data: Optional[NLUData] = None, *, compute_metrics: 
     metric_fn = compute_metrics or _default_metrics(data)
     trainer = build_trainer(cfg, model, encoded["train"], encoded.get("validation"), collator, tokenizer,
                             teacher_cache=teacher, compute_metrics=metric_fn, callbacks=extra_callbacks)
+    if not cfg.train.progress:  # no per-log dict printing either (the caller shows its own progress)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last_checkpoint(run_dir) if cfg.train.resume else None)
     result = NLUResult(run_dir=str(run_dir), log_history=list(trainer.state.log_history), truncated=truncated,
                        train_seconds=time.perf_counter() - start)
     result.trainable_params, result.total_params = count_parameters(model)
+    result.adapter_change, result.adapter_fingerprint = weight_change(model, initial)
     for split in ("validation", "test"):
         if split not in encoded:
             continue
@@ -212,6 +220,21 @@ def run_nlu(cfg: RunConfig, data: Optional[NLUData] = None, *, compute_metrics: 
     finish_run(cfg, run_dir, model, result.metrics, extra={"num_labels": data.num_labels, "label_names": data.label_names,
                                                            "truncated": truncated, "data": data.description or cfg.data.train})
     return result
+
+
+def weight_change(model: Any, initial: dict[str, torch.Tensor]) -> tuple[float, str]:
+    """L2 distance of the trainable weights from ``initial`` and a sha256 fingerprint of their values."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    total = 0.0
+    for name, param in model.named_parameters():
+        if name in initial:
+            value = param.detach().float().cpu()
+            total += float((value - initial[name].float().cpu()).pow(2).sum())
+            digest.update(name.encode())
+            digest.update(value.numpy().tobytes())
+    return total**0.5, digest.hexdigest()
 
 
 class _EvalPrediction:
