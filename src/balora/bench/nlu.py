@@ -1,0 +1,306 @@
+"""GLUE sweeps: the grid (model x method x task x seed) of :func:`balora.training.nlu.run_nlu` runs.
+
+:class:`NLUBenchConfig` holds the sweep (from ``balora bench nlu`` flags and/or a YAML file with a
+``per_task`` section, see ``configs/nlu/``); :func:`nlu_specs` expands it into :class:`RunSpec` values and
+:func:`make_nlu_run_fn` gives the per-run function :func:`balora.bench.runner.run_grid` calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+
+from .runner import RunFn, RunSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NLUBenchConfig", "TASK_HPARAMS", "load_bench_config", "nlu_specs", "make_nlu_run_fn"]
+
+# Settings that may differ per task (the per_task section) and that make a run's result differ.
+TASK_HPARAMS = ("epochs", "max_steps", "batch_size", "lr", "warmup_ratio", "weight_decay", "alpha", "max_length",
+                "train_limit", "eval_limit")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class NLUBenchConfig:
+    """A GLUE sweep: which runs, with which settings (global, overridable per task), and where results go."""
+
+    models: list[str] = _help("Base models (Hub names or local folders).", default_factory=list)
+    methods: list[str] = _help("Methods (balora.methods.METHODS), e.g. lora pissa ba-lora.",
+                               default_factory=lambda: ["lora", "pissa", "ba-lora"])
+    tasks: list[str] = _help("GLUE tasks (cola sst2 mrpc qqp stsb mnli qnli rte wnli).",
+                             default_factory=lambda: ["rte", "mrpc", "cola", "stsb", "sst2"])
+    seeds: int = _help("Number of seeds per cell (seeds 0..N-1).", default=3)
+    glue_dir: Optional[str] = _help("Local GLUE folder (glue_data TSVs or Hub parquet layout); empty = the Hub.",
+                                    default=None)
+    ood: bool = _help("Also evaluate each trained model on the locally available OOD sets of its task "
+                      "(balora.data.ood.OOD_FOR_TASK; no further training).", default=False)
+    ood_root: Optional[str] = _help("Folder of the local OOD sets (default $BALORA_OOD_ROOT, else <glue-dir>/../ood).",
+                                    default=None)
+    epochs: float = _help("Training epochs.", default=3.0)
+    max_steps: int = _help("Stop after this many steps (overrides epochs when > 0).", default=-1)
+    batch_size: int = _help("Training batch size.", default=32)
+    eval_batch_size: int = _help("Evaluation batch size.", default=128)
+    lr: Optional[float] = _help("Peak learning rate (AdamW, linear decay).", default=5e-4)
+    warmup_ratio: float = _help("Linear warm-up fraction of the steps.", default=0.0)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    r: int = _help("Adapter rank.", default=8)
+    alpha: Optional[float] = _help("LoRA alpha (default: r).", default=None)
+    target_modules: Any = _help("Adapted modules ('all-linear' or a list of names).", default="all-linear")
+    max_length: int = _help("Maximum tokens per example.", default=128)
+    train_limit: Optional[int] = _help("Use at most this many training examples (seeded stratified subsample).",
+                                       default=None)
+    eval_limit: Optional[int] = _help("Use at most this many evaluation examples (fixed subsample).", default=None)
+    balora: dict = _help("BALoRAConfig overrides for regularised methods (ba-lora, *+reg).", default_factory=dict)
+    per_task: dict = _help(f"Per-task overrides of {', '.join(TASK_HPARAMS)}: {{task: {{key: value}}}}.",
+                           default_factory=dict)
+    results: str = _help("Results file (JSON Lines, one record per finished run; appended, resumable).",
+                         default="results/glue.jsonl")
+    out_dir: str = _help("Parent folder of the per-run output folders.", default="runs/bench_nlu")
+    keep_adapters: bool = _help("Keep each finished run's folder (checkpoints, adapters).", default=False)
+    threads: Optional[int] = _help("torch CPU threads (torch.set_num_threads); empty = torch's default.", default=None)
+    shard: str = _help("Run only part of the grid, 'i/n' (runs whose grid index mod n equals i); several shards "
+                       "may append to the same results file.", default="0/1")
+    progress: bool = _help("Show progress bars of the individual runs (the grid bar is always shown).",
+                           default=False)
+
+    def __post_init__(self) -> None:
+        from ..data.glue import get_task
+        from ..methods import parse_method
+
+        for name in ("models", "methods", "tasks"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty: give at least one")
+        for m in self.methods:
+            parse_method(m)
+        self.tasks = [get_task(t).name for t in self.tasks]
+        for name in ("seeds", "batch_size", "eval_batch_size", "r", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        i, _, n = str(self.shard).partition("/")
+        if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise ValueError(f"shard must be 'i/n' with 0 <= i < n, got {self.shard!r}")
+        for task, values in (self.per_task or {}).items():
+            get_task(task)
+            if not isinstance(values, Mapping):
+                raise ValueError(f"per_task.{task} must be a mapping of settings, got {values!r}")
+            bad = set(values) - set(TASK_HPARAMS)
+            if bad:
+                raise ValueError(f"per_task.{task}: unknown setting(s) {sorted(bad)}; allowed: {list(TASK_HPARAMS)}")
+        self.per_task = {get_task(t).name: dict(v) for t, v in (self.per_task or {}).items()}
+
+    def task_hparams(self, task: str) -> dict[str, Any]:
+        """The settings of ``task``: the global ones with its ``per_task`` overrides applied."""
+        values = {name: getattr(self, name) for name in TASK_HPARAMS}
+        values.update(self.per_task.get(task, {}))
+        if values["lr"] is None:
+            raise ValueError(f"lr is not set for task {task!r} (a paper config may leave it empty where the paper's "
+                             "text lost the number): pass --lr or set per_task.{task}.lr".replace("{task}", task))
+        if values["alpha"] is None:
+            values["alpha"] = self.r
+        return values
+
+
+def load_bench_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> NLUBenchConfig:
+    """Read a sweep YAML (keys = :class:`NLUBenchConfig` fields) and apply ``overrides`` (None values ignored)."""
+    raw: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{p}: not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ValueError(f"{p}: expected a mapping of settings at the top level")
+        known = {f.name for f in dataclasses.fields(NLUBenchConfig)}
+        bad = set(raw) - known
+        if bad:
+            raise ValueError(f"{p}: unknown setting(s) {sorted(bad)}; known: {sorted(known)}")
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return NLUBenchConfig(**raw)
+    except ValueError as err:
+        raise ValueError(f"{path or '<command line>'}: {err}") from err
+
+
+def _is_regularised(method: str) -> bool:
+    from ..methods import parse_method
+
+    base, reg = parse_method(method)
+    return reg or base == "ba-lora"
+
+
+def nlu_specs(cfg: NLUBenchConfig) -> list[RunSpec]:
+    """The grid in run order (model, seed, task, method), keeping shard ``i/n``'s share."""
+    specs = []
+    for model in cfg.models:
+        for seed in range(cfg.seeds):  # seed-major: a sweep stopped early still has whole tables for its seeds
+            for task in cfg.tasks:
+                hp = cfg.task_hparams(task)
+                for method in cfg.methods:
+                    extra = {"r": cfg.r, "target_modules": cfg.target_modules}
+                    if _is_regularised(method):
+                        extra["balora"] = dict(cfg.balora)
+                    specs.append(RunSpec(model, method, task, seed, {**hp, **extra}))
+    i, n = (int(x) for x in cfg.shard.split("/"))
+    return [s for k, s in enumerate(specs) if k % n == i]
+
+
+def _ood_root(cfg: NLUBenchConfig) -> Optional[Path]:
+    if cfg.ood_root:
+        return Path(cfg.ood_root)
+    if os.environ.get("BALORA_OOD_ROOT"):
+        return Path(os.environ["BALORA_OOD_ROOT"])
+    if cfg.glue_dir:
+        for cand in (Path(cfg.glue_dir).parent / "ood", Path(cfg.glue_dir).parent.parent / "ood"):
+            if cand.is_dir():
+                return cand
+    return None
+
+
+def available_ood(task: str, root: Optional[Path]) -> tuple[list[str], list[str]]:
+    """(sets of ``task`` whose files are present under ``root``, sets that are not: Hub-only or missing)."""
+    from ..data.ood import OOD_FOR_TASK, get_ood
+
+    have, missing = [], []
+    for name in OOD_FOR_TASK.get(task, []):
+        spec = get_ood(name)
+        ok = bool(spec.files) and root is not None and all((root / f).is_file() for f in spec.files)
+        (have if ok else missing).append(name)
+    return have, missing
+
+
+class ExtraEval:
+    """Trainer callback: after training, predict on extra tokenised sets (MNLI mismatched, OOD sets).
+
+    run_nlu does not hand back the trained model, so the evaluation runs inside the trainer's
+    ``on_train_end``; the results land in ``self.results`` (set name -> metrics).
+    """
+
+    def __init__(self, sets: Mapping[str, Any], metric_fn: Any, regression: bool, batch_size: int, tokenizer: Any):
+        from transformers import DataCollatorWithPadding, TrainerCallback
+
+        self.sets, self.metric_fn, self.regression, self.batch_size = sets, metric_fn, regression, batch_size
+        self.collator = DataCollatorWithPadding(tokenizer)
+        self.results: dict[str, dict[str, float]] = {}
+        # Subclassing at call time keeps transformers out of this module's import.
+        self.callback = type("ExtraEvalCallback", (TrainerCallback,), {"on_train_end": self._on_train_end})()
+
+    def _on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        import numpy as np
+        import torch
+        from torch.utils.data import DataLoader
+
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        try:
+            for name, ds in self.sets.items():
+                preds, refs = [], []
+                loader = DataLoader(ds, batch_size=self.batch_size, shuffle=False, collate_fn=self.collator)
+                with torch.no_grad():
+                    for batch in loader:
+                        refs.append(batch.pop("labels").numpy())
+                        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+                        preds.append(logits[:, 0] if self.regression else logits.argmax(-1))
+                self.results[name] = self.metric_fn(np.concatenate(preds), np.concatenate(refs))
+        finally:
+            model.train(was_training)
+
+
+def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
+    """The per-run function of a GLUE sweep: train with run_nlu, evaluate on the dev set(s) and OOD sets."""
+    import datasets
+
+    from ..data.assets import subsample
+    from ..data.glue import get_task, load_glue
+    from ..data.ood import load_ood
+    from ..evaluation.nlu_metrics import compute_glue_metrics, make_compute_metrics
+    from ..training.models import load_tokenizer
+    from ..training.nlu import describe_labels, run_nlu, tokenize_nlu
+    from ..training.run_config import build_config
+
+    glue_cache: dict[str, Any] = {}
+    ood_root = _ood_root(cfg)
+
+    def run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+        task = get_task(spec.task)
+        hp = spec.hparams
+        if task.name not in glue_cache:
+            glue_cache[task.name] = load_glue(task.name, cfg.glue_dir or "nyu-mll/glue")
+        dd = glue_cache[task.name]
+        main_split, *other_splits = task.validation_splits
+        for split in ("train", main_split, *other_splits):
+            if split not in dd:
+                raise ValueError(f"GLUE {task.name}: split {split!r} not found (have {sorted(dd)})")
+        # run_nlu evaluates 'validation' after every epoch and again at the end, 'test' only at the end; the
+        # sweep needs the final numbers only, so the dev set goes in the 'test' slot (evaluated once).
+        splits = datasets.DatasetDict({"train": dd["train"], "test": dd[main_split]})
+        data = describe_labels(splits, list(task.text_columns), "label")
+        extras: dict[str, Any] = {}
+        for split in other_splits:  # MNLI mismatched
+            extras[split] = dd[split]
+        ood_missing: list[str] = []
+        if cfg.ood:
+            names, ood_missing = available_ood(task.name, ood_root)
+            for name in names:
+                extras[f"ood/{name}"] = load_ood(name, ood_root, task=task.name)
+        if hp.get("eval_limit"):
+            extras = {k: subsample(v, hp["eval_limit"], seed=0, stratify=not task.is_regression) if len(v) > hp["eval_limit"]
+                      else v for k, v in extras.items()}
+        callback, extra_callbacks = None, None
+        if extras:
+            tokenizer = load_tokenizer(spec.model, None)
+            from ..training.nlu import NLUData
+
+            extra_data = NLUData(datasets.DatasetDict(extras), list(task.text_columns), "label", data.num_labels,
+                                 data.label_names, data.regression)
+            encoded, _ = tokenize_nlu(extra_data, tokenizer, hp["max_length"])
+            callback = ExtraEval(encoded, lambda p, r: compute_glue_metrics(task.name, p, r), task.is_regression,
+                                 cfg.eval_batch_size, tokenizer)
+            extra_callbacks = [callback.callback]
+        run_cfg = build_config({
+            "kind": "nlu",
+            "model": {"name_or_path": spec.model, "max_length": hp["max_length"]},
+            "data": {"train": f"glue:{task.name}", "text_columns": list(task.text_columns),
+                     "train_limit": hp["train_limit"], "eval_limit": hp["eval_limit"]},
+            "method": {"name": spec.method, "r": hp["r"], "alpha": hp["alpha"], "target_modules": hp["target_modules"]},
+            "balora": dict(hp.get("balora", {})),
+            "train": {"output_dir": str(run_dir), "epochs": hp["epochs"], "max_steps": hp["max_steps"],
+                      "batch_size": hp["batch_size"], "eval_batch_size": cfg.eval_batch_size, "lr": hp["lr"],
+                      "warmup_ratio": hp["warmup_ratio"], "weight_decay": hp["weight_decay"], "seed": spec.seed,
+                      "progress": cfg.progress, "logging_steps": 50},
+        }, source=f"bench run {spec.slug()}")
+        result = run_nlu(run_cfg, data, compute_metrics=make_compute_metrics(task.name),
+                         extra_callbacks=extra_callbacks, save_adapter=cfg.keep_adapters)
+        metrics = {main_split: result.metrics["test"]}
+        ood = {}
+        for name, values in (callback.results if callback else {}).items():
+            if name.startswith("ood/"):
+                ood[name[4:]] = values
+            else:
+                metrics[name] = values
+        train_loss = next((e["train_loss"] for e in reversed(result.log_history) if "train_loss" in e), None)
+        config = run_cfg.to_dict()
+        config["train"].pop("output_dir", None)
+        return {"metrics": metrics, "ood": ood, "ood_unavailable": ood_missing if cfg.ood else [],
+                "trainable_params": result.trainable_params, "total_params": result.total_params,
+                "train_seconds": round(result.train_seconds, 3), "train_loss": train_loss,
+                "train_examples": len(data.splits["train"]), "eval_examples": len(data.splits["test"]),
+                "truncated_examples": result.truncated, "config": config}
+
+    return run

@@ -1,0 +1,36 @@
+"""`balora report RESULTS.jsonl`: paper-style tables (Markdown, CSV) and a bar plot from a bench results file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="tables (Table 2 layout) and a bar plot from a bench results file",
+                       description="Aggregate a `balora bench` results file: per model, rows = methods with "
+                                   "#Params, columns = tasks (headline metric x100, mean ± std over seeds), Avg.; "
+                                   "writes <stem>.md, <stem>.csv and <stem>.png and prints the Markdown.")
+    p.add_argument("results", help="results file (JSON Lines) written by balora bench")
+    p.add_argument("--out", help="output folder (default: the results file's folder)")
+    p.add_argument("--stem", help="output file name without extension (default: the results file's stem)")
+    p.add_argument("--format", nargs="+", default=["md", "csv"], choices=["md", "csv"], help="table formats")
+    p.add_argument("--no-plot", action="store_true", help="skip the bar plot")
+    p.add_argument("--preamble", help="Markdown file whose text goes above the tables in <stem>.md")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench.report import markdown_tables, summarize, write_report
+    from ..bench.runner import read_results
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} not found")
+    summary = summarize(read_results(path), source=str(path))
+    preamble = Path(args.preamble).read_text() if args.preamble else None
+    written = write_report(summary, args.out or path.parent, args.stem or path.stem, args.format,
+                           plot=not args.no_plot, preamble=preamble)
+    print(markdown_tables(summary))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0

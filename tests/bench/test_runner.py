@@ -1,0 +1,212 @@
+"""The grid runner: crash-safe appends, resume, truncated last lines, failures; the GLUE grid and CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+
+from balora.bench import runner
+from balora.bench.nlu import NLUBenchConfig, load_bench_config, nlu_specs
+from balora.bench.runner import RunSpec, TruncatedLineWarning, append_record, read_results, run_grid
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _specs(n_seeds: int = 2, tasks=("rte", "cola")) -> list[RunSpec]:
+    return [RunSpec("m", meth, t, s, {"lr": 1e-3}) for t in tasks for s in range(n_seeds) for meth in ("lora", "pissa")]
+
+
+class FakeRun:
+    """Stands in for a training run: records its calls, writes an 'adapter' into the run folder."""
+
+    def __init__(self, fail_on: tuple = ()):
+        self.calls: list[RunSpec] = []
+        self.fail_on = fail_on
+
+    def __call__(self, spec: RunSpec, run_dir: Path) -> dict:
+        self.calls.append(spec)
+        if (spec.method, spec.task, spec.seed) in self.fail_on:
+            raise RuntimeError("diverged")
+        run_dir.mkdir(parents=True)
+        (run_dir / "adapter.bin").write_bytes(b"x" * 10)
+        return {"metrics": {"validation": {"accuracy": 0.5 + spec.seed / 10}}, "trainable_params": 123}
+
+
+def test_appends_one_line_per_run_and_deletes_outputs(tmp_path: Path) -> None:
+    results, fake = tmp_path / "r.jsonl", FakeRun()
+    summary = run_grid(_specs(), fake, results, tmp_path / "runs", progress=False)
+    lines = results.read_text().splitlines()
+    assert len(lines) == 8 == len(fake.calls) == len(summary.ran)
+    records = [json.loads(line) for line in lines]
+    assert [r["key"] for r in records] == [s.key() for s in _specs()]
+    first = records[0]
+    assert first["metrics"]["validation"]["accuracy"] == 0.5 and first["trainable_params"] == 123
+    assert first["wall_seconds"] >= 0 and first["peak_memory_mb"] > 0
+    assert first["versions"]["torch"] and "git_commit" in first and first["hparams"] == {"lr": 1e-3}
+    assert not any((tmp_path / "runs").glob("*/adapter.bin"))  # finished runs' outputs are deleted
+
+
+def test_keep_outputs(tmp_path: Path) -> None:
+    run_grid(_specs(1, ("rte",)), FakeRun(), tmp_path / "r.jsonl", tmp_path / "runs", keep_outputs=True, progress=False)
+    assert len(list((tmp_path / "runs").glob("*/adapter.bin"))) == 2
+
+
+def test_resume_skips_recorded_runs(tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    run_grid(_specs(1), FakeRun(), results, tmp_path / "runs", progress=False)
+    fake = FakeRun()
+    summary = run_grid(_specs(2), fake, results, tmp_path / "runs", progress=False)
+    assert {(s.task, s.seed) for s in fake.calls} == {("rte", 1), ("cola", 1)}
+    assert len(summary.skipped) == 4 and len(fake.calls) == 4
+    assert len(read_results(results)) == 8
+    # different hyperparameters are a different experiment: nothing is skipped
+    other = [RunSpec(s.model, s.method, s.task, s.seed, {"lr": 5e-4}) for s in _specs(1)]
+    fake = FakeRun()
+    run_grid(other, fake, results, tmp_path / "runs", progress=False)
+    assert len(fake.calls) == 4
+
+
+def test_single_os_write_per_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = []
+    real_write = os.write
+
+    def spy(fd: int, data: bytes) -> int:
+        writes.append(data)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(runner.os, "write", spy)
+    record = {"key": "k", "text": "two\nlines", "value": 1.5}
+    append_record(tmp_path / "r.jsonl", record)
+    assert len(writes) == 1 and writes[0].endswith(b"\n") and writes[0].count(b"\n") == 1
+    assert read_results(tmp_path / "r.jsonl") == [record]
+
+
+def test_truncated_last_line_warns_and_run_is_redone(tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    specs = _specs(1, ("rte",))
+    run_grid(specs, FakeRun(), results, tmp_path / "runs", progress=False)
+    full = results.read_bytes()
+    lines = full.splitlines(keepends=True)
+    results.write_bytes(lines[0] + lines[1][: len(lines[1]) // 2])  # a crash in the middle of the second write
+    with pytest.warns(TruncatedLineWarning, match=re.escape(f"{results}: line 2 is truncated")):
+        assert [r["key"] for r in read_results(results)] == [specs[0].key()]
+    fake = FakeRun()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the runner repairs the file first: no warning, no glued lines
+        run_grid(specs, fake, results, tmp_path / "runs", progress=False)
+    assert fake.calls == [specs[1]]
+    assert [json.loads(line)["key"] for line in results.read_text().splitlines()] == [s.key() for s in specs]
+
+
+def test_bad_line_in_the_middle_is_an_error(tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    results.write_text('{"key": "a"}\n{"key": \n{"key": "b"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{results}: line 2: not valid JSON")):
+        read_results(results)
+    results.write_text('{"key": "a"}\n[1, 2]\n')
+    with pytest.raises(ValueError, match="line 2: expected a JSON object"):
+        read_results(results)
+
+
+def test_failed_run_is_reported_not_recorded(tmp_path: Path) -> None:
+    results = tmp_path / "r.jsonl"
+    fake = FakeRun(fail_on=(("pissa", "rte", 0),))
+    summary = run_grid(_specs(1, ("rte",)), fake, results, tmp_path / "runs", progress=False)
+    assert len(summary.ran) == 1 and summary.failed[0][0].method == "pissa" and "diverged" in summary.failed[0][1]
+    assert len(read_results(results)) == 1
+    with pytest.raises(RuntimeError, match="diverged"):
+        run_grid(_specs(1, ("rte",)), FakeRun(fail_on=(("pissa", "rte", 0),)), results, tmp_path / "runs",
+                 progress=False, stop_on_error=True)
+
+
+# ------------------------------------------------------------------------------------------ GLUE grid
+def test_nlu_grid_order_overrides_and_shards() -> None:
+    cfg = NLUBenchConfig(models=["m"], methods=["lora", "ba-lora"], tasks=["RTE", "sst-2"], seeds=2, lr=1e-3,
+                         per_task={"rte": {"epochs": 20, "train_limit": 100}}, balora={"lambda_svd": 0.1})
+    specs = nlu_specs(cfg)
+    assert len(specs) == 8 and [s.seed for s in specs] == [0] * 4 + [1] * 4
+    rte = next(s for s in specs if s.task == "rte" and s.method == "lora")
+    sst = next(s for s in specs if s.task == "sst2" and s.method == "ba-lora")
+    assert rte.hparams["epochs"] == 20 and rte.hparams["train_limit"] == 100 and "balora" not in rte.hparams
+    assert sst.hparams["epochs"] == 3.0 and sst.hparams["balora"] == {"lambda_svd": 0.1}
+    assert sst.hparams["alpha"] == 8  # default alpha = r
+    shards = [nlu_specs(NLUBenchConfig(**{**cfg.__dict__, "shard": f"{i}/3"})) for i in range(3)]
+    assert sorted(s.key() for part in shards for s in part) == sorted(s.key() for s in specs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"methods": ["lora", "qlora"]}, "method must be one of"),
+    ({"shard": "2/2"}, "shard must be 'i/n'"),
+    ({"per_task": {"rte": {"optimizer": "sgd"}}}, r"per_task.rte: unknown setting\(s\) \['optimizer'\]"),
+    ({"seeds": 0}, "seeds must be >= 1"),
+    ({"tasks": ["squad"]}, "unknown GLUE task 'squad'"),
+])
+def test_nlu_config_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        NLUBenchConfig(**{"models": ["m"], **kwargs})
+
+
+def test_paper_configs_load(tmp_path: Path) -> None:
+    paths = sorted((REPO / "configs" / "nlu").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = load_bench_config(str(path), {"models": ["m"]})
+        assert cfg.r == 8
+        for task in cfg.tasks:
+            try:
+                hp = cfg.task_hparams(task)
+            except ValueError as err:  # where the paper's text lost the learning rate
+                assert f"lr is not set for task {task!r}" in str(err)
+                hp = load_bench_config(str(path), {"models": ["m"], "lr": 1e-4}).task_hparams(task)
+            assert hp["epochs"] > 0 and hp["batch_size"] in (16, 32) and hp["alpha"] in (8, 16)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [m]\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown setting\(s\) \['learning_rate'\]"):
+        load_bench_config(str(bad))
+
+
+def test_bench_cli_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from balora.cli.main import main
+
+    results = tmp_path / "r.jsonl"
+    args = ["bench", "nlu", "--models", "m", "--methods", "lora", "--tasks", "rte", "mrpc", "--seeds", "2",
+            "--results", str(results), "--dry-run"]
+    assert main(args) == 0
+    assert "4 of 4 runs to do" in capsys.readouterr().out
+    spec = RunSpec("m", "lora", "rte", 0, NLUBenchConfig(models=["m"], methods=["lora"], tasks=["rte"]).task_hparams("rte")
+                   | {"r": 8, "target_modules": "all-linear"})
+    append_record(results, {"key": spec.key()})
+    assert main(args) == 0
+    assert "3 of 4 runs to do" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_bench_nlu_end_to_end_minilm(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from balora.cli.main import main
+    from balora.data.assets import minilm_path
+
+    try:
+        model = str(minilm_path())
+    except ImportError as err:
+        pytest.skip(str(err))
+    results = tmp_path / "r.jsonl"
+    args = ["bench", "nlu", "--models", model, "--methods", "lora", "--tasks", "rte", "--seeds", "1",
+            "--train-limit", "32", "--eval-limit", "32", "--max-steps", "2", "--batch-size", "8",
+            "--glue-dir", str(shared_data / "glue" / "glue_data"), "--ood", "--results", str(results),
+            "--out-dir", str(tmp_path / "runs")]
+    assert main(args) == 0
+    (record,) = read_results(results)
+    assert record["train_examples"] == 32 and record["eval_examples"] == 32
+    assert 0 <= record["metrics"]["validation"]["accuracy"] <= 1
+    assert set(record["ood"]) == {"sick"} and set(record["ood_unavailable"]) == {"scitail", "hans"}
+    assert record["trainable_params"] > 0 and record["config"]["train"]["max_steps"] == 2
+    assert "| lora |" in capsys.readouterr().out
+    assert not any((tmp_path / "runs").iterdir())
+    assert main(args) == 0  # resumed: nothing left to do
+    assert len(read_results(results)) == 1
