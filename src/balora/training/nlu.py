@@ -85,7 +85,8 @@ def describe_labels(dd: Any, text_columns: list[str], label_column: str = "label
     train = dd["train"]
     feature = train.features.get(label_column)
     names = getattr(feature, "names", None)
-    values = train.with_format("numpy")[label_column] if names is None else None
+    # Through Arrow: datasets 5 returns a lazy Column for ds[name].
+    values = np.asarray(train.with_format("arrow")[label_column].to_numpy()) if names is None else None
     if names is not None:
         return NLUData(dd, text_columns, label_column, len(names), list(names), False, description)
     if values is not None and values.dtype.kind == "f" and task_type != "classification" or task_type == "regression":
@@ -102,10 +103,12 @@ def describe_labels(dd: Any, text_columns: list[str], label_column: str = "label
             if str(value) not in mapping:
                 raise ValueError(f"{split} row {row}: label {value!r} not among the training labels {label_names}")
             out.append(mapping[str(value)])
-        return {label_column: out}
+        return {"__label_id": out}
 
     for split in list(dd):
-        dd[split] = dd[split].map(lambda b, i, s=split: to_id(b, i, s), batched=True, with_indices=True)
+        # A new column, then renamed: mapping ints into the existing string column would keep its string type.
+        mapped = dd[split].map(lambda b, i, s=split: to_id(b, i, s), batched=True, with_indices=True)
+        dd[split] = mapped.remove_columns(label_column).rename_column("__label_id", label_column)
     return NLUData(dd, text_columns, label_column, len(label_names), label_names, False, description)
 
 
