@@ -148,8 +148,9 @@ def reference_outputs(model: nn.Module, spec: ReferenceSpec, **inputs: Any) -> A
 class TeacherCache:
     """Per-example teacher outputs (NLU logits, and pooled features for regression), filled once.
 
-    Rows are addressed by an integer example index carried in the batch (``balora_index``). ``fill`` runs
-    the reference over a dataloader before training; ``lookup`` returns the rows of a batch.
+    Rows are addressed by an integer example index carried in the batch (``balora_index``).
+    :func:`balora.training.nlu.fill_teacher_cache` runs the reference over the training set before
+    training and ``put``\ s the rows; ``lookup`` returns the rows of a batch.
     """
 
     def __init__(self) -> None:
@@ -167,9 +168,15 @@ class TeacherCache:
 
     def lookup(self, name: str, index: torch.Tensor, device: torch.device) -> torch.Tensor:
         if name not in self.values:
-            raise KeyError(f"teacher cache has no {name!r}; call fill() first")
-        rows = self.values[name][index.cpu()]
+            raise KeyError(f"teacher cache has no {name!r} (fill it before training)")
+        store = self.values[name]
+        idx = index.cpu()
+        outside = idx[(idx < 0) | (idx >= store.shape[0])]
+        if outside.numel():
+            raise KeyError(f"teacher cache has no entry for example index {outside.tolist()[:5]} "
+                           f"(it holds {store.shape[0]} examples; was the cache filled from this data?)")
+        rows = store[idx]
         if torch.isnan(rows).any():
             missing = index[torch.isnan(rows).flatten(1).any(1).to(index.device)].tolist()[:5]
-            raise KeyError(f"teacher cache has no entry for example index {missing} (was fill() run on this data?)")
+            raise KeyError(f"teacher cache has no entry for example index {missing} (was the cache filled from this data?)")
         return rows.to(device)

@@ -166,3 +166,32 @@ def test_nlg_lambdas_zero_equals_plain_causal_lm_loss():
     reg = prepare_model(tiny_llama(), "ba-lora", r=4, balora=BALoRAConfig(
         task="nlg", lambda_consistency=0, lambda_diversity=0, lambda_svd=0))
     assert _train_loss(reg, batch).item() == pytest.approx(_train_loss(plain, batch).item(), rel=1e-5)
+
+
+def test_cached_teacher_logits_give_the_same_loss_as_the_live_reference():
+    from dataclasses import replace
+
+    from transformers import DataCollatorWithPadding  # noqa: F401  (the NLU pipeline's collator)
+
+    from balora.reference import TeacherCache
+
+    batch = nlu_batch(n=8)
+    live = prepare_model(tiny_bert(), "ba-lora", r=4)
+    with torch.no_grad():  # move off the initialisation so the consistency term is non-zero
+        for p in live.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    live.train()
+    live_loss = BALoRATrainer(model=live, args=_args("/tmp/balora-test-unused")).compute_loss(live, batch)
+
+    cache = TeacherCache()
+    index = torch.arange(8)
+    with torch.no_grad(), reference_mode(live, live.balora.reference) as ref:
+        cache.put("logits", index, ref(**{k: v for k, v in batch.items() if k != "labels"}).logits, 8)
+    live.balora.reference = replace(live.balora.reference, mode="cached")
+    trainer = BALoRATrainer(model=live, args=_args("/tmp/balora-test-unused"), teacher_cache=cache)
+    cached_loss = trainer.compute_loss(live, {**batch, "balora_index": index})
+    assert cached_loss.item() == pytest.approx(live_loss.item(), rel=1e-6)
+    assert trainer._sums["consistency"] > 1e-6
+    with pytest.raises(KeyError, match="no entry for example index"):
+        trainer.compute_loss(live, {**batch, "balora_index": index + 100})
