@@ -64,6 +64,11 @@ class BALoRATrainer(Trainer):
         self.teacher_cache = teacher_cache
         if self.reference_spec is not None and self.reference_spec.mode == "cached" and teacher_cache is None:
             raise ValueError("reference='cached' needs teacher_cache=TeacherCache() filled before training")
+        if self.regularized:
+            # Our total loss is a per-micro-batch mean (the regularisers are batch means too): let Trainer
+            # divide it by the gradient-accumulation steps, rather than assume num_items_in_batch scaling.
+            self.model_accepts_loss_kwargs = False
+            self.loss_is_scaled_for_ga = False
         if info is not None and info.base_method == "adalora":
             self.add_callback(AdaLoraCallback())
         self._sums: dict[str, float] = defaultdict(float)
@@ -82,7 +87,7 @@ class BALoRATrainer(Trainer):
         cfg = self.balora_config
         l1, l2, l3 = lambda_weights(cfg, self.state.global_step, self.state.max_steps)
         if cfg.task == "nlg":
-            loss, outputs, terms = self._nlg_loss(model, inputs, l1, l2, l3, num_items_in_batch)
+            loss, outputs, terms = self._nlg_loss(model, inputs, l1, l2, l3)
         else:
             loss, outputs, terms = self._nlu_loss(model, inputs, index, l1, l2, l3)
         for name, value in terms.items():
@@ -140,13 +145,13 @@ class BALoRATrainer(Trainer):
                 hook.remove()
             return _pool(captured[-1], inputs).detach()
 
-    def _nlg_loss(self, model, inputs, l1, l2, l3, num_items_in_batch):
+    def _nlg_loss(self, model, inputs, l1, l2, l3):
         cfg = self.balora_config
         labels = inputs["labels"]
         mask = R.shifted_label_mask(labels)
         unwrapped = self.accelerator.unwrap_model(model)
         if cfg.fused_nlg and _fusable(unwrapped):
-            return self._nlg_fused(model, unwrapped, inputs, mask, l1, l2, l3, num_items_in_batch)
+            return self._nlg_fused(model, unwrapped, inputs, mask, l1, l2, l3)
         outputs = model(**inputs)
         task = outputs["loss"]
         logits = outputs["logits"]
@@ -169,7 +174,7 @@ class BALoRATrainer(Trainer):
                 cfg.svd_estimator, cfg.svd_oversampling, cfg.svd_niter, cfg.svd_normalizer), terms)
         return total, outputs, terms
 
-    def _nlg_fused(self, model, unwrapped, inputs, mask, l1, l2, l3, num_items_in_batch):
+    def _nlg_fused(self, model, unwrapped, inputs, mask, l1, l2, l3):
         cfg = self.balora_config
         fwd = {k: v for k, v in inputs.items() if k != "labels"}
         outputs = model(**fwd, output_hidden_states=True, logits_to_keep=1)
@@ -185,10 +190,7 @@ class BALoRATrainer(Trainer):
         if l1:
             with torch.no_grad(), reference_mode(unwrapped, self.reference_spec) as ref_model:
                 ref_h = ref_model(**fwd, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][mask]
-        norm = None
-        if num_items_in_batch is not None and self.args.gradient_accumulation_steps > 1:
-            norm = float(num_items_in_batch)
-        fused = fused_lm_terms(h, head.weight, targets, ref_h, head.bias, l1, l2, cfg.temperature, norm, cfg.chunk_size)
+        fused = fused_lm_terms(h, head.weight, targets, ref_h, head.bias, l1, l2, cfg.temperature, None, cfg.chunk_size)
         terms: dict[str, torch.Tensor] = {"task": fused.task}
         if l1:
             self._checked("consistency", fused.consistency, terms)
