@@ -106,8 +106,8 @@ class NLUBenchConfig:
         values = {name: getattr(self, name) for name in TASK_HPARAMS}
         values.update(self.per_task.get(task, {}))
         if values["lr"] is None:
-            raise ValueError(f"lr is not set for task {task!r} (a paper config may leave it empty where the paper's "
-                             "text lost the number): pass --lr or set per_task.{task}.lr".replace("{task}", task))
+            raise ValueError(f"lr is not set for task {task!r} (a paper config leaves it empty where the paper's "
+                             f"text lost the number): pass --lr or set per_task.{task}.lr")
         if values["alpha"] is None:
             values["alpha"] = self.r
         return values
@@ -231,7 +231,7 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
     from ..data.ood import load_ood
     from ..evaluation.nlu_metrics import compute_glue_metrics, make_compute_metrics
     from ..training.models import load_tokenizer
-    from ..training.nlu import describe_labels, run_nlu, tokenize_nlu
+    from ..training.nlu import NLUData, run_nlu, tokenize_nlu
     from ..training.run_config import build_config
 
     glue_cache: dict[str, Any] = {}
@@ -250,7 +250,9 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
         # run_nlu evaluates 'validation' after every epoch and again at the end, 'test' only at the end; the
         # sweep needs the final numbers only, so the dev set goes in the 'test' slot (evaluated once).
         splits = datasets.DatasetDict({"train": dd["train"], "test": dd[main_split]})
-        data = describe_labels(splits, list(task.text_columns), "label")
+        # The GLUE spec knows the label space; no need to scan the labels (describe_labels) for it.
+        data = NLUData(splits, list(task.text_columns), "label", task.num_labels, list(task.label_names) or None,
+                       task.is_regression, f"GLUE {task.name}")
         extras: dict[str, Any] = {}
         for split in other_splits:  # MNLI mismatched
             extras[split] = dd[split]
@@ -265,8 +267,6 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
         callback, extra_callbacks = None, None
         if extras:
             tokenizer = load_tokenizer(spec.model, None)
-            from ..training.nlu import NLUData
-
             extra_data = NLUData(datasets.DatasetDict(extras), list(task.text_columns), "label", data.num_labels,
                                  data.label_names, data.regression)
             encoded, _ = tokenize_nlu(extra_data, tokenizer, hp["max_length"])
