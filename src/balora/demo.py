@@ -27,10 +27,10 @@ class DemoConfig:
     methods: list[str] = field(default_factory=lambda: ["lora", "pissa", "ba-lora"],
                                metadata={"help": "Methods compared (any of balora.METHODS)."})
     seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "Training seeds (mean ± std over them)."})
-    train_size: int = field(default=1536, metadata={"help": "Training examples (stratified subsample of the train split)."})
-    test_size: int = field(default=1500, metadata={"help": "Test examples (stratified subsample of the held-out test split)."})
-    epochs: float = field(default=2.0, metadata={"help": "Training epochs over the subset."})
-    batch_size: int = field(default=32, metadata={"help": "Training batch size."})
+    train_size: int = field(default=1024, metadata={"help": "Training examples (stratified subsample of the train split)."})
+    test_size: int = field(default=1000, metadata={"help": "Test examples (stratified subsample of the held-out test split)."})
+    epochs: float = field(default=1.0, metadata={"help": "Training epochs over the subset."})
+    batch_size: int = field(default=16, metadata={"help": "Training batch size."})
     lr: float = field(default=1e-3, metadata={"help": "Learning rate (AdamW, linear decay, 6% warm-up)."})
     r: int = field(default=8, metadata={"help": "Adapter rank (all linear layers)."})
     alpha: float = field(default=16, metadata={"help": "LoRA alpha."})
@@ -51,7 +51,7 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-QUICK = dict(train_size=256, test_size=300, epochs=1.0, seeds=[0, 1])
+QUICK = dict(train_size=192, test_size=240, epochs=1.0, seeds=[0, 1])
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
@@ -91,7 +91,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
             "train": {"output_dir": str(out / "runs" / f"{method}-seed{seed}"), "epochs": cfg.epochs,
                       "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": seed, "logging_steps": logging_steps,
                       "warmup_ratio": 0.06, "progress": False, "eval_batch_size": 128,
-                      "cached_reference_epochs": 0},
+                      "cached_reference_epochs": 0, "group_by_length": True},
         })
         result = run_nlu(run_cfg, data)
         test_metrics = result.metrics["test"]

@@ -49,10 +49,13 @@ def training_arguments(cfg: RunConfig, has_eval: bool) -> Any:
         bf16=cfg.model.dtype == "bfloat16",
         fp16=cfg.model.dtype == "float16",
         dataloader_num_workers=0,
+        group_by_length=t.group_by_length,
     )
     accepted = inspect.signature(TrainingArguments.__init__).parameters
     if "warmup_ratio" in accepted:  # transformers 4.x
         wanted["warmup_ratio"], wanted["warmup_steps"] = t.warmup_ratio, 0
+    if "train_sampling_strategy" in accepted:  # transformers 5 spells group_by_length this way
+        wanted["train_sampling_strategy"] = "group_by_length" if t.group_by_length else "random"
     if t.tensorboard and "logging_dir" not in accepted:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(t.output_dir) / "tb"))
     return TrainingArguments(**{k: v for k, v in wanted.items() if k in accepted})

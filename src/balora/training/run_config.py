@@ -102,6 +102,7 @@ class TrainConfig:
     warmup_ratio: float = _help("Linear warm-up fraction of the steps.", default=0.0)
     scheduler: str = _help("transformers learning-rate scheduler name (linear, cosine, constant, ...).", default="linear")
     seed: int = _help("Seed of data order, adapter init and dropout.", default=0)
+    group_by_length: bool = _help("Batch examples of similar length together (less padding, faster on CPU).", default=False)
     logging_steps: int = _help("Log every N steps (each BA-LoRA term is logged separately).", default=10)
     save_steps: int = _help("Checkpoint every N steps (0 = only at the end).", default=0)
     save_total_limit: int = _help("Keep at most this many checkpoints.", default=2)
