@@ -1,0 +1,274 @@
+"""NLG sweeps: fine-tune a causal LM with several methods and seeds, score each on generation benchmarks.
+
+:class:`NLGBenchConfig` holds the sweep (``balora bench nlg`` flags and/or a YAML of the same keys);
+:func:`nlg_specs` expands it into :class:`~balora.bench.runner.RunSpec` values (plus the untrained base model
+with ``base``), :func:`make_nlg_run_fn` gives the per-run function that
+:func:`balora.bench.runner.run_grid` calls (JSON Lines append, resume, time and peak memory), and
+:func:`nlg_table` renders the records in the layout of the paper's Table 1 (rows = methods, columns =
+GSM8K / MATH / HumanEval / MBPP / MT-Bench, those present).
+
+A record's payload: ``scores`` (task -> headline metric), ``n`` (task -> problems scored), ``metric``
+(task -> metric name), ``score``/``n_primary`` (the first task), ``train_loss``, ``train_seconds``,
+``eval_seconds``, ``trainable_params``, ``truncated`` and the instruction-data counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+
+from .runner import RunFn, RunSpec
+
+__all__ = ["NLGBenchConfig", "load_nlg_bench_config", "nlg_specs", "make_nlg_run_fn", "nlg_table", "TABLE1_COLUMNS"]
+
+# The paper's Table 1 columns (task name in balora.evaluation.tasks -> header), in order.
+TABLE1_COLUMNS = {"gsm8k": "GSM8K", "math": "MATH", "math500": "MATH-500", "humaneval": "HumanEval",
+                  "mbpp": "MBPP", "mt-bench": "MT-Bench"}
+_METHOD_ORDER = ("base", "full", "lora", "lora+reg", "dora", "loha", "adalora", "pissa", "pissa+reg", "ba-lora")
+# Settings of a trained run that change its result (part of the run's key).
+TRAIN_HPARAMS = ("train", "train_format", "train_limit", "epochs", "max_steps", "batch_size", "grad_accum", "lr",
+                 "scheduler", "warmup_ratio", "weight_decay", "r", "alpha", "target_modules", "pissa_niter", "max_length",
+                 "dtype",
+                 "balora")
+EVAL_HPARAMS = ("eval_tasks", "eval_data", "eval_limit", "max_new_tokens")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class NLGBenchConfig:
+    """An NLG sweep: one base model, methods x seeds, trained on one instruction set, scored on benchmarks."""
+
+    model: str = _help("Base causal LM (Hub name or local folder).", default="")
+    methods: list[str] = _help("Methods (balora.methods.METHODS), e.g. lora pissa ba-lora.",
+                               default_factory=lambda: ["lora", "pissa", "ba-lora"])
+    train: str = _help("Instruction data: a local file or a Hub dataset 'name[:split]'.", default="")
+    train_name: Optional[str] = _help("Label of the training set in records and tables (default: from --train).",
+                                      default=None)
+    train_format: Optional[str] = _help("Instruction format (balora.data.templates.FORMATS); detected when empty.",
+                                        default=None)
+    train_limit: Optional[int] = _help("Use a seeded random subset of this many training examples.", default=None)
+    eval_tasks: list[str] = _help("Benchmarks after training: gsm8k math math500 humaneval mbpp mt-bench.",
+                                  default_factory=lambda: ["gsm8k"])
+    eval_data: list[str] = _help("Data of each benchmark, in the order of --eval-tasks (file/folder or Hub name).",
+                                 default_factory=list)
+    eval_limit: Optional[int] = _help("Score only the first N problems of each benchmark.", default=None)
+    seeds: int = _help("Number of seeds per method (seeds 0..N-1).", default=1)
+    base: bool = _help("Also score the untrained base model (method 'base').", default=False)
+    epochs: float = _help("Training epochs.", default=1.0)
+    max_steps: int = _help("Stop after this many optimizer steps (overrides epochs when > 0).", default=-1)
+    batch_size: int = _help("Per-device training batch size.", default=4)
+    grad_accum: int = _help("Gradient accumulation steps (effective batch = batch_size x grad_accum).", default=1)
+    lr: float = _help("Peak learning rate (AdamW).", default=2e-4)
+    scheduler: str = _help("Learning-rate schedule (transformers name).", default="cosine")
+    warmup_ratio: float = _help("Linear warm-up fraction of the steps.", default=0.03)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    r: int = _help("Adapter rank.", default=8)
+    alpha: Optional[float] = _help("LoRA alpha (default: r).", default=None)
+    target_modules: Any = _help("Adapted modules ('all-linear' or a list of names).", default="all-linear")
+    pissa_niter: Optional[int] = _help("PiSSA-like inits: randomised SVD with this many subspace iterations "
+                                       "(peft pissa_niter_K); exact SVD when empty.", default=None)
+    max_length: int = _help("Maximum tokens per training example (longer ones are truncated and counted).",
+                            default=256)
+    dtype: str = _help("Model dtype: float32, bfloat16 or float16.", default="float32")
+    eval_batch_size: int = _help("Prompts per generate() call.", default=16)
+    max_new_tokens: int = _help("Maximum generated tokens per problem (greedy).", default=256)
+    balora: dict = _help("BALoRAConfig overrides for regularised methods (ba-lora, *+reg).", default_factory=dict)
+    results: str = _help("Results file (JSON Lines, one record per finished run; appended, resumable).",
+                         default="results/nlg.jsonl")
+    out_dir: str = _help("Parent folder of the per-run output folders.", default="runs/bench_nlg")
+    keep_adapters: bool = _help("Keep each finished run's folder (adapters, generations).", default=False)
+    threads: Optional[int] = _help("torch CPU threads (torch.set_num_threads); empty = torch's default.", default=None)
+    progress: bool = _help("Show progress bars of training and generation.", default=False)
+
+    def __post_init__(self) -> None:
+        from ..evaluation.tasks import TASKS
+        from ..methods import parse_method
+
+        for name in ("model", "train"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty: give {'a base model' if name == 'model' else 'training data'}")
+        if not self.methods and not self.base:
+            raise ValueError("methods is empty and base is off: nothing to run")
+        for m in self.methods:
+            parse_method(m)
+        bad = [t for t in self.eval_tasks if t not in TASKS]
+        if bad:
+            raise ValueError(f"eval_tasks: unknown {bad}; choose from {sorted(TASKS)}")
+        if len(self.eval_data) != len(self.eval_tasks):
+            raise ValueError(f"eval_data has {len(self.eval_data)} entries for {len(self.eval_tasks)} eval_tasks "
+                             f"{self.eval_tasks}: give one data path per task, in the same order")
+        for name in ("seeds", "batch_size", "grad_accum", "r", "max_length", "eval_batch_size", "max_new_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_limit", "eval_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or empty, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.alpha is None:
+            self.alpha = float(self.r)
+        self.model = os.path.expanduser(self.model)
+
+    @property
+    def train_label(self) -> str:
+        """``train_name``, else ``<folder>-<stem>`` of a local file, else the Hub name."""
+        if self.train_name:
+            return self.train_name
+        p = Path(self.train)
+        if p.exists():
+            return f"{p.parent.name}-{p.name.split('.')[0]}" if p.parent.name else p.name.split(".")[0]
+        return self.train
+
+
+def load_nlg_bench_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> NLGBenchConfig:
+    """Read a sweep YAML (keys = :class:`NLGBenchConfig` fields) and apply ``overrides`` (None values ignored)."""
+    raw: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} not found")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{p}: expected a mapping of settings at the top level")
+        known = {f.name for f in dataclasses.fields(NLGBenchConfig)}
+        bad = set(raw) - known
+        if bad:
+            raise ValueError(f"{p}: unknown setting(s) {sorted(bad)}; known: {sorted(known)}")
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return NLGBenchConfig(**raw)
+    except ValueError as err:
+        raise ValueError(f"{path or '<command line>'}: {err}") from err
+
+
+def nlg_specs(cfg: NLGBenchConfig) -> list[RunSpec]:
+    """The grid: the base model (with ``base``) first, then seeds x methods (seed-major, so seed 0 finishes first)."""
+    evals = {name: getattr(cfg, name) for name in EVAL_HPARAMS}
+    specs = []
+    if cfg.base:
+        specs.append(RunSpec(cfg.model, "base", cfg.train_label, 0, evals))
+    for seed in range(cfg.seeds):
+        for method in cfg.methods:
+            hp = {name: getattr(cfg, name) for name in TRAIN_HPARAMS}
+            if not _is_regularised(method):
+                hp.pop("balora")
+            specs.append(RunSpec(cfg.model, method, cfg.train_label, seed, {**hp, **evals}))
+    return specs
+
+
+def _is_regularised(method: str) -> bool:
+    from ..methods import parse_method
+
+    return parse_method(method)[1]
+
+
+def make_nlg_run_fn(cfg: NLGBenchConfig) -> RunFn:
+    """The per-run function: score the base model, or train with run_nlg and score the result."""
+    from ..training.nlg import EvalOptions, evaluate_generation, run_nlg
+    from ..training.run_config import build_config
+
+    def evals() -> list[EvalOptions]:
+        return [EvalOptions(task=t, data=d, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
+                            max_new_tokens=cfg.max_new_tokens) for t, d in zip(cfg.eval_tasks, cfg.eval_data)]
+
+    def run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if spec.method == "base":
+            from ..training.models import load_base_model, load_tokenizer
+
+            tokenizer = load_tokenizer(spec.model)
+            model = load_base_model(spec.model, "nlg", dtype=cfg.dtype)
+            summaries = {ev.task: evaluate_generation(model, tokenizer, ev, run_dir / "eval", progress=cfg.progress)
+                         for ev in evals()}
+            return _payload(summaries, {"eval_seconds": round(sum(s["seconds"] for s in summaries.values()), 2)})
+        hp = spec.hparams
+        run_cfg = build_config({
+            "kind": "nlg",
+            "model": {"name_or_path": spec.model, "max_length": hp["max_length"], "dtype": hp["dtype"]},
+            "data": {"train": hp["train"], "format": hp["train_format"], "train_limit": hp["train_limit"]},
+            "method": {"name": spec.method, "r": hp["r"], "alpha": hp["alpha"], "target_modules": hp["target_modules"],
+                       "pissa_niter": hp["pissa_niter"]},
+            "balora": dict(hp.get("balora", {})),
+            "train": {"output_dir": str(run_dir), "epochs": hp["epochs"], "max_steps": hp["max_steps"],
+                      "batch_size": hp["batch_size"], "grad_accum": hp["grad_accum"], "lr": hp["lr"],
+                      "scheduler": hp["scheduler"], "warmup_ratio": hp["warmup_ratio"],
+                      "weight_decay": hp["weight_decay"], "eval_batch_size": cfg.eval_batch_size, "seed": spec.seed,
+                      "progress": cfg.progress, "logging_steps": 10},
+        }, source=f"bench run {spec.slug()}")
+        result = run_nlg(run_cfg, evals(), save_adapter=cfg.keep_adapters)
+        losses = [{"step": e["step"], "loss": e["loss"], **{k: v for k, v in e.items() if k.startswith("loss_")}}
+                  for e in result.log_history if "loss" in e]
+        return _payload(result.evals, {
+            "train_loss": result.metrics.get("train", {}).get("loss"), "loss_curve": losses,
+            "train_seconds": round(result.train_seconds, 2), "eval_seconds": round(result.eval_seconds, 2),
+            "trainable_params": result.trainable_params, "truncated": result.truncated,
+            "instruct": {k: v for k, v in result.instruct.items() if k.startswith("n_")}})
+
+    return run
+
+
+def _payload(summaries: Mapping[str, dict], extra: dict) -> dict[str, Any]:
+    scores = {t: s[s["metric"]] for t, s in summaries.items()}
+    first = next(iter(summaries), None)
+    return {"scores": scores, "n": {t: s["n"] for t, s in summaries.items()},
+            "metric": {t: s["metric"] for t, s in summaries.items()},
+            "score": scores.get(first), "n_primary": summaries[first]["n"] if first else None, **extra}
+
+
+# ---------------------------------------------------------------------------------------------- table
+def _fmt(values: list[float], n: int, scale: float, binomial: bool) -> str:
+    """mean ± sample std over seeds; one seed: value ± binomial standard error (accuracy-type metrics)."""
+    mean = sum(values) / len(values)
+    if len(values) > 1:
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        return f"{mean * scale:.1f} ± {std * scale:.1f}"
+    if binomial and n:
+        return f"{mean * scale:.1f} ± {math.sqrt(mean * (1 - mean) / n) * scale:.1f}"
+    return f"{mean * scale:.2f}" if scale == 1 else f"{mean * scale:.1f}"
+
+
+def nlg_table(records: list[dict]) -> str:
+    """Markdown tables in the layout of the paper's Table 1, one per (base model, training set).
+
+    Rows = methods (base first), columns = the benchmarks present (accuracy / pass@1 x 100; MT-Bench mean
+    judge score 1-10), then n, wall minutes and trainable parameters. A cell is ``mean ± std`` over seeds;
+    with one seed it is ``value ± binomial standard error`` sqrt(p(1-p)/n) (x 100).
+    """
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["model"], r["task"]), []).append(r)
+    out = []
+    for (model, train), recs in groups.items():
+        tasks = [t for t in TABLE1_COLUMNS if any(t in r.get("scores", {}) for r in recs)]
+        tasks += sorted({t for r in recs for t in r.get("scores", {})} - set(tasks))
+        methods = sorted({r["method"] for r in recs},
+                         key=lambda m: (_METHOD_ORDER.index(m) if m in _METHOD_ORDER else len(_METHOD_ORDER), m))
+        header = ["Method", *[TABLE1_COLUMNS.get(t, t) for t in tasks], "n", "seeds", "wall (min)", "#Params"]
+        lines = [f"**{Path(model).name or model}**, trained on `{train}`", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in methods:
+            rows = [r for r in recs if r["method"] == method]
+            cells = [method]
+            ns = set()
+            for t in tasks:
+                vals = [r["scores"][t] for r in rows if r.get("scores", {}).get(t) is not None]
+                n = min((r["n"][t] for r in rows if t in r.get("n", {})), default=0)
+                ns.add(n)
+                scale = 1.0 if t == "mt-bench" else 100.0
+                cells.append(_fmt(vals, n, scale, t != "mt-bench") if vals else "–")
+            wall = sum(r.get("wall_seconds", 0) for r in rows) / len(rows) / 60
+            params = rows[0].get("trainable_params")
+            cells += ["/".join(str(n) for n in sorted(ns)), str(len(rows)), f"{wall:.1f}",
+                      f"{params:,}" if params else "0"]
+            lines.append("| " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)

@@ -1,0 +1,267 @@
+"""One NLG run: instruction data with response-only labels, prepare the method, train, evaluate, save.
+
+Used by ``balora train`` (kind ``nlg``) and ``balora bench nlg``. The flow mirrors
+:func:`balora.training.nlu.run_nlu`:
+
+1. tokenizer + causal LM (fp32 unless ``model.dtype`` says otherwise);
+2. :func:`balora.data.instruct.build_instruct_dataset` (loss on responses only; truncated examples are
+   counted and reported in :class:`NLGResult` and ``balora_run.json``);
+3. :func:`balora.methods.prepare_model` with the NLG :class:`~balora.config.BALoRAConfig` from ``cfg.balora``;
+   PiSSA-like inits save their step-0 adapter first (needed to export for the original base);
+4. :class:`~balora.trainer.BALoRATrainer` with :class:`~balora.data.instruct.DataCollatorForResponseOnly`;
+5. optional held-out loss on ``data.validation`` (plain token-level cross-entropy, no regularisers, so the
+   methods are comparable) and generation benchmarks (:func:`balora.evaluation.tasks.evaluate_model`);
+6. the adapter and ``balora_run.json``.
+
+Generation benchmarks are described by :class:`EvalOptions`. They come from an explicit ``evals`` argument,
+from a top-level ``eval`` section of the YAML (:func:`load_nlg_config`), or from the shorthand
+``data.test: "gsm8k:/path/test.jsonl"`` (several joined with ``,``), which works with ``balora train`` today.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from ..methods import prepare_model
+from .common import build_trainer, finish_run, last_checkpoint, peft_extra_kwargs
+from .run_config import RunConfig, build_config, merge, parse_overrides
+
+logger = logging.getLogger(__name__)
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class EvalOptions:
+    """One generation benchmark run after training (see :mod:`balora.evaluation.tasks`)."""
+
+    task: str = _help("Benchmark: gsm8k, math, math500, humaneval, mbpp or mt-bench.", default="gsm8k")
+    data: str = _help("Its data: a local file/folder or a Hub dataset name (see balora.evaluation.tasks).", default="")
+    limit: Optional[int] = _help("Evaluate only the first N problems (all when empty).", default=None)
+    batch_size: int = _help("Prompts per generate() call (greedy decoding).", default=8)
+    max_new_tokens: int = _help("Maximum generated tokens per problem.", default=512)
+
+    def __post_init__(self) -> None:
+        from ..evaluation.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"eval.task must be one of {sorted(TASKS)}, got {self.task!r}")
+        if not self.data:
+            raise ValueError(f"eval.data is empty for task {self.task!r}: give a local file/folder or a Hub name")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"eval.limit must be an integer >= 1 or empty, got {self.limit!r}")
+        for name in ("batch_size", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"eval.{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass
+class NLGResult:
+    """What :func:`run_nlg` did: metrics per split/benchmark, the training log, sizes, times, data stats."""
+
+    run_dir: str
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split or task -> metric -> value
+    log_history: list[dict] = field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    instruct: dict = field(default_factory=dict)  # InstructStats of the training data, as a dict
+    validation_instruct: Optional[dict] = None
+    truncated: int = 0
+    evals: dict[str, dict] = field(default_factory=dict)  # task -> evaluate_model summary
+
+
+def parse_eval_section(raw: Any, source: str = "<config>") -> list[EvalOptions]:
+    """``eval:`` as one mapping or a list of mappings -> EvalOptions; unknown keys name the source."""
+    if raw is None:
+        return []
+    items = raw if isinstance(raw, list) else [raw]
+    known = {f.name for f in dataclasses.fields(EvalOptions)}
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"{source}: eval entry {i} must be a mapping with keys {sorted(known)}, got {item!r}")
+        bad = set(item) - known
+        if bad:
+            raise ValueError(f"{source}: unknown eval option(s) {sorted(bad)} in entry {i}; known: {sorted(known)}")
+        out.append(EvalOptions(**item))
+    return out
+
+
+def evals_from_test(cfg: RunConfig) -> list[EvalOptions]:
+    """The ``data.test`` shorthand ``"task:data[,task:data]"`` (limit = data.eval_limit, batch = train.eval_batch_size).
+
+    Returns [] when ``data.test`` is empty or is not in that form (then it is read as instruction data
+    and its loss is reported).
+    """
+    from ..evaluation.tasks import TASKS
+
+    if not cfg.data.test:
+        return []
+    items = [s.strip() for s in cfg.data.test.split(",") if s.strip()]
+    parsed = [item.split(":", 1) for item in items]
+    if not all(len(p) == 2 and p[0] in TASKS for p in parsed):
+        if any(len(p) == 2 and p[0] in TASKS for p in parsed):
+            raise ValueError(f"data.test {cfg.data.test!r}: mixes benchmark entries 'task:data' with other data; "
+                             f"use only 'task:data' entries (tasks: {sorted(TASKS)})")
+        return []
+    return [EvalOptions(task=t, data=d, limit=cfg.data.eval_limit, batch_size=cfg.train.eval_batch_size)
+            for t, d in parsed]
+
+
+def load_nlg_config(path: Optional[str], overrides: Optional[list[str]] = None) -> tuple[RunConfig, list[EvalOptions]]:
+    """Like :func:`balora.training.run_config.load_config`, plus the optional top-level ``eval`` section.
+
+    ``--eval.key value`` overrides apply to a single ``eval`` mapping.
+    """
+    import yaml
+
+    raw: dict = {}
+    source = "<command line>"
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} not found")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{p}: expected a mapping of sections at the top level")
+        source = str(p)
+    raw = merge(raw, parse_overrides(overrides or []))
+    eval_raw = raw.pop("eval", None)
+    return build_config(raw, source), parse_eval_section(eval_raw, source)
+
+
+def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, extra_callbacks: Optional[list] = None,
+            save_adapter: bool = True) -> NLGResult:
+    """Train one NLG configuration and evaluate it; writes ``balora_run.json`` into ``cfg.train.output_dir``.
+
+    Args:
+        cfg: the run (``kind`` should be ``nlg``; ``data.train`` in any :mod:`balora.data.templates` format).
+        evals: generation benchmarks after training; ``None`` = the ``data.test`` shorthand
+            (:func:`evals_from_test`), ``[]`` = none.
+        extra_callbacks: more ``transformers.TrainerCallback`` objects.
+        save_adapter: save ``RUN_DIR/adapter`` (export it with :func:`balora.export.export_adapter`).
+    """
+    from transformers import set_seed
+
+    from ..baselines.params import count_parameters
+    from ..data.instruct import DataCollatorForResponseOnly, build_instruct_dataset
+    from ..export import save_run_adapters
+    from .models import load_base_model, load_tokenizer
+    from .nlu import _residual_init, _total_steps
+
+    if cfg.kind != "nlg":
+        raise ValueError(f"run_nlg needs kind 'nlg', got {cfg.kind!r}")
+    if not cfg.data.train:
+        raise ValueError("data.train is empty: give a local instruction file or a Hub dataset name[:split]")
+    shorthand = evals_from_test(cfg)
+    evals = list(shorthand if evals is None else evals)
+    test_as_data = cfg.data.test if cfg.data.test and not shorthand else None  # instruction data: report its loss
+    set_seed(cfg.train.seed)
+    run_dir = Path(cfg.train.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    model_path = os.path.expanduser(cfg.model.name_or_path)  # YAML configs may say ~/...
+    tokenizer = load_tokenizer(model_path, cfg.model.gguf_file)
+    build = dict(max_length=cfg.model.max_length, format=cfg.data.format, seed=cfg.train.seed, on_empty="drop")
+    train_ds, stats = build_instruct_dataset(cfg.data.train, tokenizer, limit=cfg.data.train_limit, **build)
+    held_out = {}
+    for split, source in (("validation", cfg.data.validation), ("test", test_as_data)):
+        if source:
+            held_out[split] = build_instruct_dataset(source, tokenizer, limit=cfg.data.eval_limit, **build)
+
+    model = load_base_model(model_path, "nlg", dtype=cfg.model.dtype, gguf_file=cfg.model.gguf_file)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # generation pads with it
+    steps = _total_steps(cfg, len(train_ds))
+    torch.manual_seed(cfg.train.seed)  # adapter init (and pissa_niter's sketch) reproducible on resume
+    model = prepare_model(model, cfg.method.name, r=cfg.method.r, alpha=cfg.method.alpha,
+                          target_modules=cfg.method.target_modules, dropout=cfg.method.dropout,
+                          pissa_niter=cfg.method.pissa_niter, balora=cfg.balora_config(),
+                          **peft_extra_kwargs(cfg.method.name, steps))
+    if getattr(model, "peft_config", None) and _residual_init(model):
+        save_run_adapters(model, run_dir, initial=True)
+    collator = DataCollatorForResponseOnly(tokenizer)
+    trainer = build_trainer(cfg, model, train_ds, None, collator, tokenizer, callbacks=extra_callbacks)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last_checkpoint(run_dir) if cfg.train.resume else None)
+    result = NLGResult(run_dir=str(run_dir), log_history=list(trainer.state.log_history),
+                       train_seconds=time.perf_counter() - start, instruct=dataclasses.asdict(stats),
+                       truncated=stats.n_truncated)
+    result.trainable_params, result.total_params = count_parameters(model)
+    train_logs = [h for h in result.log_history if "train_loss" in h]
+    if train_logs:
+        result.metrics["train"] = {"loss": float(train_logs[-1]["train_loss"])}
+    if save_adapter and getattr(model, "peft_config", None):
+        save_run_adapters(model, run_dir, initial=False)
+
+    def record() -> None:
+        finish_run(cfg, run_dir, model, result.metrics, extra={
+            "data": stats.source, "instruct": result.instruct, "truncated": result.truncated,
+            "held_out_instruct": {k: dataclasses.asdict(s) for k, (_, s) in held_out.items()},
+            "evals": result.evals, "train_seconds": round(result.train_seconds, 2),
+            "eval_seconds": round(result.eval_seconds, 2), "trainable_params": result.trainable_params})
+
+    record()  # a crash during evaluation keeps the training record
+    start = time.perf_counter()
+    for split, (ds, _) in held_out.items():
+        result.metrics[split] = heldout_loss(model, ds, collator, cfg.train.eval_batch_size)
+    if held_out:
+        result.validation_instruct = dataclasses.asdict(held_out[next(iter(held_out))][1])
+    for ev in evals:
+        summary = evaluate_generation(model, tokenizer, ev, run_dir / "eval", progress=cfg.train.progress)
+        result.evals[ev.task] = summary
+        result.metrics[ev.task] = {k: float(v) for k, v in summary.items()
+                                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    result.eval_seconds = time.perf_counter() - start
+    record()
+    return result
+
+
+def evaluate_generation(model: Any, tokenizer: Any, ev: EvalOptions, out_dir: Union[str, Path],
+                        progress: bool = True) -> dict:
+    """Run one benchmark with :func:`balora.evaluation.tasks.evaluate_model`; returns its summary."""
+    from ..evaluation.tasks import evaluate_model
+
+    return evaluate_model(ev.task, model, tokenizer, ev.data, out_dir, limit=ev.limit, batch_size=ev.batch_size,
+                          max_new_tokens=ev.max_new_tokens, progress=progress)
+
+
+@torch.no_grad()
+def heldout_loss(model: Any, dataset: Any, collator: Any, batch_size: int) -> dict[str, float]:
+    """Token-weighted cross-entropy (and perplexity) on response tokens, without the BA-LoRA terms."""
+    from torch.utils.data import DataLoader
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            logits = model(**batch).logits[:, :-1].float()
+            targets = labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                    ignore_index=-100, reduction="sum")
+            total += float(nll)
+            count += int((targets != -100).sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("held-out data has no response tokens to score")
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": float(count)}
