@@ -60,9 +60,14 @@ def bytes_needed(op: str, m: int, v: int, d: int, chunk: int) -> float:
     """Rough peak bytes of ``op``'s inputs and transients (for the memory skip)."""
     full = 4.0 * m * v
     return {"fused_ce": 4.0 * (v * d + 6 * chunk * v), "kl": 4.0 * (v * d + 8 * chunk * v),
-            "entropy": 4.0 * (v * d + 7 * chunk * v), "svd_small": 4.0 * (v * d + 4 * m * d),
+            "entropy": 4.0 * (v * d + 7 * chunk * v), "svd_small": 4.0 * (d * d + 4 * m * d),
             "svd_rand_full": 3 * full, "svd_exact_full": 4 * full + 4.0 * min(m, v) ** 2 * 2,
             "qr_once": 4.0 * 2 * v * d}[op]
+
+
+def input_bytes(op: str, m: int, v: int, d: int) -> float:
+    """Bytes of the op's inputs (W, or the full logits), allocated before the measured block."""
+    return 4.0 * m * v if op in ("svd_rand_full", "svd_exact_full") else 4.0 * d * d if op == "svd_small" else 4.0 * v * d
 
 
 def _available_bytes() -> float:
@@ -88,10 +93,13 @@ def _timed(fn: Callable[[], None]) -> tuple[float, float]:
 
 def run_op(op: str, m: int, v: int, d: int, chunk: int, gen: torch.Generator) -> tuple[float, float]:
     """(cpu seconds, transient peak MiB) of one fwd+bwd of ``op`` at size (m, v, d)."""
-    w = torch.randn(v, d, generator=gen) / d**0.5
     h = torch.randn(m, d, generator=gen).requires_grad_(True)
-    t = torch.randint(0, v, (m,), generator=gen)
     cfg = BALoRAConfig(task="nlg")
+    if op == "svd_small":  # the step's work: H R^T and the SVD term; R (d x d) comes from qr_once
+        r = torch.randn(d, d, generator=gen).triu_()
+        return _timed(lambda: _svd_term(h @ r.T, cfg).backward())
+    w = torch.randn(v, d, generator=gen) / d**0.5
+    t = torch.randint(0, v, (m,), generator=gen)
     if op in ("fused_ce", "kl", "entropy"):
         ref = (h.detach() + 0.1 * torch.randn(m, d, generator=gen)) if op == "kl" else None
         l1, l2 = (1.0 if op == "kl" else 0.0), (1.0 if op == "entropy" else 0.0)
@@ -102,10 +110,6 @@ def run_op(op: str, m: int, v: int, d: int, chunk: int, gen: torch.Generator) ->
         return sec, mb
     if op == "qr_once":
         return _timed(lambda: OutputFactor().r_factor(w))
-    if op == "svd_small":
-        factor = OutputFactor()
-        factor.r_factor(w)
-        return _timed(lambda: _svd_term(factor.small_logits(h, w), cfg).backward())
     with torch.no_grad():
         z = (h @ w.T).requires_grad_(True)
     mask = torch.ones(1, m, dtype=torch.bool)
@@ -127,11 +131,15 @@ def sweep(points: list[tuple[int, int, int]], ops: tuple[str, ...], max_op_s: fl
     for m, v, d in points:
         for op in ops:
             predicted = statistics.median(rate[op]) * flops(op, m, v, d)
+            # kl / entropy are increments: measuring them runs the fused CE pass twice more
+            cost = predicted + (2 * statistics.median(rate["fused_ce"]) * flops("fused_ce", m, v, d)
+                                if op in ("kl", "entropy") and "fused_ce" in rate else 0.0)
             row = {"op": op, "m": m, "v": v, "d": d, "predicted_s": predicted, "est_bytes": bytes_needed(op, m, v, d, chunk)}
+            transient_mb = max(row["est_bytes"] - input_bytes(op, m, v, d), 0.0) / 2**20
             if row["est_bytes"] > avail:
-                row.update(status="skipped: memory", seconds=predicted, peak_mb=row["est_bytes"] / 2**20)
-            elif predicted > max_op_s:
-                row.update(status="skipped: time", seconds=predicted, peak_mb=row["est_bytes"] / 2**20)
+                row.update(status="skipped: memory", seconds=predicted, peak_mb=transient_mb)
+            elif cost > max_op_s:
+                row.update(status="skipped: time", seconds=predicted, peak_mb=transient_mb)
             else:
                 sec, mb = run_op(op, m, v, d, chunk, gen)
                 rate[op].append(sec / flops(op, m, v, d))
@@ -156,14 +164,15 @@ def plot(rows: list[dict], out: Path, base_m: int, base_v: int) -> None:
     for i, d in enumerate(dims):
         panels = [("m", "v", base_v, "seconds", f"time vs trained positions (d={d}, V={base_v})"),
                   ("v", "m", base_m, "seconds", f"time vs vocabulary (d={d}, M={base_m})"),
-                  ("m", "v", base_v, "peak_mb", f"peak memory vs positions (d={d}, V={base_v}; est. if skipped)")]
+                  ("m", "v", base_v, "peak_mb", f"transient peak memory vs positions (d={d}, V={base_v})")]
         for ax, (x, fixed, val, y, title) in zip(axes[i], panels):
             for op in OPS:
                 sel = sorted((r for r in rows if r["op"] == op and r["d"] == d and r[fixed] == val
                               and not (op == "qr_once" and x == "m")), key=lambda r: r[x])
+                sel = [r for r in sel if r[y] > 0]  # an increment below the timing noise measures as 0
                 if not sel:
                     continue
-                xs, ys = [r[x] for r in sel], [max(r[y], 1e-5) for r in sel]
+                xs, ys = [r[x] for r in sel], [r[y] for r in sel]
                 ax.plot(xs, ys, "-", color=colors[op], alpha=0.6, label=op)
                 for r, xv, yv in zip(sel, xs, ys):
                     filled = r["status"] == "measured"
@@ -175,6 +184,7 @@ def plot(rows: list[dict], out: Path, base_m: int, base_v: int) -> None:
             ax.set_ylabel("CPU seconds (fwd+bwd)" if y == "seconds" else "MiB")
             ax.grid(True, which="both", alpha=0.3)
         axes[i][0].legend(fontsize=7)
+        axes[i][1].legend(fontsize=7)
     fig.suptitle("BA-LoRA NLG terms: filled = measured, hollow = extrapolated (c x FLOPs) or skipped", fontsize=10)
     fig.tight_layout()
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
@@ -202,8 +212,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     points = sorted({(m, args.base_v, d) for m in args.positions for d in args.dims}
                     | {(args.base_m, v, d) for v in args.vocabs for d in args.dims})
     rows = sweep(points, OPS, args.max_op_seconds, args.chunk_size)
-    rates = {op: statistics.median([r["seconds"] / flops(op, r["m"], r["v"], r["d"]) for r in rows
-                                    if r["op"] == op and r["status"] == "measured"] or [float("nan")]) for op in OPS}
+    # every row's seconds (measured, or extrapolated with the op's calibrated rate) gives a rate
+    rates = {op: statistics.median([r["seconds"] / flops(op, r["m"], r["v"], r["d"]) for r in rows if r["op"] == op])
+             for op in OPS}
     m, v, d = args.predict
     prediction = {op: rates[op] * flops(op, m, v, d) for op in OPS}
     print(f"\nextrapolated CPU seconds at M={m}, V={v}, d={d} (this machine, {args.threads} thread(s)):")
