@@ -31,6 +31,12 @@ _METHOD_ORDER = ("full", "bitfit", "houlsby", "pfeiffer", "lora", "lora+reg", "d
                  "pissa", "pissa+reg", "ba-lora")
 
 
+def model_label(model: str) -> str:
+    """How a model is named in titles: a Hub name as is, a local folder by its last two path parts."""
+    path = Path(model.rstrip("/"))
+    return "/".join(path.parts[-2:]) if path.is_absolute() or path.exists() else model
+
+
 def _where(record: dict) -> str:
     return f"run {record.get('method')}/{record.get('task')}/seed {record.get('seed')}"
 
@@ -164,7 +170,7 @@ def markdown_tables(summary: Summary) -> str:
             columns = _column_order(cells.loc[cells["model"] == model, "column"])
             seeds = sorted(set(cells.loc[cells["model"] == model, "n"]))
             title = "GLUE dev" if table == "glue" else "OOD (no further training)"
-            parts.append(f"### {title}: {model}\n\nmean ± std over seeds (n = {', '.join(map(str, seeds))}), x100\n")
+            parts.append(f"### {title}: {model_label(model)}\n\nmean ± std over seeds (n = {', '.join(map(str, seeds))}), x100\n")
             head = ["Method", "#Params", *(_header(c, cells) for c in columns), "Avg."]
             lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
             best = {c: wide[f"{c}_mean"].max() for c in [*columns]}
@@ -220,7 +226,7 @@ def plot_summary(summary: Summary, path: str | os.PathLike) -> Path:
             ax.bar(x + (i - (len(wide.index) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=method)
         ax.set_xticks(x, [_header(c, cells) for c in columns])
         ax.set_ylabel("dev score x100")
-        ax.set_title(Path(model).name or model)
+        ax.set_title(model_label(model))
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

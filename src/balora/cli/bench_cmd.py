@@ -102,7 +102,7 @@ def run_nlu_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.threads)
     summary = run_grid(specs, make_nlu_run_fn(cfg), cfg.results, cfg.out_dir, keep_outputs=cfg.keep_adapters,
                        stop_on_error=args.stop_on_error)
-    keys = {s.key() for s in specs}
+    keys = {s.key() for s in nlu_specs(dataclasses.replace(cfg, shard="0/1"))}  # the whole grid, every shard
     records = [r for r in read_results(cfg.results) if r["key"] in keys]
     print(f"\n{len(summary.ran)} run(s) done, {len(summary.skipped)} already recorded, {len(summary.failed)} failed "
           f"in {summary.seconds / 60:.1f} min; results: {cfg.results}")
