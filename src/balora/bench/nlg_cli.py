@@ -47,6 +47,7 @@ _FLAGS = {
     "--out-dir": ("out_dir", {}),
     "--threads": ("threads", dict(type=int)),
 }
+_ALIASES = {"--eval-tasks": ("--eval-task",)}
 _SWITCHES = {"--base": "base", "--keep-adapters": "keep_adapters", "--progress": "progress"}
 
 
@@ -64,7 +65,7 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML sweep file (keys = the long flags with _ for -)")
     for flag, (name, kw) in _FLAGS.items():
-        p.add_argument(flag, dest=name, default=None, help=f"{fields[name].metadata['help']} (default: {default(name)})",
+        p.add_argument(flag, *_ALIASES.get(flag, ()), dest=name, default=None, help=f"{fields[name].metadata['help']} (default: {default(name)})",
                        **kw)
     for flag, name in _SWITCHES.items():
         p.add_argument(flag, dest=name, action="store_const", const=True, default=None,
