@@ -189,3 +189,18 @@ def test_bench_grid_appends_resumes_and_tabulates(assets, tmp_path) -> None:
     assert f"| lora | {score * 100:.1f} ± {se * 100:.1f} | 3 | 1 |" in table
     with pytest.raises(ValueError, match="eval_data has 0 entries"):
         NLGBenchConfig(model="m", train="t", eval_tasks=["gsm8k"], eval_data=[])
+
+
+def test_bench_nlg_cli_dry_run_lists_the_grid(assets, tmp_path, capsys) -> None:
+    from balora.cli.main import main
+
+    args = ["bench", "nlg", "--model", str(assets["model"]), "--train", str(assets["train"]), "--methods", "lora",
+            "ba-lora", "--base", "--eval-task", "gsm8k", "--eval-data", str(assets["test"]), "--seeds", "2",
+            "--results", str(tmp_path / "r.jsonl"), "--dry-run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[1] for line in out[:-1]] == ["base", "lora", "ba-lora", "lora", "ba-lora"]
+    assert out[-1].startswith("5 of 5 runs to do")
+    no_data = [a for a in args if a not in ("--eval-data", str(assets["test"]))]
+    assert main(no_data) == 2  # eval_data missing: a clear error (ValueError -> exit code 2), not a traceback
+    assert "eval_data has 0 entries" in capsys.readouterr().err
