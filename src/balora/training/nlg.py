@@ -224,8 +224,8 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
     for ev in evals:
         summary = evaluate_generation(model, tokenizer, ev, run_dir / "eval", progress=cfg.train.progress)
         result.evals[ev.task] = summary
-        result.metrics[ev.task] = {k: float(v) for k, v in summary.items()
-                                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        result.metrics[ev.task] = {k: float(v) for k, v in summary.items() if k != "max_new_tokens"
+                                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
     result.eval_seconds = time.perf_counter() - start
     record()
     return result
