@@ -71,6 +71,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     splits = load_vitaminc(seed=cfg.split_seed, progress=progress)
     train = subsample(splits["train"], min(cfg.train_size, len(splits["train"])), seed=cfg.split_seed)
     test = subsample(splits["test"], min(cfg.test_size, len(splits["test"])), seed=cfg.split_seed)
+    # Evaluate in length order: batches pad to their longest pair, so this halves the evaluation time.
+    test = test.map(lambda b: {"_chars": [len(c) + len(e) for c, e in zip(b["claim"], b["evidence"])]}, batched=True)
+    test = test.sort("_chars").remove_columns("_chars")
     model_path = str(minilm_path())
     label_names = list(splits["train"].features["label"].names)
     steps = max(1, int(np.ceil(len(train) / cfg.batch_size) * cfg.epochs))
@@ -170,9 +173,13 @@ def _confusion(pred: Any, ref: Any, n: int) -> list[list[int]]:
 
 def _quiet_libraries() -> None:
     """The demo shows one progress bar over the runs; silence the per-step chatter of the libraries."""
+    import warnings
+
     import datasets
     import transformers
 
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()

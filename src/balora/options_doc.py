@@ -32,7 +32,7 @@ def _table(cls: type, prefix: str) -> list[str]:
 def render() -> str:
     from .config import BALoRAConfig
     from .demo import DemoConfig
-    from .training.run_config import SECTIONS
+    from .training.run_config import SECTIONS, EvalOptions
 
     out = ["# Options", "",
            "Generated from the dataclasses' help texts by `python -m balora.options_doc`; do not edit by hand.",
@@ -41,6 +41,7 @@ def render() -> str:
     out += _table(BALoRAConfig, "balora.")
     for name, cls in SECTIONS.items():
         out += ["", f"## `{name}` section", ""] + _table(cls, f"{name}.")
+    out += ["", "## `eval` section (NLG; a list of these)", ""] + _table(EvalOptions, "eval[].")
     out += ["", "## `balora demo` (DemoConfig)", ""] + _table(DemoConfig, "")
     return "\n".join(out) + "\n"
 

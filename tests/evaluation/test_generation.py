@@ -138,3 +138,16 @@ def test_eval_cli_with_saved_model_and_adapter(memorised, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "accuracy" in out and "1.0000" in out
     assert json.loads((tmp_path / "o" / "gsm8k_summary.json").read_text())["n"] == 2
+
+
+def test_plain_prompt_is_the_training_layout():
+    """Without a chat template, evaluation prompts exactly the text instruction tuning trained on."""
+    from types import SimpleNamespace
+
+    from balora.data.templates import plain_segments
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+3?"},
+                {"role": "assistant", "content": "5"}]
+    prompt_part = "".join(text for text, trained in plain_segments(messages) if not trained)
+    no_template = SimpleNamespace(chat_template=None)
+    assert format_prompt(no_template, "What is 2+3?", system_prompt="Be brief.") == prompt_part

@@ -7,9 +7,9 @@ Prompt formatting (:func:`format_prompt`):
 * ``True``: the chat template (error if the tokenizer has none); ``False``: the raw prompt,
   for completion-style tasks such as HumanEval.
 
-:data:`PLAIN_TEMPLATE` is the Alpaca instruction format, which is also the format PiSSA/BA-LoRA
-fine-tuning on MetaMathQA / Code-Feedback uses, so a fine-tuned base model without a chat
-template is prompted the way it was trained.
+:data:`PLAIN_TEMPLATE` is the plain instruction layout of :mod:`balora.data.templates`
+(``### Instruction:`` / ``### Response:``), the one balora's instruction tuning trains with, so a
+fine-tuned base model without a chat template is prompted the way it was trained.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
-PLAIN_TEMPLATE = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes "
-    "the request.\n\n### Instruction:\n{prompt}\n\n### Response:"
-)
+from ..data.templates import PLAIN_INSTRUCTION_HEADER, PLAIN_RESPONSE_HEADER, PLAIN_TURN_SEPARATOR
+
+# The plain template is the one balora's instruction tuning trains with (balora.data.templates), so a
+# fine-tuned model without a chat template is prompted exactly the way it was trained.
+PLAIN_TEMPLATE = f"{PLAIN_INSTRUCTION_HEADER}{{prompt}}{PLAIN_TURN_SEPARATOR}{PLAIN_RESPONSE_HEADER}"
 
 
 @dataclass
@@ -65,7 +66,8 @@ def format_prompt(tokenizer, prompt: str, use_chat_template: Union[bool, str] = 
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
         messages.append({"role": "user", "content": prompt})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return PLAIN_TEMPLATE.format(prompt=prompt)
+    prefix = f"{system_prompt}{PLAIN_TURN_SEPARATOR}" if system_prompt else ""
+    return prefix + PLAIN_TEMPLATE.format(prompt=prompt)
 
 
 def truncate_at_stop(text: str, stop_sequences: Iterable[str]) -> str:

@@ -49,6 +49,7 @@ def training_arguments(cfg: RunConfig, has_eval: bool) -> Any:
         bf16=cfg.model.dtype == "bfloat16",
         fp16=cfg.model.dtype == "float16",
         dataloader_num_workers=0,
+        dataloader_pin_memory=_cuda_available(),
         group_by_length=t.group_by_length,
     )
     accepted = inspect.signature(TrainingArguments.__init__).parameters
@@ -59,6 +60,12 @@ def training_arguments(cfg: RunConfig, has_eval: bool) -> Any:
     if t.tensorboard and "logging_dir" not in accepted:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(t.output_dir) / "tb"))
     return TrainingArguments(**{k: v for k, v in wanted.items() if k in accepted})
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def build_trainer(cfg: RunConfig, model: Any, train_ds: Any, eval_ds: Optional[Any], collator: Any, tokenizer: Any,

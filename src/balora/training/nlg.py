@@ -33,38 +33,13 @@ import torch
 
 from ..methods import prepare_model
 from .common import build_trainer, finish_run, last_checkpoint, peft_extra_kwargs
-from .run_config import RunConfig, build_config, merge, parse_overrides
+from .run_config import EvalOptions, RunConfig, parse_eval_section  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 
 def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
-
-
-@dataclass
-class EvalOptions:
-    """One generation benchmark run after training (see :mod:`balora.evaluation.tasks`)."""
-
-    task: str = _help("Benchmark: gsm8k, math, math500, humaneval, mbpp or mt-bench.", default="gsm8k")
-    data: str = _help("Its data: a local file/folder or a Hub dataset name (see balora.evaluation.tasks).", default="")
-    limit: Optional[int] = _help("Evaluate only the first N problems (all when empty).", default=None)
-    batch_size: int = _help("Prompts per generate() call (greedy decoding).", default=8)
-    max_new_tokens: int = _help("Maximum generated tokens per problem.", default=512)
-
-    def __post_init__(self) -> None:
-        from ..evaluation.tasks import TASKS
-
-        if self.task not in TASKS:
-            raise ValueError(f"eval.task must be one of {sorted(TASKS)}, got {self.task!r}")
-        if not self.data:
-            raise ValueError(f"eval.data is empty for task {self.task!r}: give a local file/folder or a Hub name")
-        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
-            raise ValueError(f"eval.limit must be an integer >= 1 or empty, got {self.limit!r}")
-        for name in ("batch_size", "max_new_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"eval.{name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass
@@ -82,23 +57,6 @@ class NLGResult:
     validation_instruct: Optional[dict] = None
     truncated: int = 0
     evals: dict[str, dict] = field(default_factory=dict)  # task -> evaluate_model summary
-
-
-def parse_eval_section(raw: Any, source: str = "<config>") -> list[EvalOptions]:
-    """``eval:`` as one mapping or a list of mappings -> EvalOptions; unknown keys name the source."""
-    if raw is None:
-        return []
-    items = raw if isinstance(raw, list) else [raw]
-    known = {f.name for f in dataclasses.fields(EvalOptions)}
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ValueError(f"{source}: eval entry {i} must be a mapping with keys {sorted(known)}, got {item!r}")
-        bad = set(item) - known
-        if bad:
-            raise ValueError(f"{source}: unknown eval option(s) {sorted(bad)} in entry {i}; known: {sorted(known)}")
-        out.append(EvalOptions(**item))
-    return out
 
 
 def evals_from_test(cfg: RunConfig) -> list[EvalOptions]:
@@ -123,25 +81,11 @@ def evals_from_test(cfg: RunConfig) -> list[EvalOptions]:
 
 
 def load_nlg_config(path: Optional[str], overrides: Optional[list[str]] = None) -> tuple[RunConfig, list[EvalOptions]]:
-    """Like :func:`balora.training.run_config.load_config`, plus the optional top-level ``eval`` section.
+    """:func:`balora.training.run_config.load_config` and the run's ``eval`` benchmarks (kept for callers)."""
+    from .run_config import load_config
 
-    ``--eval.key value`` overrides apply to a single ``eval`` mapping.
-    """
-    import yaml
-
-    raw: dict = {}
-    source = "<command line>"
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} not found")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{p}: expected a mapping of sections at the top level")
-        source = str(p)
-    raw = merge(raw, parse_overrides(overrides or []))
-    eval_raw = raw.pop("eval", None)
-    return build_config(raw, source), parse_eval_section(eval_raw, source)
+    cfg = load_config(path, overrides)
+    return cfg, list(cfg.eval)
 
 
 def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, extra_callbacks: Optional[list] = None,
@@ -168,7 +112,7 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
     if not cfg.data.train:
         raise ValueError("data.train is empty: give a local instruction file or a Hub dataset name[:split]")
     shorthand = evals_from_test(cfg)
-    evals = list(shorthand if evals is None else evals)
+    evals = list((cfg.eval or shorthand) if evals is None else evals)
     test_as_data = cfg.data.test if cfg.data.test and not shorthand else None  # instruction data: report its loss
     set_seed(cfg.train.seed)
     run_dir = Path(cfg.train.output_dir)

@@ -120,6 +120,31 @@ class TrainConfig:
 
 
 @dataclass
+class EvalOptions:
+    """One generation benchmark run after training (see :mod:`balora.evaluation.tasks`)."""
+
+    task: str = _help("Benchmark: gsm8k, math, math500, humaneval, mbpp or mt-bench.", default="gsm8k")
+    data: str = _help("Its data: a local file/folder or a Hub dataset name (see balora.evaluation.tasks).", default="")
+    limit: Optional[int] = _help("Evaluate only the first N problems (all when empty).", default=None)
+    batch_size: int = _help("Prompts per generate() call (greedy decoding).", default=8)
+    max_new_tokens: int = _help("Maximum generated tokens per problem.", default=512)
+
+    def __post_init__(self) -> None:
+        from ..evaluation.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"eval.task must be one of {sorted(TASKS)}, got {self.task!r}")
+        if not self.data:
+            raise ValueError(f"eval.data is empty for task {self.task!r}: give a local file/folder or a Hub name")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"eval.limit must be an integer >= 1 or empty, got {self.limit!r}")
+        for name in ("batch_size", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"eval.{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass
 class RunConfig:
     kind: str = _help("'nlu' (sequence classification/regression) or 'nlg' (causal LM instruction tuning).", default="nlu")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
@@ -127,6 +152,8 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "Adapter method."})
     balora: dict = field(default_factory=dict, metadata={"help": "BALoRAConfig fields (see balora.config)."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation and logging."})
+    eval: list = field(default_factory=list, metadata={"help": "NLG: generation benchmarks run after training, "
+                       "a list of {task, data, limit, batch_size, max_new_tokens} (see EvalOptions)."})
 
     def __post_init__(self) -> None:
         if self.kind not in ("nlu", "nlg"):
@@ -137,6 +164,23 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def parse_eval_section(raw: Any, source: str = "<config>") -> list[EvalOptions]:
+    """``eval:`` as one mapping or a list of mappings -> EvalOptions; unknown keys name the source."""
+    if raw is None:
+        return []
+    items = raw if isinstance(raw, list) else [raw]
+    known = {f.name for f in dataclasses.fields(EvalOptions)}
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"{source}: eval entry {i} must be a mapping with keys {sorted(known)}, got {item!r}")
+        bad = set(item) - known
+        if bad:
+            raise ValueError(f"{source}: unknown eval option(s) {sorted(bad)} in entry {i}; known: {sorted(known)}")
+        out.append(EvalOptions(**item))
+    return out
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}
@@ -155,6 +199,8 @@ def build_config(raw: dict, source: str = "<config>") -> RunConfig:
             if bad:
                 raise ValueError(f"{source}: unknown balora option(s) {sorted(bad)}; known: {sorted(known)}")
             kwargs["balora"] = dict(value or {})
+        elif key == "eval":
+            kwargs["eval"] = parse_eval_section(value, source)
         elif key in SECTIONS:
             cls = SECTIONS[key]
             known = {f.name for f in dataclasses.fields(cls)}
@@ -166,7 +212,7 @@ def build_config(raw: dict, source: str = "<config>") -> RunConfig:
             except TypeError as err:
                 raise ValueError(f"{source}: section {key}: {err}") from err
         else:
-            raise ValueError(f"{source}: unknown section {key!r}; expected kind, model, data, method, balora, train")
+            raise ValueError(f"{source}: unknown section {key!r}; expected kind, model, data, method, balora, train, eval")
     cfg = RunConfig(**kwargs)
     cfg.balora_config()  # validate early, naming the bad field
     return cfg
