@@ -27,8 +27,8 @@ class DemoConfig:
     methods: list[str] = field(default_factory=lambda: ["lora", "pissa", "ba-lora"],
                                metadata={"help": "Methods compared (any of balora.METHODS)."})
     seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "Training seeds (mean ± std over them)."})
-    train_size: int = field(default=1024, metadata={"help": "Training examples (stratified subsample of the train split)."})
-    test_size: int = field(default=1000, metadata={"help": "Test examples (stratified subsample of the held-out test split)."})
+    train_size: int = field(default=896, metadata={"help": "Training examples (stratified subsample of the train split)."})
+    test_size: int = field(default=750, metadata={"help": "Test examples (stratified subsample of the held-out test split)."})
     epochs: float = field(default=1.0, metadata={"help": "Training epochs over the subset."})
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
     lr: float = field(default=1e-3, metadata={"help": "Learning rate (AdamW, linear decay, 6% warm-up)."})

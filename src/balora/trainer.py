@@ -80,7 +80,7 @@ class BALoRATrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
         inputs = dict(inputs)
         index = inputs.pop("balora_index", None)
-        if not self.regularized:
+        if not self.regularized or not model.training:  # evaluation: the task loss alone, no reference pass
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
             self._record("task", loss)
             return (loss, outputs) if return_outputs else loss

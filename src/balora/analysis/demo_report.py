@@ -23,7 +23,7 @@ def write_report(results: dict, out: Path) -> Path:
     counts = results["data"]["test_label_counts"]
     groups = [f"{n}\n(n={c})" for n, c in zip(labels, counts)]
     plots.grouped_bars(groups, recall, out / "per_class_recall.png", "recall (test)",
-                       "Per-class recall by method (mean ± std over seeds)")
+                       "Per-class recall by method (mean ± std over seeds)", ylim=(0.0, 1.05))
     matrices = {m: np.sum([r["confusion_matrix"] for r in runs if r["method"] == m], axis=0) for m in methods}
     plots.confusion_grid(matrices, labels, out / "confusion_matrices.png")
     cfg = results["config"]

@@ -32,6 +32,7 @@ def term_curves(histories: dict[str, list[list[dict]]], path: Path) -> Path:
     """One panel per loss term: value against step, one line per method (mean over seeds)."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(TERMS), figsize=(4.2 * len(TERMS), 3.4))
+    colors = {m: f"C{i}" for i, m in enumerate(histories)}  # one colour per method in every panel
     for ax, term in zip(axes, TERMS):
         for method, runs in histories.items():
             series = [[(h["step"], h[term]) for h in run if term in h] for run in runs]
@@ -41,7 +42,7 @@ def term_curves(histories: dict[str, list[list[dict]]], path: Path) -> Path:
             n = min(len(s) for s in series)
             steps = [p[0] for p in series[0][:n]]
             values = np.mean([[p[1] for p in s[:n]] for s in series], axis=0)
-            ax.plot(steps, values, marker=".", label=method)
+            ax.plot(steps, values, marker=".", label=method, color=colors[method])
         ax.set_title(term.replace("loss_", ""))
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -51,7 +52,7 @@ def term_curves(histories: dict[str, list[list[dict]]], path: Path) -> Path:
 
 
 def grouped_bars(groups: Sequence[str], series: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path,
-                 ylabel: str, title: str) -> Path:
+                 ylabel: str, title: str, ylim: tuple[float, float] | None = None) -> Path:
     """Bars per group (x) and series (colour) with std error bars."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(groups) * max(1, len(series)) / 3, 3.6))
@@ -60,6 +61,8 @@ def grouped_bars(groups: Sequence[str], series: dict[str, tuple[Sequence[float],
     for i, (name, (means, stds)) in enumerate(series.items()):
         ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=name)
     ax.set_xticks(x, groups)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
