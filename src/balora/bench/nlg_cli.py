@@ -14,8 +14,8 @@ it from the results file alone.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
+
+from .cli_args import add_config_flags, config_values, finish, print_todo, set_threads
 
 # CLI flag -> (NLGBenchConfig field, argparse keywords); help texts come from the fields' metadata.
 _FLAGS = {
@@ -55,60 +55,31 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     """Add ``nlg`` to the sub-commands of ``balora bench``."""
     from .nlg import NLGBenchConfig
 
-    fields = {f.name: f for f in dataclasses.fields(NLGBenchConfig)}
-
-    def default(name: str) -> object:
-        f = fields[name]
-        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
     p = bench_sub.add_parser("nlg", help="instruction tuning grid: methods x seeds, scored on GSM8K/MATH/code/MT-Bench",
                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML sweep file (keys = the long flags with _ for -)")
-    for flag, (name, kw) in _FLAGS.items():
-        p.add_argument(flag, *_ALIASES.get(flag, ()), dest=name, default=None, help=f"{fields[name].metadata['help']} (default: {default(name)})",
-                       **kw)
-    for flag, name in _SWITCHES.items():
-        p.add_argument(flag, dest=name, action="store_const", const=True, default=None,
-                       help=fields[name].metadata["help"])
-    p.add_argument("--stop-on-error", action="store_true", help="stop the sweep at the first failing run")
-    p.add_argument("--dry-run", action="store_true", help="print the runs still to do and exit")
+    add_config_flags(p, NLGBenchConfig, _FLAGS, _SWITCHES, _ALIASES)
     p.add_argument("--report", action="store_true", help="print the table from the results file and exit")
     p.set_defaults(func=run_nlg_bench)
 
 
 def run_nlg_bench(args: argparse.Namespace) -> int:
     """Run (or resume) the NLG grid and print its table."""
-    from .nlg import NLGBenchConfig, load_nlg_bench_config, make_nlg_run_fn, nlg_specs, nlg_table
-    from .runner import done_keys, read_results, run_grid
-
-    names = [f.name for f in dataclasses.fields(NLGBenchConfig)]
-    cfg = load_nlg_bench_config(args.config, {n: getattr(args, n, None) for n in names})
-    specs = nlg_specs(cfg)
-    keys = {s.key() for s in specs}
-    if args.dry_run or args.report:
-        if args.report:
-            print(nlg_table([r for r in read_results(cfg.results) if r["key"] in keys]))
-            return 0
-        done = done_keys(cfg.results)
-        todo = [s for s in specs if s.key() not in done]
-        for s in todo:
-            print(f"{s.model}\t{s.method}\t{s.task}\tseed {s.seed}")
-        print(f"{len(todo)} of {len(specs)} runs to do ({cfg.results})")
-        return 0
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
     import torch
 
+    from .nlg import NLGBenchConfig, load_nlg_bench_config, make_nlg_run_fn, nlg_specs, nlg_table
+    from .runner import read_results, run_grid
+
+    cfg = load_nlg_bench_config(args.config, config_values(args, NLGBenchConfig))
+    specs = nlg_specs(cfg)
+    keys = {s.key() for s in specs}
+    if args.report:
+        print(nlg_table([r for r in read_results(cfg.results) if r["key"] in keys]))
+        return 0
+    if args.dry_run:
+        return print_todo(specs, cfg.results)
+    set_threads(cfg.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     summary = run_grid(specs, make_nlg_run_fn(cfg), cfg.results, cfg.out_dir, keep_outputs=cfg.keep_adapters,
                        stop_on_error=args.stop_on_error, device=device)
-    records = [r for r in read_results(cfg.results) if r["key"] in keys]
-    print(f"\n{len(summary.ran)} run(s) done, {len(summary.skipped)} already recorded, {len(summary.failed)} failed "
-          f"in {summary.seconds / 60:.1f} min; results: {cfg.results}")
-    if records:
-        print(nlg_table(records))
-    for spec, err in summary.failed:
-        print(f"FAILED {spec.slug()}: {err}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return finish(summary, cfg.results, keys, nlg_table)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import sys
+
+from ..bench.cli_args import add_config_flags, config_values, finish, print_todo, set_threads
 
 # Optional sub-commands of `balora bench`, each a module exposing register(bench_subparsers).
 PLUGINS = ("balora.bench.nlg_cli", "balora.bench.overhead_cli")
@@ -63,20 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _register_nlu(bench_sub: argparse._SubParsersAction) -> None:
     from ..bench.nlu import NLUBenchConfig
 
-    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(NLUBenchConfig)}
-    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-                for f in dataclasses.fields(NLUBenchConfig)}
     p = bench_sub.add_parser("nlu", help="GLUE grid: models x methods x tasks x seeds",
                              description="GLUE sweep with run_nlu. Flags override the --config YAML, which "
                                          "overrides the defaults shown; per-task settings go in its per_task "
                                          "section (see configs/nlu/).")
     p.add_argument("--config", help="YAML sweep file (keys = the long flags with _ for -, plus per_task)")
-    for flag, (name, kw) in _NLU_FLAGS.items():
-        p.add_argument(flag, dest=name, default=None, help=f"{helps[name]} (default: {defaults[name]})", **kw)
-    for flag, name in _NLU_SWITCHES.items():
-        p.add_argument(flag, dest=name, action="store_const", const=True, default=None, help=helps[name])
-    p.add_argument("--stop-on-error", action="store_true", help="stop the sweep at the first failing run")
-    p.add_argument("--dry-run", action="store_true", help="print the runs still to do and exit")
+    add_config_flags(p, NLUBenchConfig, _NLU_FLAGS, _NLU_SWITCHES)
     p.set_defaults(func=run_nlu_bench)
 
 
@@ -84,30 +77,14 @@ def run_nlu_bench(args: argparse.Namespace) -> int:
     """Run (or resume) the GLUE grid and print the summary table of its results."""
     from ..bench.nlu import NLUBenchConfig, load_bench_config, make_nlu_run_fn, nlu_specs
     from ..bench.report import markdown_tables, summarize
-    from ..bench.runner import done_keys, read_results, run_grid
+    from ..bench.runner import run_grid
 
-    names = [f.name for f in dataclasses.fields(NLUBenchConfig)]
-    cfg = load_bench_config(args.config, {n: getattr(args, n, None) for n in names})
+    cfg = load_bench_config(args.config, config_values(args, NLUBenchConfig))
     specs = nlu_specs(cfg)
     if args.dry_run:
-        done = done_keys(cfg.results)
-        todo = [s for s in specs if s.key() not in done]
-        for s in todo:
-            print(f"{s.model}\t{s.method}\t{s.task}\tseed {s.seed}")
-        print(f"{len(todo)} of {len(specs)} runs to do ({cfg.results})")
-        return 0
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
+        return print_todo(specs, cfg.results)
+    set_threads(cfg.threads)
     summary = run_grid(specs, make_nlu_run_fn(cfg), cfg.results, cfg.out_dir, keep_outputs=cfg.keep_adapters,
                        stop_on_error=args.stop_on_error)
     keys = {s.key() for s in nlu_specs(dataclasses.replace(cfg, shard="0/1"))}  # the whole grid, every shard
-    records = [r for r in read_results(cfg.results) if r["key"] in keys]
-    print(f"\n{len(summary.ran)} run(s) done, {len(summary.skipped)} already recorded, {len(summary.failed)} failed "
-          f"in {summary.seconds / 60:.1f} min; results: {cfg.results}")
-    if records:
-        print(markdown_tables(summarize(records)))
-    for spec, err in summary.failed:
-        print(f"FAILED {spec.slug()}: {err}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return finish(summary, cfg.results, keys, lambda records: markdown_tables(summarize(records)))

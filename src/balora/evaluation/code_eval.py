@@ -10,8 +10,6 @@ see its docstring for what is and is not isolated).
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +18,8 @@ from typing import Iterable, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from balora.evaluation.generation import truncate_at_stop as cut_at_stop
+from balora.evaluation.records import read_jsonl, require_fields
 from balora.evaluation.sandbox import SandboxResult, run_python
 
 Benchmark = Literal["humaneval", "mbpp"]
@@ -45,30 +45,10 @@ class CodeProblem:
     setup: str = ""  # MBPP test_setup_code
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {line_no} is not valid JSON: {exc}") from exc
-    return rows
-
-
-def _require(row: Mapping, fields: Iterable[str], where: str) -> None:
-    missing = [f for f in fields if f not in row]
-    if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}; found {sorted(row)}")
-
-
 def _humaneval_from_rows(rows: Iterable[Mapping], source: str) -> list[CodeProblem]:
     out = []
     for i, row in enumerate(rows, 1):
-        _require(row, ("task_id", "prompt", "canonical_solution", "test", "entry_point"), f"{source} row {i}")
+        require_fields(row, ("task_id", "prompt", "canonical_solution", "test", "entry_point"), f"{source} row {i}")
         out.append(CodeProblem(str(row["task_id"]), "humaneval", row["prompt"], row["canonical_solution"],
                                row["test"], row["entry_point"]))
     return out
@@ -81,7 +61,7 @@ def _mbpp_from_rows(rows: Iterable[Mapping], source: str, split: str) -> list[Co
     out = []
     for i, row in enumerate(rows, 1):
         text_key = "text" if "text" in row else "prompt"  # Hub "sanitized" config uses "prompt"
-        _require(row, ("task_id", text_key, "code", "test_list"), f"{source} row {i}")
+        require_fields(row, ("task_id", text_key, "code", "test_list"), f"{source} row {i}")
         if not lo <= int(row["task_id"]) <= hi:
             continue
         out.append(CodeProblem(str(row["task_id"]), "mbpp", row[text_key], row["code"],
@@ -94,7 +74,7 @@ def load_humaneval(path: Union[str, Path]) -> list[CodeProblem]:
     name such as ``"openai_humaneval"`` (needs network and the ``datasets`` cache)."""
     p = Path(path)
     if p.exists():
-        return _humaneval_from_rows(_read_jsonl(p), str(p))
+        return _humaneval_from_rows(read_jsonl(p), str(p))
     from datasets import load_dataset
 
     return _humaneval_from_rows(load_dataset(str(path), split="test"), str(path))
@@ -107,7 +87,7 @@ def load_mbpp(path: Union[str, Path], split: str = "test") -> list[CodeProblem]:
         raise ValueError(f"MBPP split must be one of {sorted(MBPP_SPLITS)}, got {split!r}")
     p = Path(path)
     if p.exists():
-        return _mbpp_from_rows(_read_jsonl(p), str(p), split)
+        return _mbpp_from_rows(read_jsonl(p), str(p), split)
     from datasets import load_dataset
 
     hub_split = "train" if split == "all" else split
@@ -143,16 +123,6 @@ def postprocess_completion(text: str, problem: CodeProblem) -> str:
     else:
         stops = ("\nif __name__", "\nprint(", "\nassert ") if problem.benchmark == "humaneval" else MBPP_STOP_SEQUENCES
     return cut_at_stop(code, stops)
-
-
-def cut_at_stop(text: str, stop_sequences: Iterable[str]) -> str:
-    """``text`` up to the earliest occurrence of any stop sequence."""
-    cut = len(text)
-    for stop in stop_sequences:
-        idx = text.find(stop)
-        if idx != -1:
-            cut = min(cut, idx)
-    return text[:cut]
 
 
 def build_program(problem: CodeProblem, completion: str) -> str:

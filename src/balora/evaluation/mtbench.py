@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
+from balora.evaluation.records import read_jsonl
+
 NEED_REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 ENV_URL, ENV_MODEL, ENV_KEY = "BALORA_JUDGE_URL", "BALORA_JUDGE_MODEL", "BALORA_JUDGE_API_KEY"
 
@@ -79,21 +81,9 @@ class JudgeConfig:
         return cls(url=url, model=model, api_key=api_key, **kwargs)
 
 
-def _read_jsonl(path: Union[str, Path]) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}: line {line_no} is not valid JSON: {exc}") from exc
-    return rows
-
-
 def load_judge_prompts(path: Union[str, Path]) -> dict[str, dict]:
     """FastChat ``judge_prompts.jsonl`` keyed by name; checks the two single-answer prompts exist."""
-    prompts = {row["name"]: row for row in _read_jsonl(path)}
+    prompts = {row["name"]: row for row in read_jsonl(path)}
     for name in ("single-v1", "single-math-v1"):
         if name not in prompts:
             raise ValueError(f"{path}: judge prompt {name!r} not found (have {sorted(prompts)})")
@@ -105,7 +95,7 @@ def load_judge_prompts(path: Union[str, Path]) -> dict[str, dict]:
 
 def load_questions(path: Union[str, Path]) -> list[dict]:
     """MT-Bench ``question.jsonl`` rows (``question_id``, ``category``, ``turns``)."""
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path)
     for i, row in enumerate(rows, 1):
         for key in ("question_id", "category", "turns"):
             if key not in row:
@@ -116,7 +106,7 @@ def load_questions(path: Union[str, Path]) -> list[dict]:
 def load_reference_answers(path: Union[str, Path]) -> dict[int, str]:
     """First-turn reference answers from ``reference_answer/gpt-4.jsonl``, keyed by question id."""
     refs = {}
-    for i, row in enumerate(_read_jsonl(path), 1):
+    for i, row in enumerate(read_jsonl(path), 1):
         try:
             refs[int(row["question_id"])] = row["choices"][0]["turns"][0]
         except (KeyError, IndexError, TypeError) as exc:

@@ -24,9 +24,10 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 from balora.evaluation import code_eval, mtbench
+from balora.evaluation.records import read_jsonl, require_fields
 from balora.evaluation.generation import (
     GenerationOptions,
     format_prompt,
@@ -71,24 +72,6 @@ class Task:
     data_hint: str = ""
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}: line {line_no} is not valid JSON: {exc}") from exc
-    return rows
-
-
-def _check(row: dict, keys: Sequence[str], where: str) -> None:
-    missing = [k for k in keys if k not in row]
-    if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}; found {sorted(row)}")
-
-
 # ----------------------------------------------------------------------------- GSM8K
 
 
@@ -96,14 +79,14 @@ def load_gsm8k(source: str) -> list[dict]:
     """GSM8K rows from a JSONL file or the Hub (``openai/gsm8k``, config ``main``, test split)."""
     p = Path(source)
     if p.exists():
-        rows, where = _read_jsonl(p), str(p)
+        rows, where = read_jsonl(p), str(p)
     else:
         from datasets import load_dataset
 
         rows, where = list(load_dataset(source, "main", split="test")), source
     out = []
     for i, row in enumerate(rows, 1):
-        _check(row, ("question", "answer"), f"{where} row {i}")
+        require_fields(row, ("question", "answer"), f"{where} row {i}")
         out.append({"id": i - 1, "question": row["question"], "answer": row["answer"],
                     "gold": extract_gsm8k_gold(row["answer"])})
     return out
@@ -123,7 +106,7 @@ _MATH_MEMBER = re.compile(r"(?:^|/)(?P<split>[^/]+)/(?P<subject>[^/]+)/(?P<n>\d+
 
 
 def _math_row(row: dict, where: str, unique_id: str) -> dict:
-    _check(row, ("problem", "solution"), where)
+    require_fields(row, ("problem", "solution"), where)
     gold = row.get("answer") or extract_boxed(row["solution"])
     if gold is None:
         raise ValueError(f"{where}: no 'answer' field and no \\boxed{{}} answer in 'solution'")
@@ -152,7 +135,7 @@ def load_math(source: str) -> list[dict]:
             raise ValueError(f"{p}: folder has no *.json problem files")
         return [_math_row(json.loads(f.read_text(encoding="utf-8")), str(f), str(f.relative_to(p))) for f in files]
     if p.is_file():
-        rows = _read_jsonl(p)
+        rows = read_jsonl(p)
         return [_math_row(r, f"{p} row {i}", r.get("unique_id", str(i - 1))) for i, r in enumerate(rows, 1)]
     from datasets import load_dataset
 
