@@ -8,7 +8,6 @@ steps and hyperparameters; each is evaluated on the same held-out test subset.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -123,10 +122,11 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         "wall_seconds": time.perf_counter() - start,
     }
     from .analysis.demo_report import write_report
+    from .evaluation.generation import write_json_atomic
 
     write_report(results, out)
     results["wall_seconds"] = time.perf_counter() - start
-    _dump(out / "results.json", results)
+    write_json_atomic(out / "results.json", results, default=float)
     return results
 
 
@@ -189,12 +189,6 @@ def _bar(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, unit="run")
-
-
-def _dump(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 def apply_overrides(cfg_kwargs: dict, quick: bool) -> DemoConfig:

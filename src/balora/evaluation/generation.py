@@ -19,7 +19,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from ..data.templates import PLAIN_INSTRUCTION_HEADER, PLAIN_RESPONSE_HEADER, PLAIN_TURN_SEPARATOR
 
@@ -174,14 +174,14 @@ def write_jsonl_atomic(path: Union[str, Path], records: Iterable[Mapping]) -> Pa
     return path
 
 
-def write_json_atomic(path: Union[str, Path], obj: object) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temp file + rename)."""
+def write_json_atomic(path: Union[str, Path], obj: object, default: Optional[Callable] = None) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically (temp file + rename); ``default`` as in json.dump."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
+            json.dump(obj, f, indent=2, ensure_ascii=False, default=default)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

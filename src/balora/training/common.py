@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -132,8 +131,6 @@ def finish_run(cfg: RunConfig, run_dir: Path, model: Any, metrics: dict, extra: 
         "git_commit": git_commit(),
         **(extra or {}),
     }
-    path = Path(run_dir) / "balora_run.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    from ..evaluation.generation import write_json_atomic
+
+    return write_json_atomic(Path(run_dir) / "balora_run.json", record, default=str)

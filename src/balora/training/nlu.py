@@ -5,7 +5,6 @@ Used by ``balora train`` (kind ``nlu``), ``balora demo`` and ``balora bench nlu`
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -292,20 +291,3 @@ def _total_steps(cfg: RunConfig, n_train: int) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_epoch = math.ceil(n_train / (cfg.train.batch_size * world * cfg.train.grad_accum))
     return max(1, int(math.ceil(per_epoch * cfg.train.epochs)))
-
-
-def dump_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
