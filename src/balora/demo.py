@@ -122,7 +122,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         "wall_seconds": time.perf_counter() - start,
     }
     from .analysis.demo_report import write_report
-    from .evaluation.generation import write_json_atomic
+    from .atomic import write_json_atomic
 
     write_report(results, out)
     results["wall_seconds"] = time.perf_counter() - start

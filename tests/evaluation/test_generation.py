@@ -14,7 +14,6 @@ from balora.evaluation.generation import (
     format_prompt,
     generate,
     truncate_at_stop,
-    write_jsonl_atomic,
 )
 from balora.evaluation.tasks import evaluate_model
 
@@ -111,8 +110,6 @@ def test_truncate_and_options_validation(tmp_path):
         GenerationOptions(max_new_tokens=0)
     with pytest.raises(ValueError, match="use_chat_template"):
         GenerationOptions(use_chat_template="maybe")
-    path = write_jsonl_atomic(tmp_path / "a" / "x.jsonl", [{"a": 1}, {"b": "é"}])
-    assert path.read_text(encoding="utf-8") == '{"a": 1}\n{"b": "é"}\n'
 
 
 def test_eval_cli_with_saved_model_and_adapter(memorised, tmp_path, capsys):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_text_atomic
 from . import plots
 
 
@@ -56,8 +56,4 @@ Unweighted values as logged by BALoRATrainer (task loss for all methods; the thr
 
 Every number is in results.json (config, seeds, per-run metrics and logs, package versions).
 """
-    path = out / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(out / "report.md", text)

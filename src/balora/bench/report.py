@@ -19,6 +19,8 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_write
+
 __all__ = ["TASK_ORDER", "main_value", "summarize", "Summary", "markdown_tables", "wide_table", "write_report",
            "plot_summary"]
 
@@ -197,13 +199,6 @@ def csv_table(summary: Summary) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def plot_summary(summary: Summary, path: str | os.PathLike) -> Path:
     """Grouped bars of the headline metric per task and method (error bars: std over seeds), one panel per model."""
     import matplotlib
@@ -231,7 +226,7 @@ def plot_summary(summary: Summary, path: str | os.PathLike) -> Path:
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
     return path
 
@@ -246,9 +241,9 @@ def write_report(summary: Summary, out_dir: str | os.PathLike, stem: str, format
             body = (preamble.rstrip() + "\n\n" if preamble else "") + markdown_tables(summary)
             if plot:
                 body += f"\n![{stem}]({stem}.png)\n"
-            _atomic_write(path, lambda tmp, text=body: tmp.write_text(text))
+            atomic_write(path, lambda tmp, text=body: tmp.write_text(text))
         elif fmt == "csv":
-            _atomic_write(path, lambda tmp: csv_table(summary).to_csv(tmp, index=False, float_format="%.4f"))
+            atomic_write(path, lambda tmp: csv_table(summary).to_csv(tmp, index=False, float_format="%.4f"))
         else:
             raise ValueError(f"format must be md or csv, got {fmt!r}")
         written.append(path)

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..atomic import atomic_write
 from .cache import cache_dir, download, find_distribution_url, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -135,17 +136,6 @@ def read_tar_member(archive: str | os.PathLike, member: str) -> bytes:
     raise KeyError(f"{archive} has no member {member}")
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a fresh temp path next to ``path``, then rename it onto ``path``."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _vitaminc_cache(manifest: Path) -> Path | None:
     """The verified parquet named by ``manifest``, or None when missing, stale or corrupt."""
     if not manifest.exists():
@@ -197,7 +187,7 @@ def prepare_vitaminc(
     schema = pa.schema([("idx", pa.int32()), ("claim", pa.string()), ("evidence", pa.string()), ("label", pa.int8())])
     table = pa.Table.from_pydict(columns, schema=schema)
     parquet = root / "vitaminc.parquet"
-    _write_atomic(parquet, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    atomic_write(parquet, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
     counts = Counter(columns["label"])
     info = {
         "format_version": _FORMAT_VERSION,
@@ -210,7 +200,7 @@ def prepare_vitaminc(
         "unsplit_rows": unsplit,
         "parsing": "input = '<title>: <evidence sentence>\\nClaim: <claim>'; split on the single '\\nClaim: '",
     }
-    _write_atomic(manifest, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    atomic_write(manifest, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
     if not keep_sdist:
         sdist.unlink(missing_ok=True)
     return parquet

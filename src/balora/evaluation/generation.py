@@ -14,12 +14,8 @@ fine-tuned base model without a chat template is prompted the way it was trained
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 from ..data.templates import PLAIN_INSTRUCTION_HEADER, PLAIN_RESPONSE_HEADER, PLAIN_TURN_SEPARATOR
 
@@ -156,35 +152,3 @@ def generate_vllm(model_path: str, prompts: Sequence[str], options: Optional[Gen
         lora = LoRARequest("adapter", 1, adapter_path)
     results = llm.generate(list(prompts), params, lora_request=lora)
     return [truncate_at_stop(r.outputs[0].text, opts.stop_sequences) for r in results]
-
-
-def write_jsonl_atomic(path: Union[str, Path], records: Iterable[Mapping]) -> Path:
-    """Write ``records`` as JSONL to ``path`` via a temporary file in the same folder + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(path: Union[str, Path], obj: object, default: Optional[Callable] = None) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temp file + rename); ``default`` as in json.dump."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, default=default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -33,9 +33,8 @@ from balora.evaluation.generation import (
     format_prompt,
     generate,
     generate_vllm,
-    write_json_atomic,
-    write_jsonl_atomic,
 )
+from balora.atomic import write_json_atomic, write_jsonl_atomic
 from balora.evaluation.math_answers import (
     extract_boxed,
     extract_gsm8k_answer,

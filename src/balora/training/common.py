@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
+from ..atomic import write_json_atomic
 from .run_config import RunConfig
 
 
@@ -131,6 +132,4 @@ def finish_run(cfg: RunConfig, run_dir: Path, model: Any, metrics: dict, extra: 
         "git_commit": git_commit(),
         **(extra or {}),
     }
-    from ..evaluation.generation import write_json_atomic
-
     return write_json_atomic(Path(run_dir) / "balora_run.json", record, default=str)
