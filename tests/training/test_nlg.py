@@ -179,6 +179,14 @@ def test_bench_grid_appends_resumes_and_tabulates(assets, tmp_path) -> None:
     assert [r["method"] for r in records] == ["base", "lora"]
     assert all(r["n"] == {"gsm8k": 3} for r in records) and records[0]["score"] == 1.0  # memorised base
     assert records[1]["trainable_params"] > 0 and records[1]["truncated"] == 1 and records[1]["wall_seconds"] > 0
+    # The run folders are gone (no keep_adapters), but every score stays auditable from the kept generations.
+    assert not any((tmp_path / "runs").iterdir())
+    for r in records:
+        kept = Path(r["generations"])
+        assert kept.parent == tmp_path / "res_generations"
+        rows = [json.loads(line) for line in (kept / "gsm8k_generations.jsonl").read_text().splitlines()]
+        assert len(rows) == 3 and sum(row["correct"] for row in rows) / 3 == r["score"]
+        assert json.loads((kept / "gsm8k_summary.json").read_text())["n"] == 3
     again = run_grid(specs, make_nlg_run_fn(cfg), cfg.results, cfg.out_dir, progress=False)
     assert not again.ran and len(again.skipped) == 2 and len(read_results(cfg.results)) == 2
     table = nlg_table(records)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -86,6 +87,10 @@ class NLGBenchConfig:
                          default="results/nlg.jsonl")
     out_dir: str = _help("Parent folder of the per-run output folders.", default="runs/bench_nlg")
     keep_adapters: bool = _help("Keep each finished run's folder (adapters, generations).", default=False)
+    generations_dir: Optional[str] = _help(
+        "Folder that keeps every run's scored generations (<folder>/<run>/<task>_generations.jsonl and "
+        "<task>_summary.json) for auditing, also when the run folder is deleted; empty = <results file without "
+        "its .jsonl>_generations next to the results file; 'none' = do not keep them.", default=None)
     threads: Optional[int] = _help("torch CPU threads (torch.set_num_threads); empty = torch's default.", default=None)
     progress: bool = _help("Show progress bars of training and generation.", default=False)
 
@@ -117,6 +122,11 @@ class NLGBenchConfig:
         if self.alpha is None:
             self.alpha = float(self.r)
         self.model = os.path.expanduser(self.model)
+        if self.generations_dir is None:
+            results = Path(self.results)
+            self.generations_dir = str(results.with_name(f"{results.stem}_generations"))
+        elif self.generations_dir.lower() == "none":
+            self.generations_dir = ""
 
     @property
     def train_label(self) -> str:
@@ -181,6 +191,12 @@ def make_nlg_run_fn(cfg: NLGBenchConfig) -> RunFn:
                             max_new_tokens=cfg.max_new_tokens) for t, d in zip(cfg.eval_tasks, cfg.eval_data)]
 
     def run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+        payload = _run(spec, run_dir)
+        if cfg.generations_dir:
+            payload["generations"] = keep_generations(run_dir / "eval", Path(cfg.generations_dir) / spec.slug())
+        return payload
+
+    def _run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         if spec.method == "base":
             from ..training.models import load_base_model, load_tokenizer
@@ -214,6 +230,19 @@ def make_nlg_run_fn(cfg: NLGBenchConfig) -> RunFn:
             "instruct": {k: v for k, v in result.instruct.items() if k.startswith("n_")}})
 
     return run
+
+
+def keep_generations(eval_dir: Path, dest: Path) -> str:
+    """Copy a run's ``*_generations.jsonl`` and ``*_summary.json`` from ``eval_dir`` to ``dest`` (each copy atomic);
+    returns ``dest`` as a string for the run record."""
+    from ..atomic import atomic_write
+
+    files = sorted(p for pattern in ("*_generations.jsonl", "*_summary.json") for p in eval_dir.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"{eval_dir}: no generations to keep (expected <task>_generations.jsonl)")
+    for src in files:
+        atomic_write(dest / src.name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    return str(dest)
 
 
 def _payload(summaries: Mapping[str, dict], extra: dict) -> dict[str, Any]:

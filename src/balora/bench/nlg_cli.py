@@ -45,6 +45,7 @@ _FLAGS = {
     "--max-new-tokens": ("max_new_tokens", dict(type=int)),
     "--results": ("results", {}),
     "--out-dir": ("out_dir", {}),
+    "--generations-dir": ("generations_dir", {}),
     "--threads": ("threads", dict(type=int)),
 }
 _ALIASES = {"--eval-tasks": ("--eval-task",)}
