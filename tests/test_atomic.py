@@ -31,8 +31,8 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
-def test_temp_file_keeps_the_suffix_for_format_sniffing_writers(tmp_path):
+def test_temp_file_is_hidden_next_to_the_target_and_ends_in_tmp(tmp_path):
     seen = []
     atomic_write(tmp_path / "plot.png", lambda tmp: (seen.append(tmp), tmp.write_bytes(b"x")))
-    assert seen[0].suffix == ".png" and seen[0].parent == tmp_path and seen[0].name.startswith(".plot.")
+    assert seen[0].parent == tmp_path and seen[0].name.startswith(".plot.png.") and seen[0].suffix == ".tmp"
     assert (tmp_path / "plot.png").read_bytes() == b"x"

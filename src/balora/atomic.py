@@ -18,9 +18,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def temp_path_for(path: Path) -> Path:
-    """A fresh hidden temporary path next to ``path``, unique per process and call, keeping ``path``'s suffix
-    (so writers that infer the format from the extension, e.g. matplotlib's savefig, still do)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    """A fresh hidden temporary path next to ``path``, unique per process and call, always ending in ``.tmp`` (so
+    leftovers are easy to find). Writers that infer the format from the extension, such as matplotlib's savefig,
+    must be given the format explicitly."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
 def atomic_write(path: PathLike, write: Callable[[Path], Any]) -> Path:

@@ -20,7 +20,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight"))
 
 
 TERMS = ("loss_task", "loss_consistency", "loss_diversity", "loss_svd")

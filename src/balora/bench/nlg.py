@@ -122,11 +122,16 @@ class NLGBenchConfig:
         if self.alpha is None:
             self.alpha = float(self.r)
         self.model = os.path.expanduser(self.model)
-        if self.generations_dir is None:
-            results = Path(self.results)
-            self.generations_dir = str(results.with_name(f"{results.stem}_generations"))
-        elif self.generations_dir.lower() == "none":
-            self.generations_dir = ""
+
+    @property
+    def generations_path(self) -> Optional[Path]:
+        """Where the scored generations are kept (see ``generations_dir``); None when they are not kept."""
+        if self.generations_dir and self.generations_dir.lower() == "none":
+            return None
+        if self.generations_dir:
+            return Path(self.generations_dir)
+        results = Path(self.results)
+        return results.with_name(f"{results.stem}_generations")
 
     @property
     def train_label(self) -> str:
@@ -192,8 +197,8 @@ def make_nlg_run_fn(cfg: NLGBenchConfig) -> RunFn:
 
     def run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         payload = _run(spec, run_dir)
-        if cfg.generations_dir:
-            payload["generations"] = keep_generations(run_dir / "eval", Path(cfg.generations_dir) / spec.slug())
+        if cfg.generations_path is not None:
+            payload["generations"] = keep_generations(run_dir / "eval", cfg.generations_path / spec.slug())
         return payload
 
     def _run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:

@@ -66,8 +66,6 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
 
 def run_nlg_bench(args: argparse.Namespace) -> int:
     """Run (or resume) the NLG grid and print its table."""
-    import torch
-
     from .nlg import NLGBenchConfig, load_nlg_bench_config, make_nlg_run_fn, nlg_specs, nlg_table
     from .runner import read_results, run_grid
 
@@ -80,6 +78,8 @@ def run_nlg_bench(args: argparse.Namespace) -> int:
     if args.dry_run:
         return print_todo(specs, cfg.results)
     set_threads(cfg.threads)
+    import torch
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     summary = run_grid(specs, make_nlg_run_fn(cfg), cfg.results, cfg.out_dir, keep_outputs=cfg.keep_adapters,
                        stop_on_error=args.stop_on_error, device=device)

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, write_text_atomic
 
 __all__ = ["TASK_ORDER", "main_value", "summarize", "Summary", "markdown_tables", "wide_table", "write_report",
            "plot_summary"]
@@ -241,7 +241,7 @@ def write_report(summary: Summary, out_dir: str | os.PathLike, stem: str, format
             body = (preamble.rstrip() + "\n\n" if preamble else "") + markdown_tables(summary)
             if plot:
                 body += f"\n![{stem}]({stem}.png)\n"
-            atomic_write(path, lambda tmp, text=body: tmp.write_text(text))
+            write_text_atomic(path, body)
         elif fmt == "csv":
             atomic_write(path, lambda tmp: csv_table(summary).to_csv(tmp, index=False, float_format="%.4f"))
         else:

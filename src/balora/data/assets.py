@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, write_json_atomic
 from .cache import cache_dir, download, find_distribution_url, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def prepare_vitaminc(
         "unsplit_rows": unsplit,
         "parsing": "input = '<title>: <evidence sentence>\\nClaim: <claim>'; split on the single '\\nClaim: '",
     }
-    atomic_write(manifest, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    write_json_atomic(manifest, info)
     if not keep_sdist:
         sdist.unlink(missing_ok=True)
     return parquet

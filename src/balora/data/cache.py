@@ -16,7 +16,6 @@ import http.client
 import logging
 import os
 import re
-import secrets
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,6 +23,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from ..atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def download(
 ) -> Path:
     """Download ``url`` to ``dest`` unless a file with the expected ``sha256`` is already there.
 
-    The body is streamed into a temporary ``<dest>.*.part`` file in the same directory while it is
+    The body is streamed into a hidden temporary ``.<name>.*.tmp`` file in the same directory while it is
     hashed, then renamed onto ``dest`` only if the hash matches, so ``dest`` is never a partial or
     corrupt file and an interrupted download can simply be re-run. A cached ``dest`` whose hash does
     not match (truncated, corrupted, or from another version) is deleted and downloaded again.
@@ -82,12 +83,10 @@ def download(
             return dest
         logger.warning("cached %s has sha256 %s, expected %s: downloading it again", dest, actual, expected)
         dest.unlink()
-    dest.parent.mkdir(parents=True, exist_ok=True)
 
-    # A private temp name in the same directory (so the final rename is atomic); opened with "xb" so
-    # it honours the umask and never clobbers a concurrent download's temp file.
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-    try:
+    def fetch(tmp: Path) -> None:
+        """Stream ``url`` into ``tmp`` (a fresh private name; "xb" honours the umask and never clobbers another
+        download's temp file) and verify length and sha256; any exception discards it (atomic_write)."""
         try:
             response = urllib.request.urlopen(url, timeout=timeout)
         except (urllib.error.URLError, OSError) as err:
@@ -125,11 +124,8 @@ def download(
         actual = digest.hexdigest()
         if actual != expected:
             raise ValueError(f"sha256 mismatch for {url}: expected {expected}, got {actual}; the file was discarded")
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
+
+    return atomic_write(dest, fetch)
 
 
 class _LinkParser(HTMLParser):
