@@ -138,12 +138,12 @@ def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge
     """
     run = Path(run_dir)
     out = Path(out_dir)
-    check_output_dir(run, out, force)
     record = read_run_record(run)
     check_run_completed(run, record)
     adapter = run / "adapter"
     if not (adapter / ADAPTER_WEIGHTS).is_file():
         raise FileNotFoundError(f"{adapter / ADAPTER_WEIGHTS} not found: is {run} a finished balora run directory?")
+    check_output_dir(run, out, force)
     config = json.loads((adapter / ADAPTER_CONFIG).read_text())
     state = load_file(str(adapter / ADAPTER_WEIGHTS))
     init = str(config.get("init_lora_weights", True)).lower()
