@@ -77,7 +77,11 @@ def _parse(value: Any) -> tuple[str, Any]:
 
 
 def _column(ds: Any, column: str) -> list:
-    return list(ds.with_format(None)[column]) if len(ds) else []
+    """The column as Python values, through Arrow (row-wise access through datasets is ~50x slower)."""
+    if not len(ds):
+        return []
+    values = ds.with_format("arrow")[column]
+    return values.to_pylist()
 
 
 def check_not_empty(splits: Mapping[str, Any], where: Optional[Mapping[str, Locate]] = None) -> None:
