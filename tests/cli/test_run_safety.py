@@ -105,6 +105,11 @@ def test_failed_run_is_marked_failed_refused_by_export_and_resumable(tmp_path, t
         export_adapter(run_dir, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     cfg.train.resume = True
+    other = load_config(_config(tmp_path, tiny_model_dir, run_dir, save_steps=1, max_steps=3), ["--method.r", "8"])
+    other.train.resume = True
+    with pytest.raises(ValueError, match=r"does not match the recorded run \(method\.r: run 4, now 8\)"):
+        run_nlu(other)  # would load rank-4 checkpoint weights into a rank-8 model
+    assert json.loads((run_dir / "balora_run.json").read_text())["status"] == "failed"
     run_nlu(cfg)  # continues from checkpoint-1
     state = json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3

@@ -153,13 +153,34 @@ def check_runtime(cfg: RunConfig, has_eval: bool) -> None:
 def start_run(cfg: RunConfig, run_dir: Path) -> Path:
     """Create the run folder and write its record with ``status: "running"`` (atomically)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     previous = read_record(run_dir)
+    if cfg.train.resume:
+        check_resumable(cfg, previous, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     record = {"status": "running", "started": _now(), "method": cfg.method.name, "base_model": cfg.model.name_or_path,
               "task_kind": cfg.kind, "config": cfg.to_dict(), "versions": versions(), "git_commit": git_commit()}
     if cfg.train.resume and previous.get("status"):
         record["resumed_from_status"] = previous["status"]
     return write_json_atomic(run_dir / RUN_RECORD, record, default=str)
+
+
+def check_resumable(cfg: RunConfig, previous: dict, run_dir: Path) -> None:
+    """``--resume`` continues the run recorded in ``run_dir`` (running, failed or completed) from its last
+    checkpoint; a config that changes what the checkpoint holds (kind, base model, method, adapter) is refused
+    rather than loaded into a different model."""
+    old = previous.get("config")
+    if not old:
+        return  # nothing recorded: a fresh start (or a run from before run records had a config)
+    new = cfg.to_dict()
+    diffs = [f"{section}.{key}: run {old.get(section, {}).get(key)!r}, now {new[section][key]!r}"
+             for section, keys in (("model", ("name_or_path", "gguf_file")),
+                                   ("method", ("name", "r", "alpha", "target_modules")))
+             for key in keys if old.get(section, {}).get(key) != new[section][key]]
+    if old.get("kind") != new["kind"]:
+        diffs.insert(0, f"kind: run {old.get('kind')!r}, now {new['kind']!r}")
+    if diffs:
+        raise ValueError(f"{run_dir}: --resume with a config that does not match the recorded run "
+                         f"({'; '.join(diffs)}); resume with the run's own config or train into a new output_dir")
 
 
 @contextlib.contextmanager
