@@ -148,8 +148,6 @@ def read_label_space(splits: Any, text_columns: Sequence[str], label_column: str
                "are never dropped silently)")
     train_kinds = {k for k, _ in parsed["train"]}
     mode = _mode(train_kinds, dtype.startswith(("float", "double")), task_type)
-    if mode == "names" and train_kinds & {"int", "float"} and "float" in train_kinds:
-        mode = "regression"  # fractions among the labels: the text ones are the odd ones out
     converted: dict[str, list] = {}
     if mode == "regression":
         for split, values in parsed.items():
