@@ -61,26 +61,107 @@ def convert_pissa_state(trained: dict[str, torch.Tensor], initial: dict[str, tor
     return out
 
 
+def check_output_dir(run: Path, out: Path, force: bool = False) -> None:
+    """Refuse an output folder that would destroy or mix with the run, or overwrite other files without ``force``.
+
+    The output is written to a temporary folder and then renamed onto ``out``, replacing what was there: so
+    ``out`` must not be the run, inside it (``RUN/adapter`` would be the trained adapter) or a folder that
+    contains the run; an existing non-empty ``out`` is replaced only with ``force``.
+    """
+    run_r, out_r = run.resolve(), out.resolve()
+    if out_r == run_r:
+        raise ValueError(f"--out {out} is the run folder itself: exporting there would replace the run; "
+                         "choose a folder outside the run")
+    if run_r in out_r.parents:
+        raise ValueError(f"--out {out} is inside the run folder {run}: exporting there would overwrite or mix "
+                         "with the run's files; choose a folder outside the run")
+    if out_r in run_r.parents:
+        raise ValueError(f"--out {out} contains the run folder {run}: exporting there would replace the run; "
+                         "choose a folder outside the run")
+    if out_r.exists() and not out_r.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if out_r.is_dir() and any(out_r.iterdir()) and not force:
+        raise ValueError(f"--out {out} exists and is not empty: pass --force (force=True) to replace it")
+
+
+def check_run_completed(run: Path, record: dict) -> None:
+    """A run whose record says it is still running or failed is refused (its adapter may be half trained)."""
+    status = record.get("status")
+    if status is None:
+        return  # a run recorded before run status existed: it has its adapter, checked by the caller
+    if status != "completed":
+        error = f" ({record['error']})" if record.get("error") else ""
+        raise ValueError(f"{run} is not a completed run: its record says status {status!r}{error}; finish it with "
+                         "`balora train --config ... --resume` (it continues from the last checkpoint) before exporting")
+
+
+def check_adapters_match(trained_config: dict, initial_config: dict, trained: dict[str, torch.Tensor],
+                         initial: dict[str, torch.Tensor], record: dict, where: Path) -> None:
+    """The step-0 adapter must come from the same set-up as the trained one, else the conversion is silently wrong.
+
+    Compared: rank, alpha, target modules, base model (adapter configs), the init the run record names, and the
+    tensor names and shapes.
+    """
+    diffs = []
+    for key in ("r", "lora_alpha", "base_model_name_or_path", "rank_pattern", "alpha_pattern"):
+        a, b = trained_config.get(key), initial_config.get(key)
+        if a != b and not (not a and not b):
+            diffs.append(f"{key}: trained {a!r}, initial {b!r}")
+    targets = [c.get("target_modules") for c in (trained_config, initial_config)]
+    targets = [sorted(t) if isinstance(t, list) else t for t in targets]
+    if targets[0] != targets[1]:
+        diffs.append(f"target_modules: trained {targets[0]!r}, initial {targets[1]!r}")
+    adapter = record.get("adapter") or {}
+    if adapter.get("r") is not None and adapter["r"] != trained_config.get("r"):
+        diffs.append(f"r: run record {adapter['r']!r}, trained adapter {trained_config.get('r')!r}")
+    lora = {k for k in trained if ".lora_" in k}
+    missing, extra = sorted(lora - set(initial)), sorted({k for k in initial if ".lora_" in k} - lora)
+    if missing or extra:
+        diffs.append(f"tensors: {len(missing)} trained without an initial one (e.g. {missing[:1]}), "
+                     f"{len(extra)} initial without a trained one (e.g. {extra[:1]})")
+    shapes = [f"{k}: trained {tuple(trained[k].shape)}, initial {tuple(initial[k].shape)}"
+              for k in sorted(lora & set(initial)) if trained[k].shape != initial[k].shape]
+    if shapes:
+        diffs.append(f"{len(shapes)} tensor shape(s) differ, e.g. {shapes[0]}")
+    if diffs:
+        raise ValueError(f"{where}: the initial adapter does not match the trained adapter, so the PiSSA "
+                         "conversion would be wrong: " + "; ".join(diffs))
+
+
 def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge: bool = False,
-                   base_model: Optional[str] = None) -> Path:
-    """Write a plain LoRA adapter for the original base (and with ``merge`` a full merged model) + model card."""
+                   base_model: Optional[str] = None, force: bool = False) -> Path:
+    """Write a plain LoRA adapter for the original base (and with ``merge`` a full merged model) + model card.
+
+    Refused before anything is written: a run that is not completed, an output folder that is the run, inside
+    it or above it, a non-empty output folder without ``force``, an initial adapter that does not match the
+    trained one. The result is built in a temporary folder next to ``out`` and renamed onto it at the end.
+    """
     run = Path(run_dir)
+    out = Path(out_dir)
     record = read_run_record(run)
+    check_run_completed(run, record)
     adapter = run / "adapter"
     if not (adapter / ADAPTER_WEIGHTS).is_file():
         raise FileNotFoundError(f"{adapter / ADAPTER_WEIGHTS} not found: is {run} a finished balora run directory?")
+    check_output_dir(run, out, force)
     config = json.loads((adapter / ADAPTER_CONFIG).read_text())
-    out = Path(out_dir)
+    state = load_file(str(adapter / ADAPTER_WEIGHTS))
+    init = str(config.get("init_lora_weights", True)).lower()
+    initial_state = None
+    if init.startswith(("pissa", "olora", "corda")):
+        initial_dir = run / "initial_adapter"
+        initial_file = initial_dir / ADAPTER_WEIGHTS
+        if not initial_file.is_file():
+            raise FileNotFoundError(f"{initial_file} not found: a PiSSA adapter cannot be converted without A0, B0")
+        initial_state = load_file(str(initial_file))
+        initial_config = json.loads((initial_dir / ADAPTER_CONFIG).read_text()) \
+            if (initial_dir / ADAPTER_CONFIG).is_file() else {}
+        check_adapters_match(config, initial_config, state, initial_state, record, initial_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
-        state = load_file(str(adapter / ADAPTER_WEIGHTS))
-        init = str(config.get("init_lora_weights", True)).lower()
-        if init.startswith(("pissa", "olora", "corda")):
-            initial_file = run / "initial_adapter" / ADAPTER_WEIGHTS
-            if not initial_file.is_file():
-                raise FileNotFoundError(f"{initial_file} not found: a PiSSA adapter cannot be converted without A0, B0")
-            state = convert_pissa_state(state, load_file(str(initial_file)))
+        if initial_state is not None:
+            state = convert_pissa_state(state, initial_state)
             config["r"] = 2 * config["r"]
             config["lora_alpha"] = 2 * config["lora_alpha"]
             config["init_lora_weights"] = True

@@ -20,7 +20,7 @@ from typing import Any
 import datasets
 import pandas as pd
 
-__all__ = ["SUPPORTED_FORMATS", "load_table", "read_frame", "require_columns"]
+__all__ = ["SUPPORTED_FORMATS", "RowLocator", "load_table", "load_table_located", "read_frame", "require_columns"]
 
 SUPPORTED_FORMATS: dict[str, str] = {
     ".csv": "csv",
@@ -177,6 +177,24 @@ def _files_in(folder: Path, fmt: str | None) -> list[Path]:
     return files
 
 
+class RowLocator:
+    """Where row ``i`` of a loaded table came from: ``"FILE: row N"`` (1-based data row, header not counted)
+    plus ``(line L)`` for JSONL, across the files of a folder. ``source`` names the file or folder as a whole."""
+
+    def __init__(self, source: str | Path, parts: Sequence[tuple[Path, int, list[int] | None]]) -> None:
+        self.source = str(source)
+        self.parts = list(parts)  # (file, number of rows, JSONL line numbers or None)
+
+    def __call__(self, index: int) -> str:
+        start = 0
+        for file, n, lines in self.parts:
+            if index < start + n:
+                pos = index - start
+                return f"{file}: row {pos + 1}" + (f" (line {lines[pos]})" if lines is not None else "")
+            start += n
+        return f"{self.source}: row {index + 1}"
+
+
 def load_table(
     path: str | Path,
     *,
@@ -209,11 +227,31 @@ def load_table(
         FileNotFoundError: the path does not exist.
         ValueError: unknown extension, unparsable file or JSONL line, missing column or value.
     """
+    return load_table_located(
+        path, split_name=split_name, columns=columns, format=format, quoting=quoting, has_header=has_header,
+        column_names=column_names, encoding=encoding, dtype=dtype,
+    )[0]
+
+
+def load_table_located(
+    path: str | Path,
+    *,
+    split_name: str | None = None,
+    columns: Sequence[str] | None = None,
+    format: str | None = None,
+    quoting: int | None = None,
+    has_header: bool = True,
+    column_names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+    dtype: Any = None,
+) -> tuple[datasets.Dataset, RowLocator]:
+    """:func:`load_table` and a :class:`RowLocator` naming the file and row of every row (for later checks)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     files = _files_in(path, format) if path.is_dir() else [path]
     frames = []
+    parts: list[tuple[Path, int, list[int] | None]] = []
     for file in files:
         frame, lines = read_frame(
             file, format=format, quoting=quoting, has_header=has_header,
@@ -224,10 +262,11 @@ def load_table(
             _check_rows(frame, columns, file, lines)
             frame = frame[list(columns)]
         frames.append(frame)
+        parts.append((file, len(frame), lines))
     if len(frames) > 1:
         names = [list(f.columns) for f in frames]
         if any(n != names[0] for n in names[1:]):
             raise ValueError(f"{path}: files have different columns: {dict(zip([f.name for f in files], names))}")
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     split = datasets.NamedSplit(split_name) if split_name is not None else None
-    return datasets.Dataset.from_pandas(frame, preserve_index=False, split=split)
+    return datasets.Dataset.from_pandas(frame, preserve_index=False, split=split), RowLocator(path, parts)

@@ -306,6 +306,8 @@ def build_instruct_dataset(
             indices = sorted(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False).tolist())
     else:
         ds, name, indices = load_instruct_source(source, limit=limit, seed=seed)
+    if len(ds) == 0:
+        raise ValueError(f"{name}: no records (an empty file or split); expected instruction records")
     if format is None:
         format = detect_format(ds.column_names, name)
     check_format(format, ds.column_names, name)
@@ -358,7 +360,11 @@ def build_instruct_dataset(
         warnings.warn(f"{name}: skipped {len(empty_rows)} record(s) with an empty response (on_empty='drop'): "
                       f"rows {empty_rows[:10]}{' ...' if len(empty_rows) > 10 else ''}", stacklevel=2)
     if not kept:
-        raise ValueError(f"{name}: no example left after truncation ({stats.summary()})")
+        why = [f"{stats.n_empty_dropped} had an empty response (rows {empty_rows[:10]})" if empty_rows else "",
+               f"{stats.n_dropped} lost every response token to truncation at max_length={max_length}"
+               if stats.n_dropped else ""]
+        raise ValueError(f"{name}: no trainable example left of {stats.n_records} record(s): "
+                         f"{'; '.join(w for w in why if w)} ({stats.summary()})")
     stats.n_examples = len(kept)
     if packing:
         columns = pack_examples(kept, max_length, position_ids=packing_position_ids)

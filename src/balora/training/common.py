@@ -1,15 +1,28 @@
-"""Pieces shared by the NLU and NLG runs: TrainingArguments from a RunConfig, checkpoints, run records."""
+"""Pieces shared by the NLU and NLG runs: TrainingArguments from a RunConfig, checkpoints, run records.
+
+The run record ``balora_run.json`` carries a ``status``: :func:`start_run` writes ``"running"`` once the data
+and settings have been checked and before the model is set up, :func:`mark_failure` turns it into ``"failed"``
+with the error when anything raises (including Ctrl-C), and :func:`finish_run` writes ``"completed"`` at the
+end. So a run folder is either absent (bad data or settings are reported before it is created), marked
+failed, or complete; ``balora export`` refuses anything but a completed run, and ``--resume`` continues a
+failed or interrupted run from its last checkpoint.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import json
 import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ..atomic import write_json_atomic
 from .run_config import RunConfig
+
+RUN_RECORD = "balora_run.json"
 
 
 def peft_extra_kwargs(method: str, total_steps: int) -> dict:
@@ -113,12 +126,90 @@ def git_commit() -> Optional[str]:
         return None
 
 
-def finish_run(cfg: RunConfig, run_dir: Path, model: Any, metrics: dict, extra: Optional[dict] = None) -> Path:
-    """Write ``balora_run.json`` (atomically): what ran, on what, with which settings, and the metrics."""
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_record(run_dir: Path) -> dict:
+    """The run record of ``run_dir``, ``{}`` when there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / RUN_RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def check_runtime(cfg: RunConfig, has_eval: bool) -> None:
+    """Settings the machine cannot run (e.g. bf16 on a CPU), reported before anything is set up or written.
+
+    transformers' own TrainingArguments check is the authority (bf16 without a bf16-capable device fails there);
+    building the arguments is cheap and writes nothing.
+    """
+    try:
+        training_arguments(cfg, has_eval)
+    except ValueError as err:
+        raise ValueError(f"the training settings cannot run here (model.dtype={cfg.model.dtype}): {err}") from err
+
+
+def start_run(cfg: RunConfig, run_dir: Path) -> Path:
+    """Create the run folder and write its record with ``status: "running"`` (atomically)."""
+    run_dir = Path(run_dir)
+    previous = read_record(run_dir)
+    if cfg.train.resume:
+        check_resumable(cfg, previous, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"status": "running", "started": _now(), "method": cfg.method.name, "base_model": cfg.model.name_or_path,
+              "task_kind": cfg.kind, "config": cfg.to_dict(), "versions": versions(), "git_commit": git_commit()}
+    if cfg.train.resume and previous.get("status"):
+        record["resumed_from_status"] = previous["status"]
+    return write_json_atomic(run_dir / RUN_RECORD, record, default=str)
+
+
+def check_resumable(cfg: RunConfig, previous: dict, run_dir: Path) -> None:
+    """``--resume`` continues the run recorded in ``run_dir`` (running, failed or completed) from its last
+    checkpoint; a config that changes what the checkpoint holds (kind, base model, method, adapter) is refused
+    rather than loaded into a different model."""
+    old = previous.get("config")
+    if not old:
+        return  # nothing recorded: a fresh start (or a run from before run records had a config)
+    new = cfg.to_dict()
+    diffs = [f"{section}.{key}: run {old.get(section, {}).get(key)!r}, now {new[section][key]!r}"
+             for section, keys in (("model", ("name_or_path", "gguf_file")),
+                                   ("method", ("name", "r", "alpha", "target_modules")))
+             for key in keys if old.get(section, {}).get(key) != new[section][key]]
+    if old.get("kind") != new["kind"]:
+        diffs.insert(0, f"kind: run {old.get('kind')!r}, now {new['kind']!r}")
+    if diffs:
+        raise ValueError(f"{run_dir}: --resume with a config that does not match the recorded run "
+                         f"({'; '.join(diffs)}); resume with the run's own config or train into a new output_dir")
+
+
+@contextlib.contextmanager
+def mark_failure(run_dir: Path) -> Iterator[None]:
+    """On any exception (Ctrl-C too) set the record's status to ``"failed"`` with the error, then re-raise."""
+    try:
+        yield
+    except BaseException as err:
+        record = read_record(run_dir)
+        record.update(status="failed", failed=_now(), error=f"{type(err).__name__}: {err}"[:2000])
+        try:
+            write_json_atomic(Path(run_dir) / RUN_RECORD, record, default=str)
+        except OSError:
+            pass  # the original error matters more than the record
+        raise
+
+
+def finish_run(cfg: RunConfig, run_dir: Path, model: Any, metrics: dict, extra: Optional[dict] = None,
+               status: str = "completed") -> Path:
+    """Write ``balora_run.json`` (atomically): what ran, on what, with which settings, the metrics and ``status``
+    (``"completed"``; NLG writes ``"running"`` after training and ``"completed"`` after its evaluations)."""
     info = getattr(model, "balora", None)
     flat_metrics = {f"{split}_{k}": v for split, values in metrics.items() for k, v in values.items()
                     if isinstance(v, (int, float))}
+    started = read_record(run_dir).get("started")
     record = {
+        "status": status,
+        "started": started,
+        "finished": _now() if status == "completed" else None,
         "method": cfg.method.name,
         "base_model": cfg.model.name_or_path,
         "task_kind": cfg.kind,
@@ -132,4 +223,4 @@ def finish_run(cfg: RunConfig, run_dir: Path, model: Any, metrics: dict, extra: 
         "git_commit": git_commit(),
         **(extra or {}),
     }
-    return write_json_atomic(Path(run_dir) / "balora_run.json", record, default=str)
+    return write_json_atomic(Path(run_dir) / RUN_RECORD, record, default=str)

@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from ..methods import prepare_model
-from .common import build_trainer, finish_run, last_checkpoint, peft_extra_kwargs
+from .common import build_trainer, check_runtime, finish_run, last_checkpoint, mark_failure, peft_extra_kwargs, start_run
 from .run_config import EvalOptions, RunConfig, parse_eval_section  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -101,11 +101,8 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
     """
     from transformers import set_seed
 
-    from ..baselines.params import count_parameters
-    from ..data.instruct import DataCollatorForResponseOnly, build_instruct_dataset
-    from ..export import save_run_adapters
-    from .models import load_base_model, load_tokenizer
-    from .nlu import _residual_init, _total_steps
+    from ..data.instruct import build_instruct_dataset
+    from .models import load_tokenizer
 
     if cfg.kind != "nlg":
         raise ValueError(f"run_nlg needs kind 'nlg', got {cfg.kind!r}")
@@ -116,7 +113,6 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
     test_as_data = cfg.data.test if cfg.data.test and not shorthand else None  # instruction data: report its loss
     set_seed(cfg.train.seed)
     run_dir = Path(cfg.train.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     model_path = os.path.expanduser(cfg.model.name_or_path)  # YAML configs may say ~/...
     tokenizer = load_tokenizer(model_path, cfg.model.gguf_file)
@@ -126,6 +122,22 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
     for split, source in (("validation", cfg.data.validation), ("test", test_as_data)):
         if source:
             held_out[split] = build_instruct_dataset(source, tokenizer, limit=cfg.data.eval_limit, **build)
+    # The data is read and checked (build_instruct_dataset names file/row of a bad record) and the settings can
+    # run here: only now is the run folder created, marked running, and marked failed if anything later raises.
+    check_runtime(cfg, False)
+    start_run(cfg, run_dir)
+    with mark_failure(run_dir):
+        return _run_nlg(cfg, evals, run_dir, model_path, tokenizer, train_ds, stats, held_out,
+                        extra_callbacks=extra_callbacks, save_adapter=save_adapter)
+
+
+def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path: str, tokenizer: Any, train_ds: Any,
+             stats: Any, held_out: dict, *, extra_callbacks: Optional[list], save_adapter: bool) -> NLGResult:
+    from ..baselines.params import count_parameters
+    from ..data.instruct import DataCollatorForResponseOnly
+    from ..export import save_run_adapters
+    from .models import load_base_model
+    from .nlu import _residual_init, _total_steps
 
     model = load_base_model(model_path, "nlg", dtype=cfg.model.dtype, gguf_file=cfg.model.gguf_file)
     if getattr(model.config, "pad_token_id", None) is None:
@@ -152,14 +164,14 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
     if save_adapter and getattr(model, "peft_config", None):
         save_run_adapters(model, run_dir, initial=False)
 
-    def record() -> None:
-        finish_run(cfg, run_dir, model, result.metrics, extra={
+    def record(status: str) -> None:
+        finish_run(cfg, run_dir, model, result.metrics, status=status, extra={
             "data": stats.source, "instruct": result.instruct, "truncated": result.truncated,
             "held_out_instruct": {k: dataclasses.asdict(s) for k, (_, s) in held_out.items()},
             "evals": result.evals, "train_seconds": round(result.train_seconds, 2),
             "eval_seconds": round(result.eval_seconds, 2), "trainable_params": result.trainable_params})
 
-    record()  # a crash during evaluation keeps the training record
+    record("running")  # a crash during evaluation keeps the training record (then marked failed)
     start = time.perf_counter()
     for split, (ds, _) in held_out.items():
         result.metrics[split] = heldout_loss(model, ds, collator, cfg.train.eval_batch_size)
@@ -171,7 +183,7 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
         result.metrics[ev.task] = {k: float(v) for k, v in summary.items() if k != "max_new_tokens"
                                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
     result.eval_seconds = time.perf_counter() - start
-    record()
+    record("completed")
     return result
 
 

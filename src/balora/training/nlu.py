@@ -19,7 +19,7 @@ import torch
 from ..methods import prepare_model
 from ..reference import TeacherCache, reference_mode
 from .run_config import RunConfig
-from .common import build_trainer, finish_run, last_checkpoint, peft_extra_kwargs
+from .common import build_trainer, check_runtime, finish_run, last_checkpoint, mark_failure, peft_extra_kwargs, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class NLUData:
     label_names: Optional[list[str]] = None
     regression: bool = False
     description: str = ""
+    locate: dict = field(default_factory=dict)  # split -> RowLocator ("FILE: row N") for error messages
 
 
 @dataclass
@@ -56,59 +57,41 @@ def load_nlu_data(cfg: RunConfig) -> NLUData:
     """Read the train/validation/test sources of ``cfg.data`` (local files or Hub names)."""
     import datasets
 
-    from ..data.files import load_table, require_columns
+    from ..data.files import load_table_located, require_columns
 
     d = cfg.data
     if not d.train:
         raise ValueError("data.train is empty: give a local file or a Hub dataset name")
     if not d.text_columns:
         raise ValueError("data.text_columns is empty: name the one or two text columns")
-    splits = {}
+    splits, where = {}, {}
     for split, source in (("train", d.train), ("validation", d.validation), ("test", d.test)):
         if not source:
             continue
         if Path(source).exists():
-            ds = load_table(source, split_name=split)
+            ds, where[split] = load_table_located(source, split_name=split)
         else:
             name, _, config = source.partition(":")
             ds = datasets.load_dataset(name, config or None, split=split)
         require_columns(ds, [*d.text_columns, d.label_column], source)
         splits[split] = ds
     dd = datasets.DatasetDict(splits)
-    return describe_labels(dd, d.text_columns, d.label_column, d.task_type, description=d.train)
+    return describe_labels(dd, d.text_columns, d.label_column, d.task_type, description=d.train, where=where)
 
 
 def describe_labels(dd: Any, text_columns: list[str], label_column: str = "label", task_type: str = "auto",
-                    description: str = "") -> NLUData:
-    """Work out classes vs regression and map string labels to ids (sorted names; unknown ones are errors)."""
-    train = dd["train"]
-    feature = train.features.get(label_column)
-    names = getattr(feature, "names", None)
-    # Through Arrow: datasets 5 returns a lazy Column for ds[name].
-    values = np.asarray(train.with_format("arrow")[label_column].to_numpy()) if names is None else None
-    if names is not None:
-        return NLUData(dd, text_columns, label_column, len(names), list(names), False, description)
-    if values is not None and values.dtype.kind == "f" and task_type != "classification" or task_type == "regression":
-        return NLUData(dd, text_columns, label_column, 1, None, True, description)
-    if values.dtype.kind in "iu":
-        n = int(values.max()) + 1
-        return NLUData(dd, text_columns, label_column, n, [str(i) for i in range(n)], False, description)
-    label_names = sorted({str(v) for v in values})
-    mapping = {name: i for i, name in enumerate(label_names)}
+                    description: str = "", where: Optional[dict] = None) -> NLUData:
+    """Work out classes vs regression and map labels to ids (sorted names); every split is checked first.
 
-    def to_id(batch: dict, idx: list[int], split: str) -> dict:
-        out = []
-        for value, row in zip(batch[label_column], idx):
-            if str(value) not in mapping:
-                raise ValueError(f"{split} row {row}: label {value!r} not among the training labels {label_names}")
-            out.append(mapping[str(value)])
-        return {"__label_id": out}
+    Bad data (an empty split, missing text or label, text where a number is expected, a non-finite target, a
+    negative class id, a validation/test label the training labels do not have) is a ``ValueError`` naming
+    the file, row, column and value (see :mod:`balora.data.validate`), before any model is loaded.
+    """
+    from ..data.validate import read_label_space
 
-    for split in list(dd):
-        # A new column, then renamed: mapping ints into the existing string column would keep its string type.
-        mapped = dd[split].map(lambda b, i, s=split: to_id(b, i, s), batched=True, with_indices=True)
-        dd[split] = mapped.remove_columns(label_column).rename_column("__label_id", label_column)
-    return NLUData(dd, text_columns, label_column, len(label_names), label_names, False, description)
+    dd, space = read_label_space(dd, text_columns, label_column, task_type, where)
+    return NLUData(dd, text_columns, label_column, space.num_labels, space.label_names, space.regression,
+                   description, dict(where or {}))
 
 
 def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int) -> tuple[Any, int]:
@@ -155,7 +138,26 @@ def fill_teacher_cache(model: Any, spec: Any, train_ds: Any, collator: Any, batc
 
 def run_nlu(cfg: RunConfig, data: Optional[NLUData] = None, *, compute_metrics: Optional[Callable] = None,
             extra_callbacks: Optional[list] = None, save_adapter: bool = True) -> NLUResult:
-    """Train and evaluate one NLU configuration; writes ``balora_run.json`` into ``cfg.train.output_dir``."""
+    """Train and evaluate one NLU configuration; writes ``balora_run.json`` into ``cfg.train.output_dir``.
+
+    The data (every split) and the settings are checked first; the run folder is created only then, with its
+    record marked ``running``, and marked ``failed`` with the error if anything later raises.
+    """
+    from ..data.validate import LabelSpace, check_nlu_splits
+
+    data = data or load_nlu_data(cfg)
+    check_nlu_splits(data.splits, data.text_columns, data.label_column,  # also a caller-given label space
+                     LabelSpace(data.num_labels, data.label_names, data.regression), data.locate)
+    check_runtime(cfg, "validation" in data.splits)
+    run_dir = Path(cfg.train.output_dir)
+    start_run(cfg, run_dir)
+    with mark_failure(run_dir):
+        return _run_nlu(cfg, data, run_dir, compute_metrics=compute_metrics, extra_callbacks=extra_callbacks,
+                        save_adapter=save_adapter)
+
+
+def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: Optional[Callable],
+             extra_callbacks: Optional[list], save_adapter: bool) -> NLUResult:
     from transformers import DataCollatorWithPadding, set_seed
 
     from ..baselines.params import count_parameters
@@ -163,9 +165,6 @@ def run_nlu(cfg: RunConfig, data: Optional[NLUData] = None, *, compute_metrics: 
     from .models import load_base_model, load_tokenizer
 
     set_seed(cfg.train.seed)
-    run_dir = Path(cfg.train.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = data or load_nlu_data(cfg)
     if cfg.data.train_limit and len(data.splits["train"]) > cfg.data.train_limit:
         data.splits["train"] = _subsample(data.splits["train"], cfg.data.train_limit, cfg.train.seed, not data.regression)
     for split in ("validation", "test"):

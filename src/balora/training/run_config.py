@@ -8,7 +8,9 @@ command line with ``--section.key value`` (values parsed as YAML scalars: ``--tr
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -37,6 +39,77 @@ def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
 
 
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return " or ".join("empty" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return f"a list of {_type_name(item)}" if item is not Any else "a list"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping", list: "a list"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """``(ok, value)``: whether ``value`` fits the annotation ``tp`` (an int is accepted, as a float, for a float)."""
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        for arg in typing.get_args(tp):
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if origin is typing.Literal:
+        return value in typing.get_args(tp), value
+    if tp is Any:
+        return True, value
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            return False, value
+        checked = [_coerce(v, item) for v in value]
+        return all(ok for ok, _ in checked), [v for _, v in checked]
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if isinstance(tp, type):
+        return isinstance(value, tp), value
+    return True, value
+
+
+def check_field_types(cls: Any, values: dict, section: str) -> dict:
+    """Check (and lightly coerce: int -> float) ``values`` against the annotations of dataclass ``cls``.
+
+    The one place where a config value of the wrong type is reported, naming ``section.field``, the value and the
+    expected type (YAML and ``--section.key value`` overrides both arrive here), before any range check compares it.
+    """
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for name, value in values.items():
+        if name not in hints:
+            continue
+        ok, coerced = _coerce(value, hints[name])
+        if not ok:
+            raise ValueError(f"{section}.{name} must be {_type_name(hints[name])}, got {value!r} "
+                             f"({type(value).__name__})")
+        out[name] = coerced
+    return out
+
+
+def _check_types(obj: Any, section: str) -> None:
+    """Dataclass __post_init__ hook: :func:`check_field_types` on the instance's own fields."""
+    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    for name, value in check_field_types(type(obj), values, section).items():
+        object.__setattr__(obj, name, value)
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = _help("Hugging Face model name or local model folder.", default="")
@@ -45,6 +118,7 @@ class ModelConfig:
     max_length: int = _help("Maximum tokens per example (longer inputs are truncated and counted).", default=256)
 
     def __post_init__(self) -> None:
+        _check_types(self, "model")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.max_length < 8:
@@ -64,8 +138,12 @@ class DataConfig:
     eval_limit: Optional[int] = _help("Use at most this many validation/test examples.", default=None)
 
     def __post_init__(self) -> None:
+        _check_types(self, "data")
         if self.task_type not in ("auto", "classification", "regression"):
             raise ValueError(f"data.task_type must be auto, classification or regression, got {self.task_type!r}")
+        for name in ("train_limit", "eval_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1 or empty (no limit), got {getattr(self, name)}")
         if len(self.text_columns) > 2:
             raise ValueError(f"data.text_columns takes one or two columns, got {self.text_columns}")
 
@@ -80,6 +158,7 @@ class MethodConfig:
     pissa_niter: Optional[int] = _help("PiSSA: fast randomised SVD with this many subspace iterations (peft pissa_niter_K); exact SVD when empty.", default=None)
 
     def __post_init__(self) -> None:
+        _check_types(self, "method")
         from ..methods import parse_method
 
         parse_method(self.name)
@@ -112,11 +191,20 @@ class TrainConfig:
     cached_reference_epochs: float = _help("NLU: use cached per-example teacher logits (balora.reference='cached') when training for at least this many epochs; 0 = never switch automatically.", default=2.0)
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "eval_batch_size", "grad_accum", "logging_steps"):
+        _check_types(self, "train")
+        for name in ("batch_size", "eval_batch_size", "grad_accum", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        for name in ("lr", "epochs"):  # epochs 0 would "finish" with the untrained adapter
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"train.{name} must be a finite number > 0, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"train.max_steps must be >= 1, or -1 to train for train.epochs, got {self.max_steps}")
+        for name in ("weight_decay", "save_steps", "cached_reference_epochs"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
 @dataclass
@@ -130,6 +218,7 @@ class EvalOptions:
     max_new_tokens: int = _help("Maximum generated tokens per problem.", default=512)
 
     def __post_init__(self) -> None:
+        _check_types(self, "eval")
         from ..evaluation.tasks import TASKS
 
         if self.task not in TASKS:
@@ -156,6 +245,8 @@ class RunConfig:
                        "a list of {task, data, limit, batch_size, max_new_tokens} (see EvalOptions)."})
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kind, str):
+            raise ValueError(f"kind must be 'nlu' or 'nlg', got {self.kind!r}")
         if self.kind not in ("nlu", "nlg"):
             raise ValueError(f"kind must be 'nlu' or 'nlg', got {self.kind!r}")
 
@@ -198,7 +289,7 @@ def build_config(raw: dict, source: str = "<config>") -> RunConfig:
             bad = set(value or {}) - known
             if bad:
                 raise ValueError(f"{source}: unknown balora option(s) {sorted(bad)}; known: {sorted(known)}")
-            kwargs["balora"] = dict(value or {})
+            kwargs["balora"] = check_field_types(BALoRAConfig, dict(value or {}), "balora")
         elif key == "eval":
             kwargs["eval"] = parse_eval_section(value, source)
         elif key in SECTIONS:
