@@ -242,6 +242,13 @@ class BALoRATrainer(Trainer):
         self._norm = Normalizer.for_batches(batches, world_size(), device) if batches else None
         return batches, num_items
 
+    def _set_signature_columns_if_needed(self):
+        # remove_unused_columns=True (Trainer's default) keeps only the model's forward arguments: keep the
+        # example index too (cached reference, error messages naming examples). Trainer has no public hook.
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None and "balora_index" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "balora_index"]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
         inputs = dict(inputs)
         index = inputs.pop("balora_index", None)
