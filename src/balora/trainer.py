@@ -133,12 +133,15 @@ class TermGuard:
         bad = [names[i] for i, ok in enumerate(ok_all.tolist()) if not ok]
         first = next((b for b in bad if b[0] >= 0), bad[0])
         micro = len(self._micro)
-        where = ""
+        def ids(indices: list) -> str:
+            if any(i is None for i in indices) or not indices:
+                return "examples unknown (the batches carry no 'balora_index' column)"
+            return f"examples balora_index {torch.cat([i.flatten() for i in indices]).tolist()}"
+
         if first[0] >= 0:
-            index = self._micro[first[0]][0]
-            ids = (f"examples balora_index {index.flatten().tolist()}" if index is not None
-                   else "examples unknown (the batches carry no 'balora_index' column)")
-            where = f" in micro-batch {first[0] + 1} of {micro} ({ids})"
+            where = f" in micro-batch {first[0] + 1} of {micro} ({ids([self._micro[first[0]][0]])})"
+        else:
+            where = f" ({ids([index for index, _ in self._micro])} in this step)"
         terms = sorted({name for _, name in bad if name != "gradient"})
         if first[1] == "task":
             what = "non-finite task loss"
@@ -214,6 +217,9 @@ class BALoRATrainer(Trainer):
         if self.reference is not None and self.reference.mode == "model" and self.reference.model is not None:
             self.reference.model.to(self.args.device)
         self.teacher_cache = self.reference.cache if self.reference is not None else None
+        if self.label_smoother is not None or self.compute_loss_func is not None:
+            raise ValueError("BALoRATrainer computes the loss in balora.objectives (normalised over micro-batches "
+                             "and ranks): label_smoothing_factor and compute_loss_func are not supported")
         self.model_accepts_loss_kwargs = False
         unwrapped = self.accelerator.unwrap_model(self.model)
         self.objective = make_objective(task, self.balora_config, self.reference, self.regularized, unwrapped)

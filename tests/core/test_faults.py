@@ -96,3 +96,15 @@ def test_skip_term_drops_a_nan_consistency_in_the_nlg_paths(fused):
     plain.train()
     assert loss.item() == pytest.approx(expected.compute_loss(plain, batch).item(), rel=1e-5)
     trainer.guard.check(model, 1)  # nothing left to raise
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_stops_the_step():
+    model = prepare_model(tiny_bert(), "pissa", r=4)
+    trainer = BALoRATrainer(model=model, args=TrainingArguments("/tmp/balora-test-unused", use_cpu=True, report_to=[]))
+    model.train()
+    loss = trainer.compute_loss(model, {**nlu_batch(), "balora_index": torch.arange(8)})
+    loss.backward()
+    next(p for p in model.parameters() if p.grad is not None).grad[0] = float("inf")
+    assert torch.isfinite(loss)
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at optimizer step 7 .*balora_index \[0, 1"):
+        trainer.guard.check(model, 7)
