@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from . import regularizers as R
 from .config import BALoRAConfig
 from .distributed import all_reduce_sum, gather_rows, is_distributed
-from .fused import OutputFactor, fused_lm_terms
+from .fused import FusedTerms, OutputFactor, fused_lm_terms
 from .reference import ReferenceSpec, RngState, has_dropout
 
 logger = logging.getLogger(__name__)
@@ -296,13 +296,13 @@ class NLGObjective(Objective):
                 values["diversity"] = guard.compute("diversity", lambda: R.nlg_diversity(logits, mask, cfg.entropy_top_k))
             rows = None
             if l3:
-                def svd():
-                    nonlocal rows
-                    rows, gathered = _gather(R.select_positions(logits, mask), cfg)
-                    ones = torch.ones(1, rows.shape[0], dtype=torch.bool, device=rows.device)
-                    return R.nlg_svd(rows[None], ones, cfg.svd_top_k, cfg.svd_estimator, cfg.svd_oversampling,
-                                     cfg.svd_niter, cfg.svd_normalizer)
-                values["svd"] = guard.compute("svd", svd)
+                # Gathered before any check, so that every rank joins the collective (and its backward) even
+                # when its own micro-batch has no trained position.
+                rows, _ = _gather(logits[mask], cfg)
+                ones = torch.ones(1, rows.shape[0], dtype=torch.bool, device=rows.device)
+                values["svd"] = guard.compute("svd", lambda: R.nlg_svd(
+                    rows[None], ones, cfg.svd_top_k, cfg.svd_estimator, cfg.svd_oversampling, cfg.svd_niter,
+                    cfg.svd_normalizer))
             kept = guard.keep_finite({k: v for k, v in values.items() if v is not None})
             gathered = cfg.gather_batch_statistics and is_distributed()
             stat_w = ctx.norm.stat_share(rows.shape[0], "tokens", gathered) if rows is not None else 0.0
@@ -409,7 +409,8 @@ class FusedNLGObjective(NLGObjective):
         mask = R.shifted_label_mask(labels)
         h = hidden[mask]  # dynamic shape: the one synchronisation of the NLG paths
         m = h.shape[0]
-        if m == 0:
+        gathered = cfg.gather_batch_statistics and is_distributed()
+        if m == 0 and not (l3 and gathered):
             for name, lam in zip(("consistency", "diversity", "svd"), ctx.lambdas):
                 if lam:
                     guard.skip(name, "no trained positions in the batch")
@@ -420,29 +421,30 @@ class FusedNLGObjective(NLGObjective):
             h = h * scale
         targets = labels[:, 1:][mask[:, :-1]]
         ref_h = None
-        if l1:
+        if l1 and m:
             ref_out = self.reference.forward(unwrapped, fwd, rng, output_hidden_states=True, logits_to_keep=1)
             ref_h = ref_out.hidden_states[-1][mask] * scale if scale != 1.0 else ref_out.hidden_states[-1][mask]
 
         def fused(c1: float, c2: float):
+            if m == 0:  # this rank has no trained position but joins the gathered SVD term below
+                zero = hidden.sum() * 0.0
+                return FusedTerms(loss=zero, task=zero.detach(), consistency=zero.detach(), diversity=zero.detach())
             return fused_lm_terms(h, weight, targets, ref_h if c1 else None, bias, c1, c2, cfg.temperature, None,
                                   cfg.chunk_size)
 
         terms_out = fused(l1, l2)
         values: dict[str, Optional[torch.Tensor]] = {}
-        if l1:
-            values["consistency"] = terms_out.consistency
-        if l2:
-            values["diversity"] = terms_out.diversity
+        for name, lam, value in (("consistency", l1, terms_out.consistency), ("diversity", l2, terms_out.diversity)):
+            if lam and m == 0:
+                guard.skip(name, "no trained positions in the batch")
+            elif lam:
+                values[name] = value
         small = None
-        if l3:
-            def svd():
-                nonlocal small
-                small, _ = _gather(self.factor.small_logits(h, weight, bias), cfg)
-                return svd_term(small, cfg)
-            values["svd"] = guard.compute("svd", svd)
+        if l3:  # gathered before any check: every rank joins the collective and its backward
+            small, _ = _gather(self.factor.small_logits(h, weight, bias), cfg)
+            values["svd"] = guard.compute("svd", lambda: svd_term(small, cfg))
         kept = guard.keep_finite({k: v for k, v in values.items() if v is not None})
-        if (l1 and "consistency" not in kept) or (l2 and "diversity" not in kept):  # skip_term: recompute without
+        if m and ((l1 and "consistency" not in kept) or (l2 and "diversity" not in kept)):  # skip_term: without them
             terms_out = fused(l1 if "consistency" in kept else 0.0, l2 if "diversity" in kept else 0.0)
         w = ctx.norm.share(m, "tokens")
         guard.flag("task", terms_out.task)
@@ -452,7 +454,6 @@ class FusedNLGObjective(NLGObjective):
             if name in kept:
                 terms[name] = (kept[name], w)
         if "svd" in kept:
-            gathered = cfg.gather_batch_statistics and is_distributed()
             stat_w = ctx.norm.stat_share(small.shape[0], "tokens", gathered)
             total = total + l3 * stat_w * kept["svd"]
             terms["svd"] = (kept["svd"].detach(), stat_w)

@@ -278,16 +278,21 @@ class BALoRATrainer(Trainer):
         self._weights[name] = self._weights[name] + w if name in self._weights else w
 
     def term_means(self, reduce: bool = False) -> dict[str, float]:
-        """Weighted means of the terms since the last log (over ranks with ``reduce``): one synchronisation."""
-        names = [n for n in TERMS if n in self._sums]
-        if not names:
+        """Weighted means of the terms since the last log (over ranks with ``reduce``): one synchronisation.
+
+        Always all four terms in a fixed order, so that ranks that skipped a term still join the reduction."""
+        present = [n for n in TERMS if n in self._sums]
+        if not present and not reduce:
             return {}
-        stacked = torch.stack([self._sums[n].reshape(()) for n in names] + [self._weights[n].reshape(()).to(self._sums[n].device) for n in names])
+        device = self._sums[present[0]].device if present else self.args.device
+        zero = torch.zeros((), dtype=torch.float32, device=device)
+        stacked = torch.stack([self._sums.get(n, zero).reshape(()).to(device) for n in TERMS]
+                              + [self._weights.get(n, zero).reshape(()).to(device) for n in TERMS])
         if reduce:
             stacked = all_reduce_sum(stacked)
         values = stacked.tolist()
-        k = len(names)
-        return {n: values[i] / values[k + i] for i, n in enumerate(names) if values[k + i] > 0}
+        k = len(TERMS)
+        return {n: values[i] / values[k + i] for i, n in enumerate(TERMS) if values[k + i] > 0}
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:  # a training log (every rank calls it): attach the averaged terms since the last one
