@@ -38,3 +38,14 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
         x = torch.cat([x, pad], dim=0)
     parts = all_gather(x.contiguous())
     return torch.cat([p[:n] for p, n in zip(parts, sizes_int)], dim=0)
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum ``x`` over ranks (in place; a no-op in one process). No host synchronisation."""
+    if is_distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x

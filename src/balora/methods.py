@@ -99,6 +99,9 @@ def prepare_model(
     if balora is None:
         balora = BALoRAConfig(task="nlg" if task_type == "CAUSAL_LM" else "nlu")
     ref_mode = reference or balora.reference
+    if regularized and ref_mode == "cached" and (balora.task == "nlg" or task_type == "CAUSAL_LM"):
+        raise ValueError("reference='cached' stores per-example NLU outputs (logits of a classification head); "
+                         "it is not available for NLG (causal LMs): use reference='auto'")
 
     original = None
     if regularized and ref_mode == "model":

@@ -7,44 +7,44 @@ model in memory. For zero-initialised adapters (plain LoRA, DoRA, LoHa, AdaLoRA)
 is exact. The classification head (a peft ``modules_to_save`` wrapper) falls back to its frozen
 original, i.e. the head as it was at step 0.
 
-The switch writes peft's per-layer ``_active_adapter`` / ``_disable_adapters`` attributes directly
-instead of calling ``set_adapter()`` / ``disable_adapter()``: those public calls also flip
-``requires_grad`` on adapter weights, which is fragile inside a training step (optimizer state, DDP's
-reducer). Only these two attributes are touched and both are restored on exit.
+:class:`ReferenceSpec` is the reference as an object with a lifecycle, chosen once by
+:func:`reference_spec_for` (``prepare_model`` calls it): ``adapter`` (switch to the frozen copy),
+``disable`` (adapter disabled), ``model`` (a separately held original) or ``cached`` (per-example NLU
+outputs, filled once with :meth:`ReferenceSpec.fill` through the live reference it wraps).
+
+The switch goes through :mod:`balora.peft_compat` (two private peft attributes, restored on exit).
+
+Dropout (METHOD.md / docs/method.md, "the dropout rule"): when the model has active dropout, a live
+reference pass runs in TRAIN mode replaying the random state the student's forward started from
+(:class:`RngState`), so both passes draw identical dropout masks: the consistency term is exactly 0 at
+step 0 and afterwards measures the adapter's change under identical noise. This needs the reference to
+consume the same random numbers as the student: true for the adapter copy (same adapter dropout) and,
+when the adapter itself has no dropout, for the disabled adapter and the held model. Otherwise (and for
+the cache, filled once in eval mode) the reference runs in eval mode and a warning says so.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
 
+from . import peft_compat
+
+logger = logging.getLogger(__name__)
+
 REFERENCE_ADAPTER = "balora_reference"
 # Initialisations that move part of the pretrained weight into the adapter (the base becomes a residual).
 _RESIDUAL_INITS = ("pissa", "olora", "corda", "eva", "loftq")
-
-
-@dataclass
-class ReferenceSpec:
-    """How the reference is computed for a prepared model."""
-
-    mode: str  # "adapter" | "disable" | "model" | "cached"
-    adapter_name: str = "default"
-    reference_adapter: str = REFERENCE_ADAPTER
-    model: Optional[nn.Module] = None  # only for mode="model"
+MODES = ("adapter", "disable", "model", "cached")
 
 
 def _tuner_layers(model: nn.Module) -> Iterator[nn.Module]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils.other import AuxiliaryTrainingWrapper
-
-    for module in model.modules():
-        if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
-            yield module
-
+    return peft_compat.adapter_layers(model)
 
 def init_modifies_base(peft_config: Any) -> bool:
     """True when the adapter's initialisation rewrote the base weights (PiSSA, OLoRA, ...)."""
@@ -84,57 +84,209 @@ def add_reference_adapter(model: nn.Module, adapter_name: str = "default") -> Re
         param.requires_grad_(name in trainable and REFERENCE_ADAPTER not in name)
     # Keep the trained adapter the active one, without set_adapter() (which would flip requires_grad).
     for module in _tuner_layers(model):
-        module._active_adapter = [adapter_name]
+        peft_compat.activate_adapter(module, adapter_name)
     return ReferenceSpec(mode="adapter", adapter_name=adapter_name)
 
 
+class RngState:
+    """The CPU (and current accelerator) random state at one moment, to replay dropout masks later."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.cpu = torch.get_rng_state()
+        self.accel = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def replay(self) -> Iterator[None]:
+        """Inside the block the generators start from the captured state; on exit they are as before."""
+        cuda = self.accel is not None
+        with torch.random.fork_rng(devices=[self.device] if cuda else [], device_type="cuda" if cuda else "cpu"):
+            torch.set_rng_state(self.cpu)
+            if cuda:
+                torch.cuda.set_rng_state(self.accel, self.device)
+            yield
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """True when a forward pass in train mode draws random numbers (dropout modules or attention dropout)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return True
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            for key, value in config.to_dict().items():
+                if ("dropout" in key or "pdrop" in key) and isinstance(value, (int, float)) and value > 0:
+                    return True
+    return False
+
+
+def _adapter_has_dropout(model: nn.Module, adapter_name: str) -> bool:
+    for layer in _tuner_layers(model):
+        for attr in ("lora_dropout", "rank_dropout", "module_dropout"):
+            container = getattr(layer, attr, None)
+            if isinstance(container, (nn.ModuleDict, dict)) and adapter_name in container:
+                drop = container[adapter_name]
+                if isinstance(drop, nn.modules.dropout._DropoutNd) and drop.p > 0:
+                    return True
+            elif isinstance(container, dict) and container.get(adapter_name, 0) > 0:
+                return True
+    return False
+
+
+@dataclass
+class ReferenceSpec:
+    """The pretrained reference of a prepared model (what ``model.balora.reference`` holds).
+
+    ``mode``: ``adapter`` | ``disable`` | ``model`` | ``cached``. ``cached`` wraps the ``live`` reference
+    that :meth:`fill` runs once over the training set; ``cache`` holds the rows.
+    """
+
+    mode: str
+    adapter_name: str = "default"
+    reference_adapter: str = REFERENCE_ADAPTER
+    model: Optional[nn.Module] = None  # only for mode="model"
+    cache: Optional["TeacherCache"] = None  # only for mode="cached"
+    live: Optional["ReferenceSpec"] = None  # mode="cached": how the cache is (was) filled
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown reference mode {self.mode!r}; expected one of {', '.join(MODES)}")
+
+    # -------------------------------------------------------------------------------- live passes
+    @contextlib.contextmanager
+    def activate(self, model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
+        """Inside the block the yielded module computes the ORIGINAL pretrained function.
+
+        ``train=False``: eval mode (no dropout). ``train=True``: the module stays in train mode, for a pass
+        replaying the student's dropout masks (see :class:`RngState`).
+        """
+        if self.mode == "cached":
+            if self.live is None:
+                raise ValueError("a cached reference has no live reference to switch to; use its cache (lookup)")
+            with self.live.activate(model, train) as ref:
+                yield ref
+            return
+        if self.mode == "model":
+            if self.model is None:
+                raise ValueError("ReferenceSpec(mode='model') needs the original model")
+            was_training = self.model.training
+            self.model.train(train)
+            try:
+                yield self.model
+            finally:
+                self.model.train(was_training)
+            return
+        saved = peft_compat.save_switch(list(_tuner_layers(model)))
+        was_training = model.training
+        try:
+            for layer, _, _ in saved:
+                if self.mode == "adapter":
+                    peft_compat.activate_adapter(layer, self.reference_adapter)
+                else:
+                    peft_compat.disable_adapters(layer)
+            model.train(train)
+            yield model
+        finally:
+            peft_compat.restore_switch(saved)
+            model.train(was_training)
+
+    def shares_dropout_masks(self, model: nn.Module) -> bool:
+        """Can a live pass draw exactly the random numbers the student's forward drew?"""
+        if self.mode == "cached":
+            return False
+        if self.mode == "adapter":
+            return True  # the frozen copy has the trained adapter's dropout
+        return not _adapter_has_dropout(model, self.adapter_name)
+
+    @torch.no_grad()
+    def forward(self, model: nn.Module, inputs: dict, rng: Optional[RngState] = None, **kwargs: Any) -> Any:
+        """One no-grad pass of the original function; with ``rng``, in train mode under the replayed state."""
+        if rng is None:
+            with self.activate(model) as ref:
+                return ref(**inputs, **kwargs)
+        with rng.replay(), self.activate(model, train=True) as ref:
+            return ref(**inputs, **kwargs)
+
+    # ------------------------------------------------------------------------------------- cache
+    @property
+    def ready(self) -> bool:
+        return self.mode != "cached" or (self.cache is not None and len(self.cache) > 0)
+
+    def lookup(self, name: str, index: Optional[torch.Tensor], device: torch.device) -> torch.Tensor:
+        if self.cache is None:
+            raise ValueError("reference='cached' needs its cache filled before training (ReferenceSpec.fill)")
+        if index is None:
+            raise ValueError("reference='cached' needs a 'balora_index' column in every batch")
+        return self.cache.lookup(name, index, device)
+
+    def fill(self, model: nn.Module, dataset: Any, collator: Any, batch_size: int, device: Any,
+             features: Optional[Any] = None) -> "ReferenceSpec":
+        """Run the live reference once over ``dataset`` (rows carry ``balora_index``); returns the cached reference.
+
+        ``features``: optional ``fn(ref_model, inputs) -> (logits, pooled_features)`` for regression heads
+        (the trainer's NLU objective provides it); without it only the logits are stored. The cache is
+        computed in eval mode: it cannot share the student's dropout masks (logged when the model has dropout).
+        """
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        live = self.live if self.mode == "cached" else self
+        if live is None or live.mode == "cached":
+            raise ValueError("this cached reference has no live reference to fill it from")
+        if has_dropout(model):
+            logger.warning("reference='cached': the cache is computed once in eval mode, so with dropout in the "
+                           "model the consistency term also measures the student's dropout noise (docs/method.md)")
+        cache = TeacherCache()
+        size = len(dataset)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+        with torch.no_grad(), live.activate(model) as ref:
+            for batch in tqdm(loader, desc="teacher logits", leave=False):
+                index = batch.pop("balora_index")
+                batch.pop("labels", None)
+                batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+                if features is None:
+                    cache.put("logits", index, ref(**batch)["logits"], size)
+                else:
+                    logits, pooled = features(ref, batch)
+                    cache.put("logits", index, logits, size)
+                    cache.put("features", index, pooled, size)
+        return replace(self, mode="cached", cache=cache, live=live)
+
+    def with_cache(self, cache: "TeacherCache") -> "ReferenceSpec":
+        return replace(self, cache=cache) if self.mode == "cached" else self
+
+
 @contextlib.contextmanager
-def reference_mode(model: nn.Module, spec: ReferenceSpec) -> Iterator[nn.Module]:
+def reference_mode(model: nn.Module, spec: ReferenceSpec, train: bool = False) -> Iterator[nn.Module]:
     """Inside the block, ``model`` computes the ORIGINAL pretrained function (in eval mode, no dropout).
 
     Yields the module to call: ``model`` itself, or the held original model for ``mode="model"``.
     """
-    if spec.mode == "model":
-        if spec.model is None:
-            raise ValueError("ReferenceSpec(mode='model') needs the original model")
-        yield spec.model
-        return
-    if spec.mode not in ("adapter", "disable"):
+    if spec.mode == "cached" and spec.live is None:
         raise ValueError(f"reference_mode cannot switch a model to reference mode {spec.mode!r}")
-    layers = list(_tuner_layers(model))
-    saved = [(m, m._active_adapter, m._disable_adapters) for m in layers]
-    was_training = model.training
-    try:
-        for m in layers:
-            if spec.mode == "adapter":
-                m._active_adapter = [spec.reference_adapter]
-            else:
-                m._disable_adapters = True
-        model.eval()
-        yield model
-    finally:
-        for m, active, disabled in saved:
-            m._active_adapter = active
-            m._disable_adapters = disabled
-        model.train(was_training)
+    with spec.activate(model, train) as ref:
+        yield ref
 
 
 def reference_spec_for(model: nn.Module, mode: str = "auto", adapter_name: str = "default") -> ReferenceSpec:
     """Choose and set up the reference for a freshly prepared peft model (before any training step)."""
     peft_config = getattr(model, "peft_config", {}).get(adapter_name)
+    residual = peft_config is not None and init_modifies_base(peft_config)
     if mode == "auto":
-        mode = "adapter" if peft_config is not None and init_modifies_base(peft_config) else "disable"
+        mode = "adapter" if residual else "disable"
     if mode == "adapter":
-        if peft_config is None or not init_modifies_base(peft_config):
+        if not residual:
             return ReferenceSpec(mode="disable", adapter_name=adapter_name)
         return add_reference_adapter(model, adapter_name)
-    if mode in ("disable", "cached"):
-        if mode == "disable" and peft_config is not None and init_modifies_base(peft_config):
+    if mode == "disable":
+        if residual:
             raise ValueError(
                 "reference='disable' is wrong for a residual initialisation "
                 f"({peft_config.init_lora_weights!r}): the base is W - BA. Use 'auto' or 'adapter'."
             )
-        return ReferenceSpec(mode=mode, adapter_name=adapter_name)
+        return ReferenceSpec(mode="disable", adapter_name=adapter_name)
+    if mode == "cached":  # filled before training through the live reference it wraps
+        return ReferenceSpec(mode="cached", adapter_name=adapter_name, live=reference_spec_for(model, "auto", adapter_name))
     raise ValueError(f"unknown reference mode {mode!r}; expected auto, adapter, disable, cached or model")
 
 
@@ -149,8 +301,8 @@ class TeacherCache:
     """Per-example teacher outputs (NLU logits, and pooled features for regression), filled once.
 
     Rows are addressed by an integer example index carried in the batch (``balora_index``).
-    :func:`balora.training.nlu.fill_teacher_cache` runs the reference over the training set before
-    training and ``put``\ s the rows; ``lookup`` returns the rows of a batch.
+    :meth:`ReferenceSpec.fill` runs the live reference over the training set before training and
+    ``put``\ s the rows; ``lookup`` returns the rows of a batch.
     """
 
     def __init__(self) -> None:

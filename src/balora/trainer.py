@@ -1,21 +1,32 @@
-"""BALoRATrainer: transformers.Trainer whose compute_loss adds the weighted BA-LoRA terms.
+"""BALoRATrainer: transformers.Trainer whose compute_loss runs a :mod:`balora.objectives` object.
 
-Thin glue: the terms come from :mod:`balora.regularizers` (or their fused NLG twin in
-:mod:`balora.fused`), the pretrained outputs from :mod:`balora.reference`, the weights from
-:mod:`balora.schedules`. Each term is averaged between logging steps and logged as ``loss_task``,
-``loss_consistency``, ``loss_diversity``, ``loss_svd`` (unweighted values) wherever Trainer logs go
-(console, TensorBoard, ``trainer_state.json``).
+Thin glue: the objective (chosen once: NLU, regression, NLG, fused NLG) computes the loss and the terms
+(:mod:`balora.regularizers`, :mod:`balora.fused`), the reference object (:mod:`balora.reference`) gives
+the pretrained outputs, :mod:`balora.schedules` the weights. The trainer keeps the lambda schedule, the NaN
+policy (:class:`TermGuard`) and the logging: each term is averaged between logging steps and logged as
+``loss_task``, ``loss_consistency``, ``loss_diversity``, ``loss_svd`` (unweighted values) wherever
+Trainer logs go (console, TensorBoard, ``trainer_state.json``). Term values stay on the device and are
+read once per log.
 
-Fallbacks (documented, logged, never a silent NaN):
+Every method (baselines included) is normalised by the objectives over the whole optimizer step (all
+micro-batches, all ranks), so batch B x accumulation A on P processes trains like one batch of B*A*P
+(docs/method.md, "Averaging over micro-batches and ranks").
+
+Fallbacks and faults (documented, logged, never a silent NaN):
 
 * a batch-statistic term on a batch of one row (covariance, SVD) or a batch without trained positions:
   the term is 0 for that step and ``balora_skipped_<term>`` counts it in the logs;
-* a NaN/inf term: ``BALoRAConfig.nan_policy`` = ``error`` raises naming the term, ``skip_term`` drops it
-  for the step and counts it.
+* a NaN/inf regulariser: ``BALoRAConfig.nan_policy`` = ``error`` stops the run naming the term,
+  ``skip_term`` drops it for the step (also when computing it fails, e.g. an SVD that does not converge)
+  and counts it;
+* a non-finite task loss or gradient stops the run before the optimizer step applies it, naming the step
+  and the examples (``balora_index``); checkpoints saved so far stay intact. The check is one host
+  synchronisation per optimizer step.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections import defaultdict
 from typing import Any, Optional
@@ -25,9 +36,9 @@ from transformers import Trainer, TrainerCallback
 
 from . import regularizers as R
 from .config import BALoRAConfig
-from .distributed import gather_rows
-from .fused import OutputFactor, fused_lm_terms
-from .reference import ReferenceSpec, TeacherCache, reference_mode
+from .distributed import all_reduce_sum, world_size
+from .objectives import Normalizer, StepContext, make_objective, static_head_check, svd_term
+from .reference import ReferenceSpec, TeacherCache
 from .schedules import lambda_weights
 
 logger = logging.getLogger(__name__)
@@ -43,250 +54,276 @@ class AdaLoraCallback(TrainerCallback):
             base.update_and_allocate(state.global_step)
 
 
-class BALoRATrainer(Trainer):
-    """Trainer for any model prepared by :func:`balora.prepare_model`.
+class TermGuard:
+    """The NaN policy, in one place: what a failing or non-finite term does.
 
-    Args (besides Trainer's):
-        balora_config: overrides the config attached by prepare_model.
-        teacher_cache: per-example reference outputs (NLU, ``reference="cached"``); batches must then
-            carry a ``balora_index`` column (:func:`balora.training.nlu` adds it).
+    * ``compute(name, fn)``: a degenerate batch skips the term (always, counted); any other failure skips
+      it under ``skip_term`` and raises naming the term under ``error``;
+    * ``keep_finite(values)``: under ``skip_term`` one host synchronisation per micro-batch decides which
+      terms are finite and drops the others; under ``error`` nothing is synchronised, the finiteness flags
+      are kept on the device for :meth:`check`;
+    * ``check(model, step)``: before each optimizer step, one synchronisation reads the flags of the step's
+      micro-batches and the finiteness of the gradient norm; anything non-finite raises
+      ``FloatingPointError`` naming the step, the term and the examples.
     """
 
-    def __init__(self, *args: Any, balora_config: Optional[BALoRAConfig] = None,
-                 teacher_cache: Optional[TeacherCache] = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        info = getattr(self.model, "balora", None)
-        self.regularized = bool(info and info.regularized) or balora_config is not None
-        self.balora_config = balora_config or (info.balora if info is not None else None) or BALoRAConfig()
-        self.reference_spec: Optional[ReferenceSpec] = info.reference if info is not None else None
-        if self.regularized and self.reference_spec is None:
-            raise ValueError("regularised training needs a model prepared by balora.prepare_model (no reference)")
-        self.teacher_cache = teacher_cache
-        if self.reference_spec is not None and self.reference_spec.mode == "cached" and teacher_cache is None:
-            raise ValueError("reference='cached' needs teacher_cache=TeacherCache() filled before training")
-        if self.regularized:
-            # Our total loss is a per-micro-batch mean (the regularisers are batch means too): let Trainer
-            # divide it by the gradient-accumulation steps, rather than assume num_items_in_batch scaling.
-            self.model_accepts_loss_kwargs = False
-            self.loss_is_scaled_for_ga = False
-        if info is not None and info.base_method == "adalora":
-            self.add_callback(AdaLoraCallback())
-        self._sums: dict[str, float] = defaultdict(float)
-        self._counts: dict[str, int] = defaultdict(int)
-        self._factor = OutputFactor()
+    def __init__(self, policy: str, accumulation: int = 1) -> None:
+        self.policy = policy
+        self.skipped: dict[str, int] = defaultdict(int)
+        self._micro: collections.deque = collections.deque(maxlen=max(1, accumulation))
         self._warned: set[str] = set()
+        self.step = 0
 
-    # ------------------------------------------------------------------ loss
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
-        inputs = dict(inputs)
-        index = inputs.pop("balora_index", None)
-        if not self.regularized or not model.training:  # evaluation: the task loss alone, no reference pass
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-            self._record("task", loss)
-            return (loss, outputs) if return_outputs else loss
-        cfg = self.balora_config
-        l1, l2, l3 = lambda_weights(cfg, self.state.global_step, self.state.max_steps)
-        if cfg.task == "nlg":
-            loss, outputs, terms = self._nlg_loss(model, inputs, l1, l2, l3)
-        else:
-            loss, outputs, terms = self._nlu_loss(model, inputs, index, l1, l2, l3)
-        for name, value in terms.items():
-            self._record(name, value)
-        return (loss, outputs) if return_outputs else loss
+    def begin(self, index: Optional[torch.Tensor]) -> None:
+        self._micro.append((index, []))
 
-    def _nlu_loss(self, model, inputs, index, l1, l2, l3):
-        cfg = self.balora_config
-        unwrapped = self.accelerator.unwrap_model(model)
-        regression = getattr(getattr(unwrapped, "config", None), "num_labels", None) == 1
-        if regression and cfg.nlu_regression_features == "skip":
-            self._warn_once("regression", "regression head (C = 1): BA-LoRA terms skipped (nlu_regression_features=skip)")
-            outputs = model(**inputs)
-            return outputs["loss"], outputs, {"task": outputs["loss"]}
-        # Regression (C = 1): all three terms act on the pooled features fed to the head (METHOD.md 2).
-        captured: list[torch.Tensor] = []
-        hook = _head_input_hook(unwrapped, captured) if regression else None
+    def flag(self, name: str, value: torch.Tensor) -> None:
+        if not self._micro:
+            self.begin(None)
+        self._micro[-1][1].append((name, torch.isfinite(value.detach()).all()))
+
+    def skip(self, name: str, why: str) -> None:
+        self.skipped[name] += 1
+        self.warn_once(name + why[:20], f"BA-LoRA {name} term skipped for this step: {why}")
+
+    def compute(self, name: str, fn) -> Optional[torch.Tensor]:
         try:
-            outputs = model(**inputs)
-        finally:
-            if hook is not None:
-                hook.remove()
-        task = outputs["loss"]
-        z = _pool(captured[-1], inputs) if regression else outputs["logits"]
-        terms: dict[str, torch.Tensor] = {"task": task}
-        total = task
-        if l1:
-            ref = self._nlu_reference(unwrapped, inputs, index, regression)
-            total = total + l1 * self._checked("consistency", R.nlu_consistency(z, ref), terms)
-        zg = gather_rows(z) if cfg.gather_batch_statistics else z
-        if l2:
-            total = total + l2 * self._guarded("diversity", lambda: R.nlu_diversity(zg), terms)
-        if l3:
-            total = total + l3 * self._guarded("svd", lambda: R.nlu_svd(zg, cfg.svd_top_k), terms)
-        return total, outputs, terms
-
-    @torch.no_grad()
-    def _nlu_reference(self, unwrapped, inputs, index, use_features):
-        """Reference logits (or pooled head inputs for regression) of the original model, no grad."""
-        spec = self.reference_spec
-        name = "features" if use_features else "logits"
-        if spec.mode == "cached":
-            if index is None:
-                raise ValueError("reference='cached' needs a 'balora_index' column in every batch")
-            return self.teacher_cache.lookup(name, index, self.args.device)
-        ref_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        with reference_mode(unwrapped, spec) as ref_model:
-            if not use_features:
-                return ref_model(**ref_inputs)["logits"].detach()
-            captured: list[torch.Tensor] = []
-            hook = _head_input_hook(ref_model, captured)
-            try:
-                ref_model(**ref_inputs)
-            finally:
-                hook.remove()
-            return _pool(captured[-1], inputs).detach()
-
-    def _nlg_loss(self, model, inputs, l1, l2, l3):
-        cfg = self.balora_config
-        labels = inputs["labels"]
-        mask = R.shifted_label_mask(labels)
-        unwrapped = self.accelerator.unwrap_model(model)
-        if cfg.fused_nlg and _fusable(unwrapped):
-            return self._nlg_fused(model, unwrapped, inputs, mask, l1, l2, l3)
-        outputs = model(**inputs)
-        task = outputs["loss"]
-        logits = outputs["logits"]
-        terms: dict[str, torch.Tensor] = {"task": task}
-        total = task
-        if mask.sum() == 0:
-            self._skip_all("no trained positions in the batch")
-            return total, outputs, terms
-        if l1:
-            with torch.no_grad(), reference_mode(unwrapped, self.reference_spec) as ref_model:
-                ref_logits = ref_model(**{k: v for k, v in inputs.items() if k != "labels"})["logits"]
-            total = total + l1 * self._checked("consistency", R.nlg_consistency(logits, ref_logits, mask, cfg.temperature), terms)
-        if l2:
-            total = total + l2 * self._checked("diversity", R.nlg_diversity(logits, mask, cfg.entropy_top_k), terms)
-        if l3:
-            rows = R.select_positions(logits, mask)
-            rows = gather_rows(rows) if cfg.gather_batch_statistics else rows
-            total = total + l3 * self._guarded("svd", lambda: R.nlg_svd(
-                rows[None], torch.ones(1, rows.shape[0], dtype=torch.bool, device=rows.device), cfg.svd_top_k,
-                cfg.svd_estimator, cfg.svd_oversampling, cfg.svd_niter, cfg.svd_normalizer), terms)
-        return total, outputs, terms
-
-    def _nlg_fused(self, model, unwrapped, inputs, mask, l1, l2, l3):
-        cfg = self.balora_config
-        fwd = {k: v for k, v in inputs.items() if k != "labels"}
-        outputs = model(**fwd, output_hidden_states=True, logits_to_keep=1)
-        hidden = outputs.hidden_states[-1]
-        head = unwrapped.get_output_embeddings()
-        if mask.sum() == 0:
-            self._skip_all("no trained positions in the batch")
-            zero = hidden.sum() * 0.0
-            return zero, outputs, {"task": zero.detach()}
-        h = hidden[mask]
-        targets = inputs["labels"][:, 1:][mask[:, :-1]]
-        ref_h = None
-        if l1:
-            with torch.no_grad(), reference_mode(unwrapped, self.reference_spec) as ref_model:
-                ref_h = ref_model(**fwd, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][mask]
-        fused = fused_lm_terms(h, head.weight, targets, ref_h, head.bias, l1, l2, cfg.temperature, None, cfg.chunk_size)
-        terms: dict[str, torch.Tensor] = {"task": fused.task}
-        if l1:
-            self._checked("consistency", fused.consistency, terms)
-        if l2:
-            self._checked("diversity", fused.diversity, terms)
-        total = fused.loss
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"non-finite NLG loss {total.item()} (task {fused.task.item()})")
-        if l3:
-            small = self._factor.small_logits(h, head.weight, head.bias)
-            small = gather_rows(small) if cfg.gather_batch_statistics else small
-            total = total + l3 * self._guarded("svd", lambda: _svd_term(small, cfg), terms)
-        outputs["loss"] = total
-        return total, outputs, terms
-
-    # ------------------------------------------------------------------ bookkeeping
-    def _guarded(self, name: str, fn, terms: dict) -> torch.Tensor:
-        try:
-            value = fn()
+            return fn()
         except R.DegenerateBatchError as err:
-            self._counts[f"balora_skipped_{name}"] += 1
-            self._warn_once(name, f"{name} term skipped for a degenerate batch: {err}")
-            return torch.zeros((), device=self.args.device)
-        return self._checked(name, value, terms)
+            self.skip(name, f"degenerate batch ({err})")
+            return None
+        except (RuntimeError, ValueError, ArithmeticError) as err:  # e.g. torch.linalg.LinAlgError from an SVD
+            if self.policy == "skip_term":
+                self.skip(name, f"computing it failed ({type(err).__name__}: {err}; nan_policy=skip_term)")
+                return None
+            raise FloatingPointError(f"BA-LoRA {name} term failed at step {self.step} ({type(err).__name__}: {err}); "
+                                     "nan_policy='skip_term' drops such a term for the step") from err
 
-    def _checked(self, name: str, value: torch.Tensor, terms: dict) -> torch.Tensor:
-        if not torch.isfinite(value):
-            if self.balora_config.nan_policy == "error":
-                raise FloatingPointError(f"BA-LoRA {name} term is {value.item()} (non-finite) at step {self.state.global_step}")
-            self._counts[f"balora_skipped_{name}"] += 1
-            self._warn_once(f"nan_{name}", f"non-finite {name} term dropped for this step (nan_policy=skip_term)")
-            return torch.zeros((), device=value.device)
-        terms[name] = value
-        return value
+    def keep_finite(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not values:
+            return values
+        if self.policy != "skip_term":
+            for name, value in values.items():
+                self.flag(name, value)
+            return values
+        finite = torch.stack([torch.isfinite(v.detach()).all() for v in values.values()]).tolist()
+        kept = {}
+        for (name, value), ok in zip(values.items(), finite):
+            if ok:
+                kept[name] = value
+            else:
+                self.skip(name, "non-finite value (nan_policy=skip_term)")
+        return kept
 
-    def _skip_all(self, why: str) -> None:
-        for name in TERMS[1:]:
-            self._counts[f"balora_skipped_{name}"] += 1
-        self._warn_once("empty", f"regularisers skipped: {why}")
+    def check(self, model: torch.nn.Module, step: int) -> None:
+        """Raise before the optimizer step if a task loss, a term or the gradient is non-finite."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        flags = [torch.isfinite(torch.nn.utils.get_total_norm(grads))] if grads else []
+        names: list[tuple[int, str]] = [(-1, "gradient")] if grads else []
+        for j, (_, micro) in enumerate(self._micro):
+            for name, ok in micro:
+                flags.append(ok.to(flags[0].device) if flags else ok)
+                names.append((j, name))
+        if not flags:
+            return
+        ok_all = torch.stack(flags)
+        if bool(ok_all.all()):  # the one synchronisation per optimizer step
+            self._micro.clear()
+            return
+        bad = [names[i] for i, ok in enumerate(ok_all.tolist()) if not ok]
+        first = next((b for b in bad if b[0] >= 0), bad[0])
+        micro = len(self._micro)
+        def ids(indices: list) -> str:
+            if any(i is None for i in indices) or not indices:
+                return "examples unknown (the batches carry no 'balora_index' column)"
+            return f"examples balora_index {torch.cat([i.flatten() for i in indices]).tolist()}"
 
-    def _warn_once(self, key: str, message: str) -> None:
+        if first[0] >= 0:
+            where = f" in micro-batch {first[0] + 1} of {micro} ({ids([self._micro[first[0]][0]])})"
+        else:
+            where = f" ({ids([index for index, _ in self._micro])} in this step)"
+        terms = sorted({name for _, name in bad if name != "gradient"})
+        if first[1] == "task":
+            what = "non-finite task loss"
+            hint = "check these examples' labels and inputs (a NaN or out-of-range label?)"
+        elif terms:
+            what = f"BA-LoRA {' and '.join(terms)} term is non-finite"
+            hint = "nan_policy='skip_term' drops a non-finite regulariser for the step"
+        else:
+            what = "non-finite gradient"
+            hint = "lower the learning rate or check the data"
+        self._micro.clear()
+        raise FloatingPointError(f"{what} at optimizer step {step}{where}; the update was not applied and the "
+                                 f"checkpoints saved so far are intact: {hint}")
+
+    def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(message)
 
-    def _record(self, name: str, value: torch.Tensor) -> None:
-        if not self.model.training:
-            return
-        self._sums[name] += float(value.detach().float().item())
-        self._counts[name] += 1
+
+class _StepGuard(TrainerCallback):
+    """Runs :meth:`TermGuard.check` before each optimizer step; drops the step's item counts after it."""
+
+    def __init__(self, trainer: "BALoRATrainer") -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.trainer.guard.check(model if model is not None else self.trainer.model, state.global_step + 1)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._norm = None
+
+
+class BALoRATrainer(Trainer):
+    """Trainer for any model prepared by :func:`balora.prepare_model` (and plain transformers models).
+
+    Args (besides Trainer's):
+        balora_config: overrides the config attached by prepare_model.
+        reference: the pretrained reference (:class:`~balora.reference.ReferenceSpec`); default: the one
+            prepare_model chose (``model.balora.reference``). A cached reference must be filled
+            (:meth:`~balora.reference.ReferenceSpec.fill`).
+        teacher_cache: per-example reference outputs for ``reference="cached"`` (back-compat: prefer
+            passing a filled ``reference``); batches must then carry a ``balora_index`` column.
+    """
+
+    # The objectives normalise every term over the whole optimizer step themselves (all micro-batches and
+    # ranks): Trainer must neither divide by the accumulation steps nor pass num_items_in_batch to the model.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, balora_config: Optional[BALoRAConfig] = None,
+                 reference: Optional[ReferenceSpec] = None, teacher_cache: Optional[TeacherCache] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        info = getattr(self.model, "balora", None)  # what prepare_model recorded (read once, here)
+        self.regularized = bool(info and info.regularized) or balora_config is not None
+        task_type = getattr(info, "task_type", None) or _task_type(self.model)
+        default_task = "nlg" if task_type == "CAUSAL_LM" else "nlu"
+        self.balora_config = balora_config or (info.balora if info is not None else None) or BALoRAConfig(task=default_task)
+        task = self.balora_config.task if self.regularized else default_task
+        self.reference: Optional[ReferenceSpec] = reference or (info.reference if info is not None else None)
+        if self.regularized and self.reference is None:
+            raise ValueError("regularised training needs a model prepared by balora.prepare_model (no reference)")
+        if self.reference is not None and teacher_cache is not None:
+            self.reference = self.reference.with_cache(teacher_cache)
+        if self.reference is not None and self.reference.mode == "cached":
+            if task == "nlg":
+                raise ValueError("reference='cached' stores per-example NLU outputs; it is not available for NLG "
+                                 "(task 'nlg'): use reference='auto'")
+            if not self.reference.ready:
+                raise ValueError("reference='cached' needs its cache filled before training: "
+                                 "reference.fill(model, train_dataset, collator, batch_size, device) "
+                                 "(balora train does this for NLU), or teacher_cache=TeacherCache() filled")
+        if self.reference is not None and self.reference.mode == "model" and self.reference.model is not None:
+            self.reference.model.to(self.args.device)
+        self.teacher_cache = self.reference.cache if self.reference is not None else None
+        if self.label_smoother is not None or self.compute_loss_func is not None:
+            raise ValueError("BALoRATrainer computes the loss in balora.objectives (normalised over micro-batches "
+                             "and ranks): label_smoothing_factor and compute_loss_func are not supported")
+        self.model_accepts_loss_kwargs = False
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self.objective = make_objective(task, self.balora_config, self.reference, self.regularized, unwrapped)
+        self._regularizes = self.regularized
+        regression = getattr(getattr(unwrapped, "config", None), "num_labels", None) == 1
+        if self.regularized and task == "nlu" and regression and self.balora_config.nlu_regression_features == "skip":
+            logger.warning("regression head (C = 1): BA-LoRA terms skipped (nlu_regression_features=skip)")
+            self._regularizes = False
+        self.guard = TermGuard(self.balora_config.nan_policy, self.args.gradient_accumulation_steps)
+        self.add_callback(_StepGuard(self))
+        if info is not None and info.base_method == "adalora":
+            self.add_callback(AdaLoraCallback())
+        self._norm: Optional[Normalizer] = None
+        self._sums: dict[str, torch.Tensor] = {}
+        self._weights: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ loss
+    def lambdas(self) -> tuple[float, float, float]:
+        if not self._regularizes:
+            return 0.0, 0.0, 0.0
+        return lambda_weights(self.balora_config, self.state.global_step, self.state.max_steps)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Trainer's prefetch of one optimizer step's micro-batches; also counts their items over all ranks."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._norm = Normalizer.for_batches(batches, world_size(), device) if batches else None
+        return batches, num_items
+
+    def _set_signature_columns_if_needed(self):
+        # remove_unused_columns=True (Trainer's default) keeps only the model's forward arguments: keep the
+        # example index too (cached reference, error messages naming examples). Trainer has no public hook.
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None and "balora_index" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "balora_index"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
+        inputs = dict(inputs)
+        index = inputs.pop("balora_index", None)
+        if not model.training:  # evaluation: the task loss alone, no reference pass
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+        self.guard.step = self.state.global_step + 1
+        self.guard.begin(index)
+        ctx = StepContext(self.lambdas(), self._norm or Normalizer(), self.guard,
+                          self.accelerator.unwrap_model(model), index)
+        loss, outputs, terms = self.objective(model, inputs, ctx)
+        for name, (value, weight) in terms.items():
+            self._record(name, value, weight)
+        return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------------ logging
+    def _record(self, name: str, value: torch.Tensor, weight) -> None:
+        weighted = value.detach().float() * weight
+        self._sums[name] = self._sums[name] + weighted if name in self._sums else weighted
+        w = torch.as_tensor(weight, dtype=torch.float32, device=weighted.device)
+        self._weights[name] = self._weights[name] + w if name in self._weights else w
+
+    def term_means(self, reduce: bool = False) -> dict[str, float]:
+        """Weighted means of the terms since the last log (over ranks with ``reduce``): one synchronisation.
+
+        Always all four terms in a fixed order, so that ranks that skipped a term still join the reduction."""
+        present = [n for n in TERMS if n in self._sums]
+        if not present and not reduce:
+            return {}
+        device = self._sums[present[0]].device if present else self.args.device
+        zero = torch.zeros((), dtype=torch.float32, device=device)
+        stacked = torch.stack([self._sums.get(n, zero).reshape(()).to(device) for n in TERMS]
+                              + [self._weights.get(n, zero).reshape(()).to(device) for n in TERMS])
+        if reduce:
+            stacked = all_reduce_sum(stacked)
+        values = stacked.tolist()
+        k = len(TERMS)
+        return {n: values[i] / values[k + i] for i, n in enumerate(TERMS) if values[k + i] > 0}
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if "loss" in logs:  # a training log: attach the averaged terms since the last one
-            for name in TERMS:
-                if self._counts.get(name):
-                    logs[f"loss_{name}"] = float(f"{self._sums[name] / self._counts[name]:.7g}")
-            for key, count in self._counts.items():
-                if key.startswith("balora_skipped_") and count:
-                    logs[key] = count
+        if "loss" in logs:  # a training log (every rank calls it): attach the averaged terms since the last one
+            for name, value in self.term_means(reduce=True).items():
+                logs[f"loss_{name}"] = float(f"{value:.7g}")
+            for name, count in self.guard.skipped.items():
+                if count:
+                    logs[f"balora_skipped_{name}"] = count
             self._sums.clear()
-            self._counts.clear()
+            self._weights.clear()
+            self.guard.skipped.clear()
         super().log(logs, *args, **kwargs)
 
 
-def _svd_term(small: torch.Tensor, cfg: BALoRAConfig) -> torch.Tensor:
-    s = R.singular_values(small, cfg.svd_top_k, cfg.svd_estimator, cfg.svd_oversampling, cfg.svd_niter)
-    norm = torch.linalg.matrix_norm(small) if cfg.svd_normalizer == "fro" else None
-    # k is clipped against the logit matrix (M x V); V > d here, so min(M, d) bounds the rank.
-    return -R.svd_share(s, R.effective_k(cfg.svd_top_k, *small.shape), denominator=norm)
+def _task_type(model) -> Optional[str]:
+    from .methods import infer_task_type
+
+    inner = model
+    for attr in ("base_model", "model"):  # peft wrappers
+        if infer_task_type(inner) is not None:
+            break
+        inner = getattr(inner, attr, inner)
+    return infer_task_type(inner)
 
 
 def _fusable(model) -> bool:
-    """The fused NLG path needs a plain, frozen linear output layer and no logit soft-capping."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear or head.weight.requires_grad:
-        return False
-    config = getattr(model, "config", None)
-    return getattr(config, "final_logit_softcapping", None) is None and "adalora" not in type(model).__module__
+    """Static part of the fused NLG check (kept for callers): a plain frozen linear head, no soft-capping."""
+    return static_head_check(model).ok
 
 
-def _head_input_hook(model, sink: list):
-    """Capture the input of the classification head (peft's modules_to_save wrapper or the bare head)."""
-    for name in ("classifier", "score"):
-        for mod_name, module in model.named_modules():
-            if mod_name.split(".")[-1] == name:
-                return module.register_forward_pre_hook(lambda m, args: sink.append(args[0]))
-    raise ValueError("regression features: no 'classifier' or 'score' head found to hook")
+_svd_term = svd_term  # used by balora.bench.overhead_settings
 
 
-def _pool(features: torch.Tensor, inputs: dict) -> torch.Tensor:
-    """Head inputs are (N, H) for encoders; decoder classifiers see (N, T, H): take the last real token."""
-    if features.dim() == 2:
-        return features
-    if features.dim() == 3 and "attention_mask" in inputs:
-        last = inputs["attention_mask"].sum(1).long() - 1
-        return features[torch.arange(features.shape[0], device=features.device), last]
-    if features.dim() == 3:
-        return features[:, -1]
-    return features.flatten(1)
+__all__ = ["BALoRATrainer", "TermGuard", "AdaLoraCallback", "TERMS"]

@@ -87,11 +87,15 @@ def test_batch_of_one_skips_batch_terms_with_a_logged_count(tmp_path):
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
 
 
-def test_nan_term_raises_naming_the_term():
+def test_nan_term_raises_naming_the_term(monkeypatch):
     model = prepare_model(tiny_bert(), "ba-lora", r=4)
     trainer = BALoRATrainer(model=model, args=_args("/tmp/balora-test-unused"))
+    monkeypatch.setattr(R, "nlu_diversity", lambda z: z.sum() * float("nan"))
+    model.train()
+    trainer.compute_loss(model, nlu_batch()).backward()
+    # Checked once per optimizer step (before it), not per term: no host synchronisation per micro-batch.
     with pytest.raises(FloatingPointError, match="diversity"):
-        trainer._checked("diversity", torch.tensor(float("nan")), {})
+        trainer.guard.check(model, 1)
 
 
 def test_regression_head_uses_pooled_features():

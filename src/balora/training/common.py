@@ -82,7 +82,8 @@ def _cuda_available() -> bool:
 
 
 def build_trainer(cfg: RunConfig, model: Any, train_ds: Any, eval_ds: Optional[Any], collator: Any, tokenizer: Any,
-                  teacher_cache: Any = None, compute_metrics: Any = None, callbacks: Optional[list] = None) -> Any:
+                  teacher_cache: Any = None, compute_metrics: Any = None, callbacks: Optional[list] = None,
+                  reference: Any = None) -> Any:
     from ..trainer import BALoRATrainer
 
     return BALoRATrainer(
@@ -95,6 +96,7 @@ def build_trainer(cfg: RunConfig, model: Any, train_ds: Any, eval_ds: Optional[A
         compute_metrics=compute_metrics,
         callbacks=callbacks,
         teacher_cache=teacher_cache,
+        reference=reference,
     )
 
 

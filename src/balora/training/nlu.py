@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..methods import prepare_model
-from ..reference import TeacherCache, reference_mode
+from ..reference import TeacherCache
 from .run_config import RunConfig
 from .common import build_trainer, check_runtime, finish_run, last_checkpoint, mark_failure, peft_extra_kwargs, start_run
 
@@ -121,19 +121,8 @@ def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int) -> tuple[Any, i
 
 
 def fill_teacher_cache(model: Any, spec: Any, train_ds: Any, collator: Any, batch_size: int, device: Any) -> TeacherCache:
-    """Reference logits for every training example, computed once before training (``reference='cached'``)."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    cache = TeacherCache()
-    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=False, collate_fn=collator)
-    with torch.no_grad(), reference_mode(model, spec) as ref:
-        for batch in tqdm(loader, desc="teacher logits", leave=False):
-            index = batch.pop("balora_index")
-            batch.pop("labels", None)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            cache.put("logits", index, ref(**batch)["logits"], len(train_ds))
-    return cache
+    """Reference logits for every training example (kept for callers; :meth:`ReferenceSpec.fill` does the work)."""
+    return spec.fill(model, train_ds, collator, batch_size, device).cache
 
 
 def run_nlu(cfg: RunConfig, data: Optional[NLUData] = None, *, compute_metrics: Optional[Callable] = None,
@@ -178,7 +167,8 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     steps = _total_steps(cfg, len(encoded["train"]))
     balora_cfg = cfg.balora_config()
     use_cache = (cfg.train.cached_reference_epochs > 0 and cfg.train.epochs >= cfg.train.cached_reference_epochs
-                 and balora_cfg.reference == "auto" and not data.regression and cfg.train.max_steps <= 0)
+                 and balora_cfg.reference == "auto" and not data.regression and cfg.train.max_steps <= 0
+                 ) or balora_cfg.reference == "cached"
     torch.manual_seed(cfg.train.seed)  # the adapter init (and pissa_niter's sketch) is reproducible on resume
     model = prepare_model(model, cfg.method.name, r=cfg.method.r, alpha=cfg.method.alpha,
                           target_modules=cfg.method.target_modules, dropout=cfg.method.dropout,
@@ -187,16 +177,19 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     if getattr(model, "peft_config", None) and _residual_init(model):
         save_run_adapters(model, run_dir, initial=True)
     collator = DataCollatorWithPadding(tokenizer)
-    teacher = None
     info = model.balora
+    reference = info.reference
     if use_cache and info.regularized:
+        from ..objectives import RegressionObjective
+
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
-        teacher = fill_teacher_cache(model, info.reference, encoded["train"], collator, cfg.train.eval_batch_size, device)
-        info.reference = info.reference.__class__(mode="cached", adapter_name=info.reference.adapter_name)
+        reference = reference.fill(model, encoded["train"], collator, cfg.train.eval_batch_size, device,
+                                   features=RegressionObjective.cache_rows if data.regression else None)
+        info.reference = reference  # still readable there (run records); the trainer gets it explicitly
     metric_fn = compute_metrics or _default_metrics(data)
     trainer = build_trainer(cfg, model, encoded["train"], encoded.get("validation"), collator, tokenizer,
-                            teacher_cache=teacher, compute_metrics=metric_fn, callbacks=extra_callbacks)
+                            reference=reference, compute_metrics=metric_fn, callbacks=extra_callbacks)
     if not cfg.train.progress:  # no per-log dict printing either (the caller shows its own progress)
         from transformers.trainer_callback import PrinterCallback
 
