@@ -44,39 +44,72 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
+def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """dtype of the fused path's vocabulary matmuls: the wider of the hidden states' and the output layer's.
+
+    A bf16/fp16 model runs them in its own dtype (tensor cores; on CUDA the products accumulate in fp32),
+    an fp32 model in fp32; only when the states are wider than a low-precision output layer is the layer
+    cast (a mixed setup; a copy per call, which the usual cases never make).
+    """
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+def use_fused_nlg(setting: "bool | str", device: "torch.device | str | None" = None) -> bool:
+    """Resolve ``BALoRAConfig.fused_nlg`` (``True``/``False``/``"auto"``) for a model on ``device``.
+
+    ``"auto"`` picks the fused path on every device: on CPU it is measured faster and leaner than full
+    logits (docs/overhead.md); on CUDA, with its matmuls in the compute dtype and no per-step fp32 copy
+    of the output layer, it avoids the unfused path's full-logit memory (1.4x PiSSA's peak in issue 15)
+    at about the cost of the HF full-logits CE. ``scripts/gpu_check.sh`` measures both on a GPU
+    (``ba-lora`` vs ``ba-lora-unfused``) so this choice can be revisited per device from numbers.
+    """
+    if isinstance(setting, bool):
+        return setting
+    if setting == "auto":
+        return True
+    raise ValueError(f"fused_nlg must be True, False or 'auto', got {setting!r}")
+
+
 class _FusedLMLoss(torch.autograd.Function):
     # Speed notes (measured on SmolLM2, 1020 positions x 49k vocabulary; see docs/overhead.md): the
     # student and teacher logits of a chunk come from ONE matmul of the stacked hidden states; the
     # entropy and the KL use batched dot products instead of (n, V) products; the logit gradient
     # p * (1/N + l2/M (log p + H) + l1/M) - l1/M q - onehot/N is assembled in place in the buffer of the
-    # logits (no longer needed), so a chunk makes ~10 passes over (n, V) memory instead of ~25.
+    # fp32 logits (no longer needed), so a chunk makes ~10 passes over (n, V) memory instead of ~25.
+    # Precision (issue 15): the two vocabulary matmuls (logits = H W^T, grad_H = G W) run in the compute
+    # dtype (bf16 on a bf16 model: tensor cores, fp32 accumulation on CUDA), everything vocabulary-wise
+    # after them (log-softmax, log-sum-exp, KL, entropy, the logit gradient) on the fp32 upcast of the
+    # chunk's logits; sums are fp32 device tensors (no host synchronisation: no .item(), no tensor truth
+    # tests). The output layer is used as it is: no per-step fp32 copy of a V x d matrix.
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ref_hidden, task_norm, l1, l2, temperature, chunk):  # type: ignore[override]
         m = hidden.shape[0]
-        grad_h = torch.empty_like(hidden, dtype=torch.float32) if hidden.requires_grad else None
-        ce_sum = hidden.new_zeros((), dtype=torch.float32)
-        kl_sum = hidden.new_zeros((), dtype=torch.float32)
-        ent_sum = hidden.new_zeros((), dtype=torch.float32)
-        w32 = weight.float()
-        b32 = None if bias is None else bias.float()
+        dtype = compute_dtype(hidden, weight)
+        w = weight if weight.dtype == dtype else weight.to(dtype)
+        b = None if bias is None else (bias if bias.dtype == dtype else bias.to(dtype))
+        wide = dtype == torch.float32  # fp32 model: the logits are already fp32 (no upcast copy)
+        grad_h = torch.empty_like(hidden, dtype=dtype) if hidden.requires_grad else None
+        sums = hidden.new_zeros(3, dtype=torch.float32)  # CE, KL, entropy (device tensors, fp32)
         a, c1, c2 = 1.0 / task_norm, l1 * temperature / m, l2 / m
         with torch.no_grad():
             for start in range(0, m, chunk):
                 sl = slice(start, min(start + chunk, m))
                 n = sl.stop - sl.start
-                hs = hidden[sl].float()
+                hs = hidden[sl].to(dtype)
                 zq = None
                 if ref_hidden is not None:
-                    both = F.linear(torch.cat([hs, ref_hidden[sl].float()]), w32, b32)
+                    both = F.linear(torch.cat([hs, ref_hidden[sl].to(dtype)]), w, b)
+                    both = both if wide else both.float()
                     z, zq = both[:n], both[n:]
                 else:
-                    z = F.linear(hs, w32, b32)
+                    z = F.linear(hs, w, b)
+                    z = z if wide else z.float()
                 logp = torch.log_softmax(z, dim=-1)
                 p = logp.exp()
                 tgt = targets[sl]
-                ce_sum -= logp.gather(1, tgt[:, None]).sum()
+                sums[0] -= logp.gather(1, tgt[:, None]).sum()
                 ent = -_rowdot(p, logp)
-                ent_sum += ent.sum()
+                sums[2] += ent.sum()
                 pt = p
                 if zq is not None:
                     logq = torch.log_softmax(zq if temperature == 1.0 else zq / temperature, dim=-1)
@@ -87,12 +120,12 @@ class _FusedLMLoss(torch.autograd.Function):
                         logpt = torch.log_softmax(z / temperature, dim=-1)
                         logq.sub_(logpt)
                         pt = logpt.exp_()
-                    kl_sum += _rowdot(q, logq).sum()  # sum q (log q - log p_T)
+                    sums[1] += _rowdot(q, logq).sum()  # sum q (log q - log p_T)
                     del logq
                 if grad_h is not None:
                     same = pt is p and zq is not None and l1
                     if l2:
-                        g = torch.add(logp, ent[:, None], out=z)  # z's buffer is free now
+                        g = torch.add(logp, ent[:, None], out=z)  # z's buffer (fp32) is free now
                         g.mul_(c2).add_(a + (c1 if same else 0.0)).mul_(p)
                     else:
                         g = torch.mul(p, a + (c1 if same else 0.0), out=z)
@@ -101,20 +134,20 @@ class _FusedLMLoss(torch.autograd.Function):
                             g.add_(pt, alpha=c1)
                         g.sub_(q, alpha=c1)
                     g.scatter_add_(1, tgt[:, None], torch.full_like(tgt[:, None], -a, dtype=g.dtype))
-                    torch.mm(g, w32, out=grad_h[sl])
+                    torch.mm(g if wide else g.to(dtype), w, out=grad_h[sl])
                 del z, zq, logp, p, pt
         ctx.save_for_backward(grad_h)
         ctx.hidden_dtype = hidden.dtype
-        task = ce_sum / task_norm
-        kl = kl_sum / m * temperature**2
-        neg_ent = -ent_sum / m
+        task = sums[0] / task_norm
+        kl = sums[1] / m * temperature**2
+        neg_ent = -sums[2] / m
         loss = task + l1 * kl + l2 * neg_ent
         return loss, task, kl, neg_ent
 
     @staticmethod
     def backward(ctx, grad_loss, *_):  # type: ignore[override]
         (grad_h,) = ctx.saved_tensors
-        gh = None if grad_h is None else (grad_h * grad_loss).to(ctx.hidden_dtype)
+        gh = None if grad_h is None else (grad_h * grad_loss.to(grad_h.dtype)).to(ctx.hidden_dtype)
         return gh, None, None, None, None, None, None, None, None, None
 
 
