@@ -121,3 +121,34 @@ def test_bf16_training_step_makes_no_fp32_copy_of_the_output_layer(tmp_path):
     copies = [e.op for e in events if e.dtype == torch.float32 and e.shape in (shape, shape[::-1])]
     assert not copies, copies
     assert {e.device for e in events} == {"cpu"}
+
+
+@pytest.mark.parametrize("temp", [1.0, 2.0])
+def test_topk_teacher_terms_match_their_formula_and_the_exact_kl_at_full_k(temp):
+    from balora.fused import teacher_topk, topk_kl_reference
+
+    w, b, h, hr, t = _inputs(torch.float32)
+    l1, l2 = 0.7, 0.3
+    for k in (5, V):
+        top = teacher_topk(hr, w, k, b, temp, chunk_size=8)
+        assert top.indices.shape == (M, k) and top.indices.dtype == torch.int32
+        hk = h.clone().requires_grad_(True)
+        fused = fused_lm_terms(hk, w, t, None, b, l1, l2, temp, chunk_size=8, ref_topk=top)
+        fused.loss.backward()
+        # the same objective written plainly on full logits, differentiated by autograd
+        h2 = h.clone().requires_grad_(True)
+        z = h2 @ w.T + b
+        mask = torch.ones(1, M, dtype=torch.bool)
+        kl = topk_kl_reference(z, top, temp)
+        ce = torch.nn.functional.cross_entropy(z, t)
+        (ce + l1 * kl + l2 * R.nlg_diversity(z[None], mask)).backward()
+        assert fused.consistency.item() == pytest.approx(kl.item(), rel=1e-4, abs=1e-6)
+        assert torch.allclose(hk.grad, h2.grad, atol=1e-5)
+        if k == V:  # nothing left in the tail: the exact KL and its gradient
+            exact = fused_lm_terms(h.clone().requires_grad_(True), w, t, hr, b, l1, l2, temp, chunk_size=8)
+            assert fused.consistency.item() == pytest.approx(exact.consistency.item(), rel=1e-4)
+        else:  # the coarsened KL is a lower bound of the exact one
+            exact_kl = R.nlg_consistency(z[None].detach(), (hr @ w.T + b)[None], mask, temp)
+            assert kl.item() <= exact_kl.item() + 1e-6
+    with pytest.raises(ValueError, match="either"):
+        fused_lm_terms(h, w, t, hr, b, l1, ref_topk=top)
