@@ -22,6 +22,7 @@ A randomised estimate on the small factor has the same distribution as one on ``
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -52,6 +53,16 @@ def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     cast (a mixed setup; a copy per call, which the usual cases never make).
     """
     return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype active for ``device_type`` (mixed-precision training of an fp32 model), else None."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except (RuntimeError, TypeError, AttributeError, ValueError):  # device types without autocast (meta)
+        pass
+    return None
 
 
 def use_fused_nlg(setting: "bool | str", device: "torch.device | str | None" = None) -> bool:
@@ -85,14 +96,19 @@ class _FusedLMLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, ref_hidden, task_norm, l1, l2, temperature, chunk,  # type: ignore[override]
                 topk_idx=None, topk_logq=None, topk_log_tail=None):
         m = hidden.shape[0]
-        dtype = compute_dtype(hidden, weight)
+        # Under autocast (fp32 weights, bf16/fp16 compute) the matmuls follow autocast's dtype; the layer is
+        # cast once per call (as autocast does for the standard lm_head) and autocast is switched off
+        # inside, so that every op runs in the dtype chosen here (no per-chunk recasts, fp32 softmax).
+        amp = _autocast_dtype(hidden.device.type)
+        dtype = amp or compute_dtype(hidden, weight)
         w = weight if weight.dtype == dtype else weight.to(dtype)
         b = None if bias is None else (bias if bias.dtype == dtype else bias.to(dtype))
         wide = dtype == torch.float32  # fp32 model: the logits are already fp32 (no upcast copy)
         grad_h = torch.empty_like(hidden, dtype=dtype) if hidden.requires_grad else None
         sums = hidden.new_zeros(3, dtype=torch.float32)  # CE, KL, entropy (device tensors, fp32)
         a, c1, c2 = 1.0 / task_norm, l1 * temperature / m, l2 / m
-        with torch.no_grad():
+        no_amp = torch.autocast(hidden.device.type, enabled=False) if amp else contextlib.nullcontext()
+        with torch.no_grad(), no_amp:
             for start in range(0, m, chunk):
                 sl = slice(start, min(start + chunk, m))
                 n = sl.stop - sl.start

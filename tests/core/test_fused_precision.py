@@ -152,3 +152,22 @@ def test_topk_teacher_terms_match_their_formula_and_the_exact_kl_at_full_k(temp)
             assert kl.item() <= exact_kl.item() + 1e-6
     with pytest.raises(ValueError, match="either"):
         fused_lm_terms(h, w, t, hr, b, l1, ref_topk=top)
+
+
+def test_fused_terms_under_cpu_autocast_run_the_matmuls_in_bf16_with_one_cast_of_the_layer():
+    """Mixed precision (fp32 weights, autocast bf16): the fused path follows autocast's dtype, casts the
+    output layer once per call (not per chunk) and still returns fp32 values and an fp32 gradient."""
+    w, b, h, hr, t = _inputs(torch.float32)
+    h.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), record_tensors() as events:
+        fused = fused_lm_terms(h, w, t, hr, b, 0.7, 0.3, 1.0, chunk_size=8)
+    fused.loss.backward()
+    casts = [e for e in events if e.shape == (V, D) and e.dtype == torch.bfloat16]
+    assert len(casts) == 1, [e.op for e in casts]
+    vocab_mm = [e for e in events if "mm" in e.op and any(s in ((V, D), (D, V)) for _, s in e.inputs)]
+    assert vocab_mm and all(dt == torch.bfloat16 for e in vocab_mm for dt, _ in e.inputs)
+    ce, kl, neg_ent, grad = _reference(h, w, b, hr, t, 0.7, 0.3, 1.0)
+    assert h.grad.dtype == torch.float32 and fused.loss.dtype == torch.float32
+    assert fused.task.item() == pytest.approx(ce, rel=1e-2)
+    assert fused.consistency.item() == pytest.approx(kl, rel=5e-2, abs=5e-3)
+    assert ((h.grad - grad).norm() / grad.norm()).item() < 3e-2
