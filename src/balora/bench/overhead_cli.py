@@ -97,9 +97,15 @@ def _report(name: str, rows: list[dict[str, Any]], pairs: list[tuple[str, str]],
     return result
 
 
-def _breakdown_lines(bd: dict[str, float], step_s: float) -> None:
+def _step_key(args: argparse.Namespace) -> str:
+    """The median the breakdown is compared with: CPU time on CPU (time_op's clock), event time on CUDA."""
+    return "median_cpu_s" if args.device == "cpu" else "median_s"
+
+
+def _breakdown_lines(bd: dict[str, float], step_s: float, device: str = "cpu") -> None:
+    unit = "cpu s" if device == "cpu" else "gpu s"
     for key, val in bd.items():
-        _say(f"  {key:<26} {val:8.4f} cpu s  {100 * val / step_s:5.1f}% of a BA-LoRA step (cpu)")
+        _say(f"  {key:<26} {val:8.4f} {unit}  {100 * val / step_s:5.1f}% of a BA-LoRA step")
 
 
 def _dtype(args: argparse.Namespace, default: str = "fp32") -> torch.dtype:
@@ -141,11 +147,11 @@ def run_nlu(args: argparse.Namespace) -> dict[str, Any]:
                      args.device, CPU_TARGETS["nlu"] if _default_models(args, "nlu") else None)
     result["model"] = source
     if not args.no_breakdown:
-        step = {r["variant"]: r["median_cpu_s"] for r in rows}
+        step = {r["variant"]: r[_step_key(args)] for r in rows}
         target = next(v for v in variants if v.name == ("ba-lora" if "ba-lora" in which else "ba-lora-cached"))
         bd = nlu_breakdown(target)
         _say(f"\n== NLU breakdown ({target.name}) ==")
-        _breakdown_lines(bd, step[target.name])
+        _breakdown_lines(bd, step[target.name], args.device)
         result["breakdown"] = bd
     result["notes"] = {v.name: v.notes for v in variants if v.notes}
     return result
@@ -168,7 +174,7 @@ def run_nlg(args: argparse.Namespace) -> dict[str, Any]:
     result["model"] = source
     if not args.no_breakdown:
         target = next(v for v in variants if v.name == "ba-lora")
-        step_s = next(r["median_cpu_s"] for r in rows if r["variant"] == "ba-lora")
+        step_s = next(r[_step_key(args)] for r in rows if r["variant"] == "ba-lora")
         for v in variants:
             if v is not target:
                 v.model.to("meta")  # free the other copies before the breakdown's full-logit tensors
@@ -177,7 +183,7 @@ def run_nlg(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.empty_cache()
         bd = nlg_breakdown(target, unfused=True)
         _say("\n== NLG breakdown (ba-lora; unfused_* = reference formulas on full logits) ==")
-        _breakdown_lines(bd, step_s)
+        _breakdown_lines(bd, step_s, args.device)
         result["breakdown"] = bd
         result["svd_share_of_step"] = bd["svd_small_factor"] / step_s
     result["notes"] = {v.name: v.notes for v in variants if v.notes}
@@ -192,6 +198,7 @@ def run_meta(args: argparse.Namespace) -> dict[str, Any]:
     if args.device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
         meta["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        meta["fp32_matmul_precision"] = torch.get_float32_matmul_precision()
         meta["memory_method"] = ("own static tensor bytes + torch.cuda max_memory_allocated - memory_allocated "
                                  "during the step (reset_peak_memory_stats before it)")
         meta["time_method"] = "CUDA events around the step, synchronised at its end"
