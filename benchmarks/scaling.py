@@ -37,7 +37,6 @@ from balora import regularizers as R
 from balora.config import BALoRAConfig
 from balora.fused import OutputFactor, fused_lm_terms
 from balora.profiling import measure
-from balora.trainer import _svd_term
 
 K, Q, NITER = 10, 15, 2
 OPS = ("fused_ce", "kl", "entropy", "svd_small", "svd_rand_full", "svd_exact_full", "qr_once")
@@ -97,7 +96,12 @@ def run_op(op: str, m: int, v: int, d: int, chunk: int, gen: torch.Generator) ->
     cfg = BALoRAConfig(task="nlg")
     if op == "svd_small":  # the step's work: H R^T and the SVD term; R (d x d) comes from qr_once
         r = torch.randn(d, d, generator=gen).triu_()
-        return _timed(lambda: _svd_term(h @ r.T, cfg).backward())
+        ones = torch.ones(1, m, dtype=torch.bool)  # the trainer's SVD term on the small factor, public formula
+
+        def svd_small() -> None:
+            R.nlg_svd((h @ r.T)[None], ones, cfg.svd_top_k, cfg.svd_estimator, cfg.svd_oversampling, cfg.svd_niter,
+                      cfg.svd_normalizer).backward()
+        return _timed(svd_small)
     w = torch.randn(v, d, generator=gen) / d**0.5
     t = torch.randint(0, v, (m,), generator=gen)
     if op in ("fused_ce", "kl", "entropy"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 # Per-task defaults (METHOD.md section 4): (lambda_consistency, lambda_diversity, lambda_svd, svd_top_k)
 TASK_DEFAULTS: dict[str, tuple[float, float, float, int]] = {
@@ -100,11 +100,13 @@ class BALoRAConfig:
         "ranks with gradients flowing (torch.distributed.nn). False = per-rank terms.",
         default=True,
     )
-    fused_nlg: bool = _help(
+    fused_nlg: Union[bool, Literal["auto"]] = _help(
         "NLG: compute the task loss and the three terms from the final hidden states in position "
         "chunks (the vocabulary-sized logits are never held for the whole batch; the SVD term uses "
-        "the small H R^T factor). Same values as the reference formulas.",
-        default=True,
+        "the small H R^T factor). Same values as the reference formulas. True/False force the choice; "
+        "'auto' picks per device (balora.fused.use_fused_nlg: currently the fused path on CPU and CUDA, "
+        "whose vocabulary matmuls run in the model's dtype).",
+        default="auto",
     )
     chunk_size: int = _help(
         "NLG fused path: positions per chunk of the vocabulary-sized computations.", default=256
@@ -142,6 +144,8 @@ class BALoRAConfig:
         _check_int(self, "svd_oversampling", 0)
         _check_int(self, "svd_niter", 0)
         _check_int(self, "chunk_size", 1)
+        if not isinstance(self.fused_nlg, bool) and self.fused_nlg != "auto":
+            raise ValueError(f"BALoRAConfig.fused_nlg must be True, False or 'auto', got {self.fused_nlg!r}")
         if self.entropy_top_k is not None:
             _check_int(self, "entropy_top_k", 2)
         if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:

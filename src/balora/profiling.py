@@ -60,3 +60,44 @@ def measure(device: str | torch.device = "cpu") -> Iterator[Measurement]:
         else:
             m.peak_mb = _rss_hwm_mb()
         m.seconds = time.perf_counter() - start
+
+
+@dataclass
+class TensorEvent:
+    """One tensor produced by an ATen op: the op's name, the output's device/dtype/shape and the
+    dtypes and shapes of the op's tensor inputs."""
+
+    op: str
+    device: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    inputs: tuple[tuple[torch.dtype, tuple[int, ...]], ...]
+
+
+@contextlib.contextmanager
+def record_tensors() -> Iterator[list[TensorEvent]]:
+    """Record every tensor the ATen ops in the block produce (forward and backward), with its device and
+    dtype: the basis of the device-placement checks (issue 15), which can then assert that a training
+    step creates nothing on another device than the model's, or no fp32 copy of a low-precision matrix.
+
+    Uses ``torch.utils._python_dispatch.TorchDispatchMode`` (the documented extension point for
+    intercepting ATen calls; there is no public hook that sees every allocation) and is slow: for checks,
+    never inside timed code.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    events: list[TensorEvent] = []
+
+    class _Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            ins = tuple((t.dtype, tuple(t.shape)) for t in tree_flatten((args, kwargs or {}))[0]
+                        if isinstance(t, torch.Tensor))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    events.append(TensorEvent(str(func), str(t.device), t.dtype, tuple(t.shape), ins))
+            return out
+
+    with _Recorder():
+        yield events

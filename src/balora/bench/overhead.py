@@ -6,11 +6,21 @@ go through transformers' standard ``model(**inputs).loss`` on full logits) + ``b
 After warm-up the variants are run in turn, the order rotating every round, so that load from other
 processes on a shared machine hits all of them alike; medians are reported.
 
-Memory on CPU: all variants live in one process, so the process's peak RSS (``measure()``) counts every
-model. Each variant's peak is therefore reported as its own static bytes (parameters, reference adapter,
-optimizer state) plus the step's transient peak (peak RSS during the step minus RSS right before it,
-after ``malloc_trim`` has returned freed heap pages to the system). On CUDA ``measure()`` gives torch's
-peak allocation directly.
+Devices (issue 15): the variants' models and batches live on one device (``cpu`` or ``cuda``), in one
+dtype. Time on CUDA is CUDA-event time from the step's start to its end (the step is synchronised only
+at its end, as a training loop's logging would); on CPU it is ``time.perf_counter`` wall time (no
+synchronisation needed) and process CPU time next to it.
+
+Memory: all variants live in one process, so a process-wide peak counts every model. Each variant's peak
+is therefore reported as its own static bytes (parameters, buffers, reference adapter, optimizer state,
+counted from the tensors) plus the step's transient peak above what was allocated right before it:
+
+* CUDA: ``torch.cuda.reset_peak_memory_stats`` before the step, ``max_memory_allocated() -
+  memory_allocated()`` (torch's allocator: exact for tensors, excludes the caching slack);
+* CPU: peak RSS during the step (reset through ``/proc/self/clear_refs``) minus RSS right before it,
+  after ``malloc_trim`` has returned freed heap pages. This is a process-wide high-water mark (torch
+  offers no CPU allocator statistics): anything else the process allocates meanwhile counts, and pages
+  the allocator keeps from earlier steps do not; treat it as +-a few percent.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..atomic import write_json_atomic
 from ..config import BALoRAConfig
 from ..methods import prepare_model
 from ..profiling import measure
@@ -46,21 +57,25 @@ class Variant:
     optimizer: torch.optim.Optimizer
     loss_fn: StepFn
     batch: Batch
-    times: list[float] = field(default_factory=list)  # wall seconds
+    times: list[float] = field(default_factory=list)  # seconds: CUDA-event time on CUDA, wall time on CPU
     cpu_times: list[float] = field(default_factory=list)  # process CPU seconds (robust to other load)
     step_mb: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
     static_mb: float = 0.0
     notes: str = ""
 
-    def step(self) -> float:
-        """One optimizer step (forward + backward + AdamW); returns the loss value."""
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    def step(self) -> torch.Tensor:
+        """One optimizer step (forward + backward + AdamW); returns the detached loss (no host sync)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.model, self.batch)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return loss.detach()
 
     def summary(self) -> dict[str, Any]:
         med = statistics.median(self.times) if self.times else float("nan")
@@ -71,6 +86,15 @@ class Variant:
                 "max_s": max(self.times, default=float("nan")), "spread": spread, "steps": len(self.times),
                 "static_mb": self.static_mb, "step_mb": step_mb, "peak_mb": self.static_mb + step_mb,
                 "process_peak_rss_mb": max(self.rss_mb, default=float("nan")), "notes": self.notes}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Device of the model's first parameter (the benchmark keeps a model on one device)."""
+    return next(model.parameters()).device
+
+
+def _is_cuda(device: Any) -> bool:
+    return torch.device(device).type == "cuda"
 
 
 def _trim_heap() -> None:
@@ -111,8 +135,10 @@ def make_trainer(model: torch.nn.Module, balora_config: Optional[BALoRAConfig] =
     """A BALoRATrainer used only for its ``compute_loss`` (no dataset, no logging)."""
     from transformers import TrainingArguments
 
+    # use_cpu follows the model: Trainer would otherwise move a CPU model to an available GPU while the
+    # batches stay on the CPU (the device mismatch of issue 15).
     args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="balora-bench-"), report_to=[],
-                             use_cpu=not torch.cuda.is_available(), save_strategy="no", disable_tqdm=True,
+                             use_cpu=not _is_cuda(model_device(model)), save_strategy="no", disable_tqdm=True,
                              per_device_train_batch_size=1)
     trainer = BALoRATrainer(model=model, args=args, balora_config=balora_config, teacher_cache=teacher_cache)
     trainer.state.max_steps = 1000
@@ -137,9 +163,35 @@ def build_variant(name: str, model: torch.nn.Module, batch: Batch, lr: float = 1
     return Variant(name, model, optimizer, loss_fn, batch, notes=notes)
 
 
-def run_interleaved(variants: list[Variant], steps: int, warmup: int = 1, device: str = "cpu",
+def timed_step(v: Variant) -> tuple[float, float, float, float, torch.Tensor]:
+    """One measured step of ``v``: (seconds, process CPU seconds, transient peak MiB above the memory in
+    use before the step, process-wide peak MiB (CPU: RSS high-water mark; CUDA: torch's peak), loss)."""
+    if _is_cuda(v.device):
+        torch.cuda.synchronize(v.device)
+        torch.cuda.reset_peak_memory_stats(v.device)
+        before = torch.cuda.memory_allocated(v.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        cpu0 = time.process_time()
+        start.record()
+        loss = v.step()
+        end.record()
+        end.synchronize()
+        cpu = time.process_time() - cpu0
+        peak = torch.cuda.max_memory_allocated(v.device)
+        return start.elapsed_time(end) / 1000, cpu, (peak - before) / 2**20, peak / 2**20, loss
+    _trim_heap()
+    before_mb = _current_rss_mb()
+    cpu0 = time.process_time()
+    with measure("cpu") as m:
+        loss = v.step()
+    return m.seconds, time.process_time() - cpu0, m.peak_mb - before_mb, m.peak_mb, loss
+
+
+def run_interleaved(variants: list[Variant], steps: int, warmup: int = 1, device: Optional[str] = None,
                     log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Warm up every variant, then ``steps`` rounds of one measured step each, order rotating."""
+    """Warm up every variant, then ``steps`` rounds of one measured step each, order rotating.
+
+    ``device`` is accepted for compatibility; the device is each variant's model's."""
     for v in variants:
         for _ in range(warmup):
             v.step()
@@ -147,31 +199,38 @@ def run_interleaved(variants: list[Variant], steps: int, warmup: int = 1, device
     for i in range(steps):
         order = variants[i % len(variants):] + variants[: i % len(variants)]
         for v in order:
-            _trim_heap()
-            before = _current_rss_mb() if device == "cpu" else 0.0
-            cpu0 = time.process_time()
-            with measure(device) as m:
-                loss = v.step()
-            v.cpu_times.append(time.process_time() - cpu0)
-            v.times.append(m.seconds)
-            v.rss_mb.append(m.peak_mb)
-            v.step_mb.append(m.peak_mb - before if device == "cpu" else m.peak_mb - v.static_mb)
-            log(f"  round {i + 1}/{steps} {v.name:<22} wall {m.seconds:7.3f} s  cpu {v.cpu_times[-1]:7.3f} s  "
-                f"step {v.step_mb[-1]:6.0f} MiB  loss {loss:.4f}")
+            seconds, cpu, step_mb, process_mb, loss = timed_step(v)
+            v.times.append(seconds)
+            v.cpu_times.append(cpu)
+            v.step_mb.append(step_mb)
+            v.rss_mb.append(process_mb)
+            log(f"  round {i + 1}/{steps} {v.name:<22} time {seconds:7.3f} s  cpu {cpu:7.3f} s  "
+                f"step {step_mb:6.0f} MiB  loss {float(loss):.4f}")
     return [v.summary() for v in variants]
 
 
-def time_op(fn: Callable[[], Any], repeats: int = 3) -> float:
-    """Median process CPU seconds of ``fn()`` over ``repeats`` calls (after one untimed call).
+def time_op(fn: Callable[[], Any], repeats: int = 3, device: Any = "cpu") -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls (after one untimed call).
 
-    CPU time, not wall time: on a shared machine it is barely affected by other processes (with one
-    intra-op thread it equals the compute time)."""
+    CUDA: CUDA-event time, synchronised after each call (kernels run asynchronously: host time alone
+    would measure the launches). CPU: process CPU time, which on a shared machine is barely affected by
+    other processes (with one intra-op thread it equals the compute time)."""
     fn()
     times = []
+    cuda = _is_cuda(device)
     for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
+        if cuda:
+            torch.cuda.synchronize(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            start_s = time.process_time()
+            fn()
+            times.append(time.process_time() - start_s)
     return statistics.median(times)
 
 
@@ -188,7 +247,7 @@ def ratios(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> dict[str
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'variant':<24}{'wall s':>9}{'min':>8}{'max':>8}{'cpu s':>9}"
+    head = (f"{'variant':<24}{'time s':>9}{'min':>8}{'max':>8}{'cpu s':>9}"
             f"{'static MiB':>12}{'step MiB':>10}{'peak MiB':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -197,14 +256,54 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def ratio_table(rows: list[dict[str, Any]], base: str = "pissa", cpu_time: bool = False) -> list[dict[str, Any]]:
+    """Issue 15's layout: per variant step ms, peak MiB, time / ``base`` and memory / ``base``, all from the
+    recorded medians (``cpu_time``: the ratio of process CPU time, the steadier one on a shared CPU)."""
+    by = {r["variant"]: r for r in rows}
+    ref = by.get(base)
+    key = "median_cpu_s" if cpu_time else "median_s"
+    out = []
+    for r in rows:
+        out.append({"variant": r["variant"], "step_ms": 1000 * r[key], "peak_mb": r["peak_mb"],
+                    "time_ratio": r[key] / ref[key] if ref else float("nan"),
+                    "mem_ratio": r["peak_mb"] / ref["peak_mb"] if ref else float("nan")})
+    return out
+
+
+def format_ratio_table(table: list[dict[str, Any]], base: str = "pissa", title: str = "") -> str:
+    head = f"{'variant':<24}{'step ms':>10}{'peak MiB':>11}{'time / ' + base:>16}{'memory / ' + base:>18}"
+    lines = ([title] if title else []) + [head, "-" * len(head)]
+    for t in table:
+        lines.append(f"{t['variant']:<24}{t['step_ms']:>10.1f}{t['peak_mb']:>11.0f}{t['time_ratio']:>16.3f}"
+                     f"{t['mem_ratio']:>18.3f}")
+    return "\n".join(lines)
+
+
+def mark_targets(rat: dict[str, dict[str, float]], targets: dict[str, dict[str, float]],
+                 time_key: str = "time") -> list[dict[str, Any]]:
+    """``[{pair, metric, value, target, met}]`` for every target whose pair was measured.
+
+    ``targets`` maps "A/B" to {"time": max ratio, "peak_mem": max ratio}; ``time_key`` chooses which
+    measured time ratio a "time" target reads ("time" or "cpu_time")."""
+    out = []
+    for pair, limits in targets.items():
+        if pair not in rat:
+            continue
+        for metric, limit in limits.items():
+            value = rat[pair][time_key if metric == "time" else metric]
+            out.append({"pair": pair, "metric": time_key if metric == "time" else metric, "value": value,
+                        "target": limit, "met": bool(value <= limit)})
+    return out
+
+
+def format_targets(marks: list[dict[str, Any]]) -> str:
+    return "\n".join(f"  target {m['pair']:<22} {m['metric']:<9} {m['value']:6.3f}x <= {m['target']:.2f}x  "
+                     f"{'met' if m['met'] else 'MISSED'}" for m in marks)
+
+
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    """Write ``payload`` atomically (balora.atomic: temp file + rename; parents created)."""
+    return write_json_atomic(path, payload, default=str)
 
 
 def use_cached_reference(model: torch.nn.Module, batches: list[Batch]) -> TeacherCache:
@@ -220,5 +319,6 @@ def use_cached_reference(model: torch.nn.Module, batches: list[Batch]) -> Teache
     return cache
 
 
-__all__ = ["Variant", "build_variant", "make_trainer", "run_interleaved", "time_op", "ratios",
+__all__ = ["Variant", "model_device", "timed_step", "ratio_table", "format_ratio_table", "mark_targets",
+           "format_targets", "build_variant", "make_trainer", "run_interleaved", "time_op", "ratios",
            "format_table", "write_json", "use_cached_reference", "static_mb", "prepare_model"]

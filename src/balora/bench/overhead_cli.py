@@ -4,6 +4,8 @@ Usage::
 
     balora bench overhead --settings nlu nlg init --steps 5 --threads 1 --baseline-unfused --out overhead.json
     python benchmarks/overhead.py --settings nlg --nlg-seq-len 128
+    balora bench overhead --device cuda --dtype bf16 --model-config llama-1b --settings nlg --nlg-seq-len 512 --r 16
+    balora bench overhead --device cuda --suite --out gpu_check.json     # = scripts/gpu_check.sh
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ from typing import Any, Optional
 
 import torch
 
-from .overhead import format_table, ratios, run_interleaved, write_json
-from .overhead_settings import (hf_loader, nlg_batch, nlg_breakdown, nlg_variants, nlu_batch, nlu_breakdown,
-                                nlu_variants, pissa_init_times)
+from .overhead import (format_ratio_table, format_table, format_targets, mark_targets, ratio_table, ratios,
+                       run_interleaved, write_json)
+from .overhead_settings import (DTYPES, MODEL_CONFIG_CHOICES, MODEL_CONFIGS, config_loader, config_name, hf_loader,
+                                nlg_batch, nlg_breakdown, nlg_variants, nlu_batch, nlu_breakdown, nlu_variants,
+                                pissa_init_times)
+
+# Issue 15's CPU targets (ratios to PiSSA measured side by side; on CPU the time ratio is process CPU time)
+CPU_TARGETS = {"nlg": {"ba-lora/pissa": {"time": 1.40}}, "nlu": {"ba-lora-cached/pissa": {"time": 1.05}}}
 
 DESCRIPTION = ("Measure LoRA, PiSSA and BA-LoRA training steps side by side in one process on the same "
                "batches (interleaved rounds, medians), plus a per-term breakdown and PiSSA init times.")
@@ -27,6 +34,18 @@ DESCRIPTION = ("Measure LoRA, PiSSA and BA-LoRA training steps side by side in o
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared by the `balora bench overhead` sub-command and the script)."""
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where models, batches and timing live (cuda: CUDA-event time, torch's peak memory)")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                   help="model dtype (default fp32; the --suite uses bf16 for NLG and fp32 for NLU unless given)")
+    p.add_argument("--model-config", nargs="+", default=None, choices=MODEL_CONFIG_CHOICES,
+                   help="build the NLG and/or NLU model from a named config with random weights on the device "
+                        "(llama-1b, llama-8b, smollm2: NLG; deberta-v3-base, bert-base: NLU; tiny: both) "
+                        "instead of loading --nlg-model/--nlu-model")
+    p.add_argument("--suite", action="store_true",
+                   help="run the GPU check (issue 15): the overhead table at the Llama-1B/8B (bf16, 4 x 512, r=16) "
+                        "and DeBERTa/BERT (fp32, 32 x 128, cached reference) shapes, plus correctness checks, "
+                        "targets marked met/missed, one JSON; with --model-config tiny every model is tiny")
     p.add_argument("--settings", nargs="+", default=["nlu", "nlg", "init"], choices=["nlu", "nlg", "init"],
                    help="what to run: nlu (MiniLM classifier), nlg (SmolLM2 causal LM), init (PiSSA init times)")
     p.add_argument("--nlu-model", default=None, help="NLU model folder (default: the packaged MiniLM)")
@@ -38,8 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-len", type=int, default=1,
                    help="NLG: untrained prefix per row (labels -100); trained positions = batch * (seq_len - prompt_len)")
     p.add_argument("--r", type=int, default=8, help="adapter rank (all linear layers)")
-    p.add_argument("--steps", type=int, default=5, help="measured rounds (one step per variant each)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
+    p.add_argument("--steps", type=int, default=None,
+                   help="measured rounds (one step per variant each; default 5, the --suite 10)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per variant first (default 1, the --suite 3)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--chunk-size", type=int, default=256, help="NLG fused path: positions per chunk")
     p.add_argument("--pissa-niter", type=int, default=4,
@@ -58,81 +78,153 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _report(name: str, rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> dict[str, Any]:
+def _report(name: str, rows: list[dict[str, Any]], pairs: list[tuple[str, str]], device: str = "cpu",
+            targets: Optional[dict[str, dict[str, float]]] = None) -> dict[str, Any]:
+    """Print the medians, the ratios and the ratio table (same layout on every device); mark targets."""
     _say(f"\n== {name}: per-step medians ==")
     _say(format_table(rows))
     rat = ratios(rows, pairs)
     for key, val in rat.items():
-        _say(f"  {key:<30} wall {val['time']:.3f}x  cpu {val['cpu_time']:.3f}x  peak memory {val['peak_mem']:.3f}x")
-    return {"rows": rows, "ratios": rat}
+        _say(f"  {key:<30} time {val['time']:.3f}x  cpu {val['cpu_time']:.3f}x  peak memory {val['peak_mem']:.3f}x")
+    cpu = device == "cpu"
+    table = ratio_table(rows, "pissa", cpu_time=cpu)
+    _say(format_ratio_table(table, "pissa", f"-- {name} ratio table ({'process CPU' if cpu else 'CUDA-event'} time) --"))
+    result: dict[str, Any] = {"rows": rows, "ratios": rat, "ratio_table": table}
+    if targets:
+        result["targets"] = mark_targets(rat, targets, "cpu_time" if cpu else "time")
+        if result["targets"]:
+            _say(format_targets(result["targets"]))
+    return result
 
 
-def _breakdown_lines(bd: dict[str, float], step_s: float) -> None:
+def _step_key(args: argparse.Namespace) -> str:
+    """The median the breakdown is compared with: CPU time on CPU (time_op's clock), event time on CUDA."""
+    return "median_cpu_s" if args.device == "cpu" else "median_s"
+
+
+def _breakdown_lines(bd: dict[str, float], step_s: float, device: str = "cpu") -> None:
+    unit = "cpu s" if device == "cpu" else "gpu s"
     for key, val in bd.items():
-        _say(f"  {key:<26} {val:8.4f} cpu s  {100 * val / step_s:5.1f}% of a BA-LoRA step (cpu)")
+        _say(f"  {key:<26} {val:8.4f} {unit}  {100 * val / step_s:5.1f}% of a BA-LoRA step")
+
+
+def _dtype(args: argparse.Namespace, default: str = "fp32") -> torch.dtype:
+    return DTYPES[args.dtype or default]
+
+
+def model_source(args: argparse.Namespace, kind: str, dtype: Optional[torch.dtype] = None) -> tuple[Any, int, str]:
+    """(loader, vocabulary size, description) of the ``kind`` model: a named config (random weights, built
+    on --device in --dtype) or a folder (default: the packaged MiniLM / the cached SmolLM2), moved there.
+    The vocabulary is read from the config, without building a model."""
+    dtype = dtype or _dtype(args)
+    for name in args.model_config or ():
+        key = config_name(name, kind)
+        if key is not None:
+            return config_loader(key, args.device, dtype), MODEL_CONFIGS[key][1]().vocab_size, f"config {key} (random weights)"
+    from transformers import AutoConfig
+
+    from ..data.assets import minilm_path, smollm2_path
+
+    path = str((args.nlg_model or smollm2_path()) if kind == "nlg" else (args.nlu_model or minilm_path()))
+    return hf_loader(path, kind, device=args.device, dtype=dtype), AutoConfig.from_pretrained(path).vocab_size, path
+
+
+def _default_models(args: argparse.Namespace, kind: str) -> bool:
+    """Whether the run uses the packaged CPU models (the ones the CPU targets are about)."""
+    named = any(config_name(n, kind) for n in args.model_config or ())
+    return not named and (args.nlg_model if kind == "nlg" else args.nlu_model) is None and args.device == "cpu"
 
 
 def run_nlu(args: argparse.Namespace) -> dict[str, Any]:
-    from ..data.assets import minilm_path
-
-    load = hf_loader(str(args.nlu_model or minilm_path()), "nlu")
-    vocab = load().config.vocab_size
-    batch = nlu_batch(vocab, args.nlu_batch, args.nlu_seq_len)
+    load, vocab, source = model_source(args, "nlu")
+    batch = nlu_batch(vocab, args.nlu_batch, args.nlu_seq_len, device=args.device)
     which = ("lora", "pissa") + (() if args.no_nlu_otf else ("ba-lora",)) + ("ba-lora-cached",)
-    _say(f"NLU: {args.nlu_batch} x {args.nlu_seq_len} tokens, r={args.r}, variants {', '.join(which)}")
+    _say(f"NLU: {source}, {args.nlu_batch} x {args.nlu_seq_len} tokens, r={args.r}, {args.device} "
+         f"{args.dtype or 'fp32'}, variants {', '.join(which)}")
     variants = nlu_variants(load, batch, args.r, which)
     rows = run_interleaved(variants, args.steps, args.warmup, log=_say)
-    result = _report("NLU", rows, [("ba-lora-cached", "pissa"), ("ba-lora", "pissa"), ("pissa", "lora")])
+    result = _report("NLU", rows, [("ba-lora-cached", "pissa"), ("ba-lora", "pissa"), ("pissa", "lora")],
+                     args.device, CPU_TARGETS["nlu"] if _default_models(args, "nlu") else None)
+    result["model"] = source
     if not args.no_breakdown:
-        step = {r["variant"]: r["median_cpu_s"] for r in rows}
+        step = {r["variant"]: r[_step_key(args)] for r in rows}
         target = next(v for v in variants if v.name == ("ba-lora" if "ba-lora" in which else "ba-lora-cached"))
         bd = nlu_breakdown(target)
         _say(f"\n== NLU breakdown ({target.name}) ==")
-        _breakdown_lines(bd, step[target.name])
+        _breakdown_lines(bd, step[target.name], args.device)
         result["breakdown"] = bd
     result["notes"] = {v.name: v.notes for v in variants if v.notes}
     return result
 
 
 def run_nlg(args: argparse.Namespace) -> dict[str, Any]:
-    from ..data.assets import smollm2_path
-
-    load = hf_loader(str(args.nlg_model or smollm2_path()), "nlg")
-    vocab = load().config.vocab_size
-    batch = nlg_batch(vocab, args.nlg_batch, args.nlg_seq_len, args.prompt_len)
+    load, vocab, source = model_source(args, "nlg")
+    batch = nlg_batch(vocab, args.nlg_batch, args.nlg_seq_len, args.prompt_len, device=args.device)
     trained = int((batch["labels"][:, 1:] != -100).sum())
     which = ("lora", "pissa") + (("pissa-fused-ce",) if args.fused_ce else ()) + ("ba-lora",)
     which += ("ba-lora-unfused",) if args.baseline_unfused else ()
-    _say(f"NLG: {args.nlg_batch} x {args.nlg_seq_len} tokens, {trained} trained positions, vocab {vocab}, "
-         f"r={args.r}, variants {', '.join(which)}")
+    _say(f"NLG: {source}, {args.nlg_batch} x {args.nlg_seq_len} tokens, {trained} trained positions, vocab {vocab}, "
+         f"r={args.r}, {args.device} {args.dtype or 'fp32'}, variants {', '.join(which)}")
     variants = nlg_variants(load, batch, args.r, args.pissa_niter or None, which, args.chunk_size)
     rows = run_interleaved(variants, args.steps, args.warmup, log=_say)
     pairs = [("ba-lora", "pissa"), ("ba-lora-unfused", "pissa"), ("ba-lora", "pissa-fused-ce"), ("pissa", "lora"),
              ("ba-lora", "ba-lora-unfused")]
-    result = _report("NLG", rows, pairs)
+    result = _report("NLG", rows, pairs, args.device, CPU_TARGETS["nlg"] if _default_models(args, "nlg") else None)
     result["trained_positions"] = trained
+    result["model"] = source
     if not args.no_breakdown:
         target = next(v for v in variants if v.name == "ba-lora")
-        step_s = next(r["median_cpu_s"] for r in rows if r["variant"] == "ba-lora")
+        step_s = next(r[_step_key(args)] for r in rows if r["variant"] == "ba-lora")
         for v in variants:
             if v is not target:
                 v.model.to("meta")  # free the other copies before the breakdown's full-logit tensors
         gc.collect()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
         bd = nlg_breakdown(target, unfused=True)
         _say("\n== NLG breakdown (ba-lora; unfused_* = reference formulas on full logits) ==")
-        _breakdown_lines(bd, step_s)
+        _breakdown_lines(bd, step_s, args.device)
         result["breakdown"] = bd
         result["svd_share_of_step"] = bd["svd_small_factor"] / step_s
     result["notes"] = {v.name: v.notes for v in variants if v.notes}
     return result
 
 
+def run_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """What the results were measured on, and how memory was measured (device-dependent)."""
+    meta: dict[str, Any] = {"torch": torch.__version__, "threads": args.threads, "cpu_count": os.cpu_count(),
+                            "machine": platform.processor() or platform.machine(), "device": args.device,
+                            "dtype": args.dtype, "loadavg_start": os.getloadavg(), "argv": sys.argv}
+    if args.device == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name()
+        meta["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        meta["fp32_matmul_precision"] = torch.get_float32_matmul_precision()
+        meta["memory_method"] = ("own static tensor bytes + torch.cuda max_memory_allocated - memory_allocated "
+                                 "during the step (reset_peak_memory_stats before it)")
+        meta["time_method"] = "CUDA events around the step, synchronised at its end"
+    else:
+        meta["memory_method"] = ("own static tensor bytes + the step's process-wide RSS high-water mark above "
+                                 "the RSS before it (after malloc_trim): process-wide, approximate")
+        meta["time_method"] = "perf_counter wall time and process CPU time (ratios use CPU time)"
+    return meta
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False)")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the selected settings, print the tables and write the JSON file."""
+    """Run the selected settings (or the --suite), print the tables and write the JSON file."""
+    _check_device(args)
     torch.set_num_threads(args.threads)
-    meta = {"torch": torch.__version__, "threads": args.threads, "cpu_count": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(), "device": "cpu",
-            "loadavg_start": os.getloadavg(), "argv": sys.argv}
+    if args.suite:
+        from .overhead_suite import run_suite
+
+        return run_suite(args, log=_say)
+    args.steps = 5 if args.steps is None else args.steps
+    args.warmup = 1 if args.warmup is None else args.warmup
+    meta = run_meta(args)
     results: dict[str, Any] = {"meta": meta}
     if "nlu" in args.settings:
         results["nlu"] = run_nlu(args)
@@ -141,11 +233,9 @@ def run(args: argparse.Namespace) -> int:
         results["nlg"] = run_nlg(args)
         gc.collect()
     if "init" in args.settings:
-        from ..data.assets import smollm2_path
-
-        load = hf_loader(str(args.nlg_model or smollm2_path()), "nlg")
+        load, _, source = model_source(args, "nlg")
         init = pissa_init_times(load, args.r, tuple(k or None for k in args.init_niters))
-        _say("\n== PiSSA init time (SmolLM2, all linear layers) ==")
+        _say(f"\n== PiSSA init time ({source}, all linear layers) ==")
         for key, val in init.items():
             _say(f"  {key:<10} {val:8.2f} s")
         results["pissa_init_s"] = init
