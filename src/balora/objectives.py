@@ -487,7 +487,10 @@ def make_objective(task: str, cfg: BALoRAConfig, reference: Optional[ReferenceSp
                    model: torch.nn.Module) -> Objective:
     """Choose the objective once, from the task and the model."""
     if task == "nlg":
-        if regularized and cfg.fused_nlg:
+        from .fused import use_fused_nlg
+
+        device = next((p.device for p in model.parameters()), None)
+        if regularized and use_fused_nlg(cfg.fused_nlg, device):
             return FusedNLGObjective(cfg, reference)
         return NLGObjective(cfg, reference)
     regression = getattr(getattr(model, "config", None), "num_labels", None) == 1
