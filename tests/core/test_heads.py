@@ -1,0 +1,149 @@
+"""Classifier pooling and the linear-probe warm start (balora.heads) on tiny models built in code."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from transformers import DataCollatorWithPadding
+
+from balora import prepare_model
+from balora.heads import (PooledClassifier, fit_linear_head, load_classifier, pool, resolve_pooling,
+                          untrained_poolers, warm_up_head)
+from balora.reference import reference_mode
+
+from .tiny import nlu_batch, tiny_bert
+
+
+def test_pool_mean_and_last_respect_the_mask_with_either_padding_side():
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float).reshape(2, 4, 3)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert torch.equal(pool(hidden, right, "mean")[0], hidden[0, :2].mean(0))
+    assert torch.equal(pool(hidden, left, "mean")[0], hidden[0, 2:].mean(0))
+    assert torch.equal(pool(hidden, right, "last"), torch.stack([hidden[0, 1], hidden[1, 3]]))
+    assert torch.equal(pool(hidden, left, "last"), torch.stack([hidden[0, 3], hidden[1, 3]]))
+    with pytest.raises(ValueError, match="pooling"):
+        pool(hidden, right, "max")
+
+
+def test_auto_pooling_reads_the_checkpoint(tmp_path):
+    plain = tmp_path / "plain"
+    tiny_bert().save_pretrained(plain)
+    assert resolve_pooling(str(plain)) == "cls"
+    st = tmp_path / "st"
+    tiny_bert().bert.save_pretrained(st)
+    (st / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (st / "1_Pooling").mkdir()
+    (st / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    assert resolve_pooling(str(st)) == "mean" and resolve_pooling(str(st), "last") == "last"
+    assert isinstance(load_classifier(str(st), 3), PooledClassifier)
+    saved = tmp_path / "saved"
+    load_classifier(str(st), 3, "last").save_pretrained(saved)
+    assert resolve_pooling(str(saved)) == "last"  # a saved pooled classifier keeps its pooling
+    with pytest.raises(ValueError, match="model.pooling"):
+        resolve_pooling(str(st), "avg")
+
+
+def test_untrained_pooler_is_detected_and_a_trained_one_is_not():
+    model = tiny_bert()  # fresh init: bias 0, Gaussian weights
+    assert untrained_poolers(model) == ["bert.pooler.dense"]
+    with torch.no_grad():  # a trained-looking layer: one strong direction
+        u = torch.randn(32, 1)
+        model.bert.pooler.dense.weight.add_(u @ u.T * 0.5)
+    assert untrained_poolers(model) == []
+    with torch.no_grad():
+        model.bert.pooler.dense.weight.normal_(0, 0.02)
+        model.bert.pooler.dense.bias.fill_(0.01)
+    assert untrained_poolers(model) == []  # a non-zero bias: trained
+
+
+def test_fit_linear_head_reproduces_sklearn_probabilities():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5)) * np.array([1, 10, 0.1, 3, 1]) + 4
+    for k in (2, 3):
+        y = rng.integers(0, k, 120)
+        x[np.arange(120), y] += 2.0
+        w, b = fit_linear_head(x, y, k)
+        ref = LogisticRegression(max_iter=2000, random_state=0).fit((x - x.mean(0)) / x.std(0), y)
+        logits = x @ w.T + b
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        np.testing.assert_allclose(probs, ref.predict_proba((x - x.mean(0)) / x.std(0)), atol=1e-6)
+    w, b = fit_linear_head(x, np.where(y == 2, 0, y), 3)  # class 2 absent: never predicted
+    assert (w[2] == 0).all() and ((x @ w.T + b).argmax(1) != 2).all()
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A minimal tokenised dataset with the column API warm_up_head uses."""
+
+    def __init__(self, batch):
+        self.rows = [{k: v[i].tolist() for k, v in batch.items()} for i in range(len(batch["labels"]))]
+        self.column_names = list(batch) + ["balora_index"]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+    def select_columns(self, names):
+        assert "balora_index" not in names
+        return self
+
+
+class _Tok:
+    pad_token_id = 0
+    padding_side = "right"
+
+    def pad(self, rows, **kw):
+        return {k: torch.tensor([r[k] for r in rows]) for k in rows[0]}
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_warm_start_fits_the_head_and_becomes_the_consistency_reference(tmp_path, pooling):
+    base = tmp_path / "base"
+    tiny_bert().save_pretrained(base)
+    torch.manual_seed(0)
+    model = load_classifier(str(base), 3, pooling)
+    batch = nlu_batch(n=48, num_labels=3)
+    head = model.classifier
+    random_head = head.weight.detach().clone()
+    info = warm_up_head(model, _Rows(batch), DataCollatorWithPadding(_Tok()), batch_size=16)
+    assert info["head_warmup"] == "logreg" and info["head_warmup_seconds"] > 0 and info["head_warmup_examples"] == 48
+    assert not torch.equal(head.weight, random_head)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        warmed = model.eval()(**inputs).logits
+    # The probe is better than chance on its own training rows (48 random rows, 32-d features: separable).
+    assert (warmed.argmax(-1) == batch["labels"]).float().mean() > 0.6
+    assert info["train_accuracy"] == pytest.approx(float((warmed.argmax(-1) == batch["labels"]).float().mean()))
+    peft_model = prepare_model(model, "ba-lora", r=4)
+    with torch.no_grad():  # move the trained copy of head and adapters away from step 0
+        for name, p in peft_model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+        peft_model.eval()
+        tuned = peft_model(**inputs).logits
+        with reference_mode(peft_model, peft_model.balora.reference) as ref:
+            reference = ref(**inputs).logits
+    assert (tuned - warmed).abs().max() > 1e-3
+    torch.testing.assert_close(reference, warmed, atol=1e-5, rtol=1e-5)  # pretrained body + warmed head
+
+
+def test_pooled_classifier_trains_only_adapters_and_head_under_peft(tmp_path):
+    base = tmp_path / "base"
+    tiny_bert().bert.save_pretrained(base)
+    model = prepare_model(load_classifier(str(base), 3, "mean"), "lora", r=4)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "classifier.modules_to_save" in n for n in trainable)
+    assert any("classifier.modules_to_save" in n for n in trainable)
+    assert not any("classifier.lora_" in n or "classifier.base_layer" in n for n in trainable)
+    out = model(**nlu_batch())
+    out.loss.backward()
+    assert out.logits.shape == (8, 3)
