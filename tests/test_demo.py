@@ -41,7 +41,7 @@ def test_demo_quick_learns_above_the_majority_baseline(tmp_path, capsys):
     ba = [r for r in runs if r["method"] == "ba-lora"][0]["log_history"]
     assert ba and all(k in ba[-1] for k in ("loss_task", "loss_consistency", "loss_diversity", "loss_svd"))
     comparisons = results["comparisons"]
-    assert {(c["a"], c["b"]) for c in comparisons} == {("ba-lora", "lora"), ("ba-lora", "pissa"), ("pissa", "lora")}
+    assert {(c["a"], c["b"]) for c in comparisons} >= {("ba-lora", "lora"), ("ba-lora", "pissa"), ("pissa", "lora")}
     for c in comparisons:
         assert c["low"] <= c["diff"] <= c["high"] and c["within_noise"] == (c["low"] <= 0 <= c["high"])
     report = (out / "report.md").read_text()

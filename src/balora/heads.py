@@ -343,15 +343,33 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_labels: int, c
     return w_raw, b - w_raw @ mu
 
 
+#: Frozen-feature cache of :func:`warm_up_head` (``cache_key`` -> features, labels), kept for the process:
+#: a grid of runs on the same base model and training set (``balora demo``) extracts the features once.
+_FEATURES: dict[Any, tuple[np.ndarray, np.ndarray]] = {}
+_FEATURES_MAX = 4
+
+
 def warm_up_head(model: nn.Module, dataset: Any, collator: Any, method: str = "logreg", batch_size: int = 64,
-                 seed: int = 0) -> dict:
-    """Fit the head alone on frozen features of ``dataset`` and copy it in; returns what it did and cost."""
+                 seed: int = 0, cache_key: Any = None) -> dict:
+    """Fit the head alone on frozen features of ``dataset`` and copy it in; returns what it did and cost.
+
+    ``cache_key`` (hashable; None = no caching) must identify the frozen base weights, the pooling and the
+    tokenised dataset (e.g. model path, pooling, dtype, dataset fingerprint): features are reused for it.
+    """
     if method not in HEAD_WARMUPS:
         raise ValueError(f"method.head_warmup must be one of {', '.join(HEAD_WARMUPS)}; got {method!r}")
     if method == "none":
         return {"head_warmup": "none"}
     start = time.perf_counter()
-    features, labels = head_features(model, dataset, collator, batch_size)
+    cached = cache_key is not None and cache_key in _FEATURES
+    if cached:
+        features, labels = _FEATURES[cache_key]
+    else:
+        features, labels = head_features(model, dataset, collator, batch_size)
+        if cache_key is not None:
+            while len(_FEATURES) >= _FEATURES_MAX:
+                _FEATURES.pop(next(iter(_FEATURES)))
+            _FEATURES[cache_key] = (features, labels)
     extracted = time.perf_counter() - start
     linear = head_linear(model)
     w, b = fit_linear_head(features, labels, linear.out_features, seed=seed)
@@ -367,4 +385,5 @@ def warm_up_head(model: nn.Module, dataset: Any, collator: Any, method: str = "l
     else:
         fit = {"train_accuracy": float((logits.argmax(1) == labels).mean())}
     return {"head_warmup": method, "head_warmup_seconds": time.perf_counter() - start,
-            "head_warmup_feature_seconds": extracted, "head_warmup_examples": int(len(labels)), **fit}
+            "head_warmup_feature_seconds": extracted, "head_warmup_features_cached": cached,
+            "head_warmup_examples": int(len(labels)), **fit}

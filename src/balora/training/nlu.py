@@ -241,8 +241,12 @@ def _warm_up_head(cfg: RunConfig, model: Any, train_ds: Any, collator: Any) -> d
     # step-0 head the consistency reference uses is rebuilt from this warm start.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
+    # Features depend on the frozen base, the pooling and the tokenised data only (not on the seed): runs of a
+    # grid in one process (balora demo) share them. The dataset fingerprint covers data and tokenisation.
+    fingerprint = getattr(train_ds, "_fingerprint", None)
+    key = (cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.dtype, info["pooling"], fingerprint) if fingerprint else None
     info.update(warm_up_head(model, train_ds, collator, cfg.method.head_warmup, cfg.train.eval_batch_size,
-                             seed=cfg.train.seed))
+                             seed=cfg.train.seed, cache_key=key))
     logger.info("head warm-up (%s): %.1f s, probe fit %s", cfg.method.head_warmup, info["head_warmup_seconds"],
                 {k: v for k, v in info.items() if k.startswith("train_")})
     return info
