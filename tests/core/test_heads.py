@@ -147,3 +147,18 @@ def test_pooled_classifier_trains_only_adapters_and_head_under_peft(tmp_path):
     out = model(**nlu_batch())
     out.loss.backward()
     assert out.logits.shape == (8, 3)
+
+
+def test_warm_up_features_are_cached_by_key(tmp_path):
+    base = tmp_path / "base"
+    tiny_bert().save_pretrained(base)
+    batch = nlu_batch(n=24, num_labels=3)
+    collator = DataCollatorWithPadding(_Tok())
+    first = load_classifier(str(base), 3, "mean")
+    a = warm_up_head(first, _Rows(batch), collator, cache_key=("k", str(base)))
+    torch.manual_seed(5)  # a different random head: the features (head inputs) do not depend on it
+    second = load_classifier(str(base), 3, "mean")
+    b = warm_up_head(second, _Rows(batch), collator, cache_key=("k", str(base)))
+    assert not a["head_warmup_features_cached"] and b["head_warmup_features_cached"]
+    assert torch.equal(first.classifier.weight, second.classifier.weight)
+    assert warm_up_head(second, _Rows(batch), collator, method="none") == {"head_warmup": "none"}
