@@ -65,3 +65,18 @@ def test_comparisons_are_paired_and_point_the_right_way(tmp_path):
     assert worse["high"] < 0 and not worse["within_noise"]
     for c in results["comparisons"]:
         assert c["low"] <= c["diff"] <= c["high"] and c["n_seeds"] == 3
+
+
+def test_anchor_report_pairs_the_two_configurations(tmp_path):
+    import pytest
+
+    from balora.analysis.demo_report import anchor_report
+
+    warmed, random = _results(tmp_path), _results(tmp_path)
+    anchor_report(warmed, random, tmp_path / "anchors.md", n_boot=100)
+    text = (tmp_path / "anchors.md").read_text()
+    assert "logreg (warmed head)" in text and "none (random head)" in text
+    assert "+0.000 [+0.000, +0.000]" in text  # identical predictions: no difference
+    random["data"]["test_labels"] = random["data"]["test_labels"][::-1]
+    with pytest.raises(ValueError, match="different test sets"):
+        anchor_report(warmed, random, tmp_path / "x.md")
