@@ -294,9 +294,15 @@ def head_features(model: nn.Module, dataset: Any, collator: Any, batch_size: int
     model.eval()
     device = next(model.parameters()).device
     labels = []
+    keep = [c for c in dataset.column_names if c not in ("balora_index",)]
+    rows = dataset.select_columns(keep)
+    # In length order (batches pad to their longest row: much less padding), put back in row order below.
+    order = np.arange(len(rows))
+    if "input_ids" in keep and hasattr(rows, "select"):
+        order = np.argsort([len(ids) for ids in rows["input_ids"]], kind="stable")
+        rows = rows.select(order)
     try:
-        keep = [c for c in dataset.column_names if c not in ("balora_index",)]
-        loader = DataLoader(dataset.select_columns(keep), batch_size=batch_size, shuffle=False, collate_fn=collator)
+        loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collator)
         for batch in loader:
             labels.append(batch.pop("labels").cpu())
             model(**{k: v.to(device) for k, v in batch.items()})
@@ -306,7 +312,9 @@ def head_features(model: nn.Module, dataset: Any, collator: Any, batch_size: int
     feats = torch.cat(captured)
     if feats.dim() == 3:  # decoder classifiers apply the head to every position: take the last real token
         raise ValueError("head_warmup: the head sees per-token features; use model.pooling: last")
-    return feats.numpy().astype(np.float64), torch.cat(labels).numpy()
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return feats.numpy().astype(np.float64)[back], torch.cat(labels).numpy()[back]
 
 
 def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_labels: int, c: float = 1.0,

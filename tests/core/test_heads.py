@@ -162,3 +162,37 @@ def test_warm_up_features_are_cached_by_key(tmp_path):
     assert not a["head_warmup_features_cached"] and b["head_warmup_features_cached"]
     assert torch.equal(first.classifier.weight, second.classifier.weight)
     assert warm_up_head(second, _Rows(batch), collator, method="none") == {"head_warmup": "none"}
+
+
+def test_head_features_keep_row_order_when_batching_by_length(tmp_path):
+    import datasets
+
+    from balora.heads import head_features
+
+    base = tmp_path / "base"
+    tiny_bert().save_pretrained(base)
+    model = load_classifier(str(base), 3, "mean").eval()
+    g = torch.Generator().manual_seed(0)
+    lengths = [9, 3, 7, 2, 8, 5]
+    rows = [{"input_ids": torch.randint(1, 64, (n,), generator=g).tolist(), "attention_mask": [1] * n, "labels": i % 3}
+            for i, n in enumerate(lengths)]
+    ds = datasets.Dataset.from_list(rows)
+    feats, labels = head_features(model, ds, DataCollatorWithPadding(_Tok2()), batch_size=4)
+    assert labels.tolist() == [r["labels"] for r in rows]
+    for i, r in enumerate(rows):
+        with torch.no_grad():
+            hidden = model.body(input_ids=torch.tensor([r["input_ids"]]))[0]
+        np.testing.assert_allclose(feats[i], hidden.mean(1)[0].numpy(), atol=1e-5)
+
+
+class _Tok2:
+    """Right-pads with id 0 (the collator's tokenizer.pad)."""
+
+    pad_token_id = 0
+    padding_side = "right"
+
+    def pad(self, rows, **kw):
+        n = max(len(r["input_ids"]) for r in rows)
+        return {"input_ids": torch.tensor([r["input_ids"] + [0] * (n - len(r["input_ids"])) for r in rows]),
+                "attention_mask": torch.tensor([r["attention_mask"] + [0] * (n - len(r["attention_mask"])) for r in rows]),
+                "labels": torch.tensor([r["labels"] for r in rows])}
