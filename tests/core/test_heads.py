@@ -196,3 +196,16 @@ class _Tok2:
         return {"input_ids": torch.tensor([r["input_ids"] + [0] * (n - len(r["input_ids"])) for r in rows]),
                 "attention_mask": torch.tensor([r["attention_mask"] + [0] * (n - len(r["attention_mask"])) for r in rows]),
                 "labels": torch.tensor([r["labels"] for r in rows])}
+
+
+def test_probe_c_is_chosen_by_cross_validation():
+    from balora.heads import PROBE_CS, choose_c
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    noise_only = rng.normal(size=(300, 50))  # features unrelated to the labels: strongest regularisation
+    assert choose_c(noise_only, y) == min(PROBE_CS)
+    signal = noise_only.copy()
+    signal[np.arange(300), y] += 5.0  # cleanly separable: weak regularisation wins
+    assert choose_c(signal, y) >= 0.1
+    assert choose_c(signal[:4], np.array([0, 1, 1, 2])) == 1.0  # a class with one example: no CV possible
