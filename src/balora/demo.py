@@ -32,7 +32,7 @@ class DemoConfig:
                                metadata={"help": "Methods compared (any of balora.METHODS)."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Training seeds (paired across methods)."})
     train_domain: str = field(default="hotels", metadata={"help": "MultiEmo domain trained on (the others are the out-of-domain tests)."})
-    train_size: int = field(default=1536, metadata={"help": "Training examples (stratified subsample of the domain's train split)."})
+    train_size: int = field(default=1024, metadata={"help": "Training examples (stratified subsample of the domain's train split)."})
     test_size: int = field(default=600, metadata={"help": "In-domain test examples (stratified subsample of the domain's test split)."})
     ood_size: int = field(default=300, metadata={"help": "Test examples per out-of-domain domain."})
     epochs: float = field(default=1.0, metadata={"help": "Training epochs over the subset."})
@@ -68,7 +68,7 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-QUICK = dict(train_size=512, test_size=300, ood_size=100, seeds=[0, 1, 2], n_boot=500)
+QUICK = dict(train_size=256, test_size=300, ood_size=100, seeds=[0, 1, 2], n_boot=500)
 
 
 def load_demo_data(cfg: DemoConfig, progress: bool = True) -> tuple[Any, Any, np.ndarray, list[str]]:

@@ -213,6 +213,10 @@ def run_nlu(cfg: RunConfig, data: Optional[NLUData] = None, *, compute_metrics: 
                        train_seconds=time.perf_counter() - start, head=warmup)
     result.trainable_params, result.total_params = count_parameters(model)
     result.adapter_change, result.adapter_fingerprint = weight_change(model, initial)
+    # transformers 5 length-groups (and so shuffles) evaluation batches too when train_sampling_strategy is
+    # group_by_length; the predictions must stay in row order for callers that align them with their rows.
+    if getattr(trainer.args, "train_sampling_strategy", None) == "group_by_length":
+        trainer.args.train_sampling_strategy = "random"
     for split in ("validation", "test"):
         if split not in encoded:
             continue
