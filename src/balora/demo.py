@@ -334,7 +334,7 @@ def format_runs(results: dict) -> str:
     """One row per run: every seed's scores next to the majority baseline, collapsed runs marked."""
     maj = results["majority"]
     header = ["method", "seed", "accuracy", "macro-F1", "majority macro-F1", f"recall[{results['data']['minority_class']}]",
-              "OOD accuracy", "majority OOD acc", "head probe acc", "flag"]
+              "OOD accuracy", "majority OOD acc", "probe train acc", "flag"]
     rows = []
     for r in results["runs"]:
         flag = "COLLAPSED" if r["collapsed"] else ("below majority" if r["macro_f1"] <= maj["in_domain"]["macro_f1"] else "")
