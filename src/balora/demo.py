@@ -206,7 +206,7 @@ def linear_probe_predictions(cfg: DemoConfig, model_path: str, train: Any, test:
     collator = DataCollatorWithPadding(tokenizer)
     info_pooling = getattr(model, "pooling", "cls")
     key = (model_path, None, "float32", info_pooling, encoded["train"]._fingerprint)
-    warm_up_head(model, encoded["train"], collator, cfg.head_warmup, 128, seed=0, cache_key=key)
+    warm_up_head(model, encoded["train"], collator, cfg.head_warmup, 128, cache_key=key)
     features, _ = head_features(model, encoded["test"], collator, 128)
     from .heads import head_linear
 

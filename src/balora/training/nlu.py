@@ -250,7 +250,7 @@ def _warm_up_head(cfg: RunConfig, model: Any, train_ds: Any, collator: Any) -> d
     fingerprint = getattr(train_ds, "_fingerprint", None)
     key = (cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.dtype, info["pooling"], fingerprint) if fingerprint else None
     info.update(warm_up_head(model, train_ds, collator, cfg.method.head_warmup, cfg.train.eval_batch_size,
-                             seed=cfg.train.seed, cache_key=key))
+                             cache_key=key))
     logger.info("head warm-up (%s): %.1f s, probe fit %s", cfg.method.head_warmup, info["head_warmup_seconds"],
                 {k: v for k, v in info.items() if k.startswith("train_")})
     return info
