@@ -362,7 +362,7 @@ def _pm(stat: dict) -> str:
 
 def _load() -> float | None:
     try:
-        return os.getloadavg()[0]
+        return round(os.getloadavg()[0], 2)
     except OSError:
         return None
 
