@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 RUN_RECORD = "balora_run.json"
+HEAD_SPEC = "balora_head.json"  # balora.heads.HEAD_SPEC: pooling of a mean/last-pooled classifier head
 
 
 def save_run_adapters(model: Any, run_dir: str | os.PathLike, *, initial: bool) -> Path:
@@ -38,6 +39,9 @@ def save_run_adapters(model: Any, run_dir: str | os.PathLike, *, initial: bool) 
     out = Path(run_dir) / ("initial_adapter" if initial else "adapter")
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp-adapter-"))
     model.save_pretrained(str(tmp), selected_adapters=["default"])
+    from .heads import write_head_spec
+
+    write_head_spec(model, tmp)  # a mean/last-pooled head: how to rebuild the base it belongs to
     if initial:  # peft's convention for an initial adapter: loadable with a plain init
         _edit_json(tmp / ADAPTER_CONFIG, {"init_lora_weights": True})
     _replace_dir(tmp, out)
@@ -173,7 +177,12 @@ def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge
             config["base_model_name_or_path"] = base_model
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-        (tmp / "README.md").write_text(model_card(record, config, merged=merge))
+        head_spec = adapter / HEAD_SPEC
+        pooling = None
+        if head_spec.is_file():  # the pooled head's description travels with the adapter
+            shutil.copyfile(head_spec, tmp / HEAD_SPEC)
+            pooling = json.loads(head_spec.read_text()).get("pooling")
+        (tmp / "README.md").write_text(model_card(record, config, merged=merge, pooling=pooling))
         if merge:
             _merge_into(tmp, tmp / "merged", record, base_model or config.get("base_model_name_or_path"))
         _replace_dir(tmp, out)
@@ -190,8 +199,16 @@ def _merge_into(adapter_dir: Path, target: Path, record: dict, base: Optional[st
 
     if not base:
         raise ValueError("the base model path is unknown: pass base_model= (--base-model)")
-    model = load_base_model(base, record.get("task_kind", "nlu"), num_labels=record.get("num_labels"))
+    from .heads import read_head_spec
+
+    kind = record.get("task_kind", "nlu")
+    spec = read_head_spec(adapter_dir) if kind == "nlu" else None
+    extra = {"pooling": spec["pooling"]} if spec else {}
+    if spec and record.get("num_labels") is None:
+        record = {**record, "num_labels": spec["num_labels"]}
+    model = load_base_model(base, kind, num_labels=record.get("num_labels"), **extra)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    # A PooledClassifier saves the merged body plus balora_head.safetensors / balora_head.json (balora.heads).
     merged.save_pretrained(str(target), safe_serialization=True)
     try:
         load_tokenizer(base).save_pretrained(str(target))
@@ -209,7 +226,7 @@ def read_run_record(run: Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
-def model_card(record: dict, adapter_config: dict, merged: bool = False) -> str:
+def model_card(record: dict, adapter_config: dict, merged: bool = False, pooling: Optional[str] = None) -> str:
     """A README.md stating method, base model, data, hyperparameters and metrics."""
     base = adapter_config.get("base_model_name_or_path") or record.get("base_model", "unknown")
     lines = [
@@ -219,6 +236,13 @@ def model_card(record: dict, adapter_config: dict, merged: bool = False) -> str:
         "diversity and SVD regularisers). This is a plain LoRA adapter for the **original** base model "
         "(a PiSSA adapter converted to rank 2r), loadable with `PeftModel.from_pretrained(base_model, this_dir)`."
         + (" `merged/` holds the full merged model." if merged else ""), "",
+    ]
+    if pooling:
+        lines += [f"The classifier pools the last hidden states with **{pooling}** pooling (`balora_head.json`), not "
+                  "the checkpoint's own head: load the base with `balora.heads.load_classifier(base, num_labels, "
+                  f"pooling='{pooling}')` before `PeftModel.from_pretrained`"
+                  + (" (`merged/` loads with `load_classifier(merged_dir, num_labels)`)." if merged else "."), ""]
+    lines += [
         "## Method", f"- method: `{record.get('method', 'unknown')}`",
         f"- adapter: r = {adapter_config.get('r')}, alpha = {adapter_config.get('lora_alpha')}, "
         f"targets = {adapter_config.get('target_modules')}",

@@ -57,7 +57,7 @@ def parse_method(method: str) -> tuple[str, bool]:
 def infer_task_type(model: nn.Module) -> Optional[str]:
     """peft task type from the model class: SEQ_CLS, CAUSAL_LM or None (feature extraction, custom)."""
     cls = type(model).__name__
-    if cls.endswith("ForSequenceClassification"):
+    if cls.endswith("ForSequenceClassification") or cls == "PooledClassifier":
         return "SEQ_CLS"
     if cls.endswith("ForCausalLM") or cls.endswith("LMHeadModel"):
         return "CAUSAL_LM"
@@ -118,6 +118,10 @@ def prepare_model(
 
     from peft import get_peft_model
 
+    from .heads import PooledClassifier, linear_targets
+
+    if isinstance(model, PooledClassifier) and target_modules == "all-linear":
+        target_modules = linear_targets(model)  # peft's "all-linear" keeps the head out only for PreTrainedModel
     config = _peft_config(base_method, r, alpha, target_modules, dropout, pissa_niter, modules_to_save, task_type, **peft_kwargs)
     model = get_peft_model(model, config)
     spec = None

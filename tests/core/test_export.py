@@ -11,6 +11,7 @@ from transformers import AutoModelForSequenceClassification
 
 from balora import prepare_model
 from balora.export import export_adapter, save_run_adapters
+from balora.heads import load_classifier
 
 from .tiny import nlu_batch, tiny_bert
 
@@ -25,14 +26,17 @@ def _train_few_steps(model, batch, steps=3):
     return model.eval()
 
 
-@pytest.mark.parametrize("method", ["ba-lora", "lora", "dora+reg"])
-def test_exported_adapter_reproduces_finetuned_logits_on_original_base(tmp_path, method):
+@pytest.mark.parametrize("method,pooling", [("ba-lora", "cls"), ("lora", "cls"), ("dora+reg", "cls"),
+                                            ("ba-lora", "mean"), ("lora", "last")])
+def test_exported_adapter_reproduces_finetuned_logits_on_original_base(tmp_path, method, pooling):
     base_dir = tmp_path / "base"
     tiny_bert().save_pretrained(base_dir)
     batch = nlu_batch()
+    batch["attention_mask"][:3, -4:] = 0  # padded rows: mean / last pooling must respect the mask
     run = tmp_path / "run"
     run.mkdir()
-    model = prepare_model(AutoModelForSequenceClassification.from_pretrained(base_dir), method, r=4)
+    torch.manual_seed(0)
+    model = prepare_model(load_classifier(str(base_dir), 3, pooling), method, r=4)
     if method == "ba-lora":
         save_run_adapters(model, run, initial=True)
     _train_few_steps(model, batch)
@@ -43,7 +47,8 @@ def test_exported_adapter_reproduces_finetuned_logits_on_original_base(tmp_path,
                                                      "num_labels": 3, "metrics": {"validation_accuracy": 0.5}}))
     out = export_adapter(run, tmp_path / "export", merge=True)
 
-    original = AutoModelForSequenceClassification.from_pretrained(base_dir).eval()
+    torch.manual_seed(1)  # a different random head: the exported one must come from the adapter
+    original = load_classifier(str(base_dir), 3, pooling).eval()
     with torch.no_grad():
         before = original(**batch).logits
     loaded = PeftModel.from_pretrained(original, str(out)).eval()
@@ -54,7 +59,10 @@ def test_exported_adapter_reproduces_finetuned_logits_on_original_base(tmp_path,
     config = json.loads((out / "adapter_config.json").read_text())
     if method == "ba-lora":
         assert config["r"] == 8 and config["init_lora_weights"] is True  # rank 2r plain LoRA
-    merged = AutoModelForSequenceClassification.from_pretrained(out / "merged").eval()
+    assert (out / "balora_head.json").is_file() == (pooling != "cls")
+    # The merged folder reloads with its pooling (auto reads balora_head.json; cls is the stock class).
+    merged = (AutoModelForSequenceClassification.from_pretrained(out / "merged") if pooling == "cls"
+              else load_classifier(str(out / "merged"), 3)).eval()
     with torch.no_grad():
         assert torch.allclose(merged(**batch).logits, tuned, atol=1e-5)
     card = (out / "README.md").read_text()

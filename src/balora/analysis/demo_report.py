@@ -1,4 +1,6 @@
-"""The demo's one-page report: report.md with the summary table and the three plots embedded."""
+"""The demo's one-page report: report.md with the per-run, summary and paired-comparison tables and the plots.
+
+Every table and plot flags collapsed runs (one class predicted for every test example)."""
 
 from __future__ import annotations
 
@@ -11,37 +13,79 @@ from . import plots
 
 
 def write_report(results: dict, out: Path) -> Path:
-    from ..demo import elapsed, format_table
+    from ..demo import collapse_label, elapsed, format_comparisons, format_runs, format_table
 
     labels = results["data"]["labels"]
     runs = results["runs"]
-    methods = list(results["summary"])
-    histories = {m: [r["log_history"] for r in runs if r["method"] == m] for m in methods}
+    summary = results["summary"]
+    methods = list(summary)
+    name = {m: collapse_label(m, summary) for m in methods}
+    maj = results["majority"]
+    histories = {name[m]: [r["log_history"] for r in runs if r["method"] == m] for m in methods}
     plots.term_curves(histories, out / "loss_terms.png")
-    recall = {m: ([results["summary"][m]["per_class_recall"][n]["mean"] for n in labels],
-                  [results["summary"][m]["per_class_recall"][n]["std"] for n in labels]) for m in methods}
+    recall = {name[m]: ([summary[m]["per_class_recall"][n]["mean"] for n in labels],
+                        [summary[m]["per_class_recall"][n]["std"] for n in labels]) for m in methods}
     counts = results["data"]["test_label_counts"]
     groups = [f"{n}\n(n={c})" for n, c in zip(labels, counts)]
-    plots.grouped_bars(groups, recall, out / "per_class_recall.png", "recall (test)",
+    plots.grouped_bars(groups, recall, out / "per_class_recall.png", "recall (in-domain test)",
                        "Per-class recall by method (mean ± std over seeds)", ylim=(0.0, 1.05))
-    matrices = {m: np.sum([r["confusion_matrix"] for r in runs if r["method"] == m], axis=0) for m in methods}
+    matrices = {name[m]: np.sum([r["confusion_matrix"] for r in runs if r["method"] == m], axis=0) for m in methods}
     plots.confusion_grid(matrices, labels, out / "confusion_matrices.png")
+    panels = {
+        "in-domain macro-F1": {m: [(r["macro_f1"], r["collapsed"]) for r in runs if r["method"] == m] for m in methods},
+        "OOD accuracy": {m: [(r["ood_accuracy"], r["collapsed"] or all(v["collapsed"] for v in r["ood"].values()))
+                             for r in runs if r["method"] == m] for m in methods},
+        f"recall[{results['data']['minority_class']}]": {m: [(r["minority_recall"], r["collapsed"]) for r in runs
+                                                             if r["method"] == m] for m in methods},
+    }
+    plots.run_scores(panels, {"in-domain macro-F1": maj["in_domain"]["macro_f1"], "OOD accuracy": maj["ood"]["accuracy"]},
+                     out / "run_scores.png", "Every run (dot = one seed; red cross = collapsed run)")
+    rows = [(f"{c['a']} - {c['b']}: {c['scope']} {c['metric']}", c["diff"], c["low"], c["high"], c["within_noise"])
+            for c in results["comparisons"]]
+    if rows:
+        plots.interval_plot(rows, out / "paired_differences.png", "Paired differences (test examples and seeds resampled)")
     cfg = results["config"]
     data = results["data"]
-    text = f"""# balora demo: {', '.join(methods)} on VitaminC fact verification
+    head = runs[0].get("head", {}) if runs else {}
+    warm = [r["head"].get("head_warmup_seconds", 0.0) for r in runs if r.get("head")]
+    text = f"""# balora demo: {', '.join(methods)} on MultiEmo sentiment, trained on {data['train_domain']}
 
-Model: {results['model']['name']}, adapters r = {cfg['r']}, alpha = {cfg['alpha']} on all linear layers.
-Data: {data['name']}; train {data['train_size']} examples (label counts {data['train_label_counts']}),
-test {data['test_size']} held-out examples (label counts {data['test_label_counts']}), labels {labels}.
-Same subset, seeds {cfg['seeds']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']} for every method.
-Wall time: {elapsed(results['wall_seconds'])} on {results['machine']['cpus']} CPUs ({cfg['threads']} torch threads).
+Model: {results['model']['name']}, {head.get('pooling', '?')} pooling, head warm start `{cfg['head_warmup']}`
+{f"(logistic regression on frozen features, {np.mean(warm):.1f} s per run)" if cfg['head_warmup'] != 'none' and warm else ''};
+adapters r = {cfg['r']}, alpha = {cfg['alpha']} on all linear layers.
+Data: {data['name']}. Train: {data['train_size']} {data['train_domain']} sentences (label counts
+{data['train_label_counts']} for {labels}). In-domain test: {data['test_size']} held-out {data['train_domain']}
+sentences ({data['test_label_counts']}). Out-of-domain test (no training on them): {data['ood_sizes']}.
+Same subset, seeds {cfg['seeds']}, {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, lr {cfg['lr']}, max length
+{cfg['max_length']} tokens for every method.
+Wall time: {elapsed(results['wall_seconds'])} on {results['machine']['cpus']} CPUs ({cfg['threads']} torch threads;
+1-minute load average {results['machine'].get('load_average_1min')} at the end, the machine was shared).
 
-## Test results (mean ± std over seeds)
+Majority-class baseline (always the training set's most frequent class, `{labels[maj['in_domain']['class']]}`):
+in-domain accuracy {maj['in_domain']['accuracy']:.3f}, macro-F1 {maj['in_domain']['macro_f1']:.3f};
+out-of-domain accuracy {maj['ood']['accuracy']:.3f}, macro-F1 {maj['ood']['macro_f1']:.3f}.
+
+## Every run
+
+{format_runs(results)}
+
+![every run](run_scores.png)
+
+## Summary (mean ± std over seeds)
 
 {format_table(results)}
 
+## Paired comparisons
+
+Differences A - B on the same test examples and seeds, with 95% bootstrap intervals ({cfg['n_boot']}
+replicates; test examples and seeds both resampled). "Within noise" = the interval contains 0.
+
+{format_comparisons(results)}
+
+{'![paired differences](paired_differences.png)' if rows else ''}
+
 ## Per-class recall
-The minority class is the one the paper's imbalance claim is about.
+The minority class ({data['minority_class']}) is the one the paper's imbalance claim is about.
 
 ![per-class recall](per_class_recall.png)
 
@@ -50,10 +94,76 @@ Unweighted values as logged by BALoRATrainer (task loss for all methods; the thr
 
 ![loss terms](loss_terms.png)
 
-## Confusion matrices (summed over seeds, row-normalised)
+## Confusion matrices (in-domain, summed over seeds, row-normalised)
 
 ![confusion matrices](confusion_matrices.png)
 
-Every number is in results.json (config, seeds, per-run metrics and logs, package versions).
+Every number is in results.json (config, seeds, per-run metrics, predictions and logs, package versions).
 """
     return write_text_atomic(out / "report.md", text)
+
+
+def anchor_report(warmed: dict, random: dict, out: Path, n_boot: int = 1000) -> Path:
+    """anchors.md: the same demo with the warmed head (``head_warmup: logreg``, the reference = pretrained
+    body + warmed head) and with the random head (``none``, the paper's literal step-0 anchor), per method,
+    with paired bootstrap differences (same seeds, same test examples)."""
+    from ..demo import _table
+    from .stats import paired_bootstrap
+
+    refs = np.asarray(warmed["data"]["test_labels"])
+    if refs.tolist() != random["data"]["test_labels"] or warmed["data"]["test_domains"] != random["data"]["test_domains"]:
+        raise ValueError("anchor_report: the two demo results were scored on different test sets")
+    domains = np.asarray(warmed["data"]["test_domains"])
+    ind = domains == warmed["data"]["train_domain"]
+    k = len(warmed["data"]["labels"])
+    maj = warmed["majority"]
+    rows, diffs = [], []
+    for method in [m for m in warmed["summary"] if m in random["summary"]]:
+        for label, res in (("logreg (warmed head)", warmed), ("none (random head)", random)):
+            s = res["summary"][method]
+            rows.append([method, label, f"{s['collapsed']}/{len(s['seeds'])}", _pm(s["accuracy"]), _pm(s["macro_f1"]),
+                         _pm(s["minority_recall"]), _pm(s["ood_accuracy"]), _pm(s["ood_macro_f1"])])
+        seeds = sorted({r["seed"] for r in warmed["runs"] if r["method"] == method}
+                       & {r["seed"] for r in random["runs"] if r["method"] == method})
+        pick = lambda res: np.stack([np.asarray(next(r["predictions"] for r in res["runs"]  # noqa: E731
+                                                     if r["method"] == method and r["seed"] == s)) for s in seeds])
+        a, b = pick(warmed), pick(random)
+        for scope, mask in (("in-domain", ind), ("out-of-domain", ~ind)):
+            for metric in ("accuracy", "macro_f1"):
+                d = paired_bootstrap(a[:, mask], b[:, mask], refs[mask], metric, n_boot=n_boot, num_classes=k)
+                reading = "within noise" if d.within_noise else ("warmed better" if d.diff > 0 else "random better")
+                diffs.append([method, scope, metric, f"{d.diff:+.3f} [{d.low:+.3f}, {d.high:+.3f}]", reading])
+    header = ["method", "head_warmup (anchor)", "collapsed", "accuracy", f"macro-F1 (majority {maj['in_domain']['macro_f1']:.3f})",
+              f"recall[{warmed['data']['minority_class']}]", f"OOD accuracy (majority {maj['ood']['accuracy']:.3f})",
+              "OOD macro-F1"]
+    cfg = warmed["config"]
+    text = f"""# Consistency anchor: warmed head vs random head
+
+The same `balora demo` grid (MultiEmo, trained on {warmed['data']['train_domain']}, {warmed['data']['train_size']}
+examples, seeds {cfg['seeds']}, threads {cfg['threads']}) run twice: `--head-warmup logreg` (the head is a
+logistic-regression probe on frozen features before training; BA-LoRA's consistency reference is the pretrained
+body with that head) and `--head-warmup none` (a random head; the reference is the paper's literal step-0 model
+with its random head). For LoRA and PiSSA only the head's starting point changes; for BA-LoRA the anchor too.
+
+## Mean ± std over seeds
+
+{_table(header, rows)}
+
+## Paired differences, warmed - random (95% bootstrap interval over test examples and seeds)
+
+{_table(["method", "scope", "metric", "difference [95% CI]", "reading"], diffs)}
+"""
+    return write_text_atomic(out, text)
+
+
+def _pm(stat: dict) -> str:
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+if __name__ == "__main__":  # python -m balora.analysis.demo_report WARMED/results.json RANDOM/results.json OUT.md
+    import json
+    import sys
+
+    if len(sys.argv) != 4:
+        sys.exit("usage: python -m balora.analysis.demo_report WARMED/results.json RANDOM/results.json OUT.md")
+    anchor_report(json.loads(Path(sys.argv[1]).read_text()), json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]))

@@ -86,3 +86,47 @@ def confusion_grid(matrices: dict[str, np.ndarray], labels: Sequence[str], path:
         ax.set_title(method)
     axes[0][0].set_ylabel("true")
     return _save(fig, path)
+
+
+def run_scores(panels: dict[str, dict[str, list[tuple[float, bool]]]], baselines: dict[str, float], path: Path,
+               title: str) -> Path:
+    """One panel per score: each run as a dot per method (x), the majority baseline as a dashed line, and
+    collapsed runs (one class predicted everywhere) as red crosses labelled "collapsed"."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (name, by_method) in zip(axes[0], panels.items()):
+        methods = list(by_method)
+        for i, method in enumerate(methods):
+            values = by_method[method]
+            jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+            for dx, (v, is_collapsed) in zip(jitter, values):
+                if is_collapsed:
+                    ax.plot(i + dx, v, "x", color="red", markersize=9, mew=2)
+                    ax.annotate("collapsed", (i + dx, v), textcoords="offset points", xytext=(4, 4), fontsize=7, color="red")
+                else:
+                    ax.plot(i + dx, v, "o", color=f"C{i}")
+        if name in baselines:
+            ax.axhline(baselines[name], ls="--", color="grey", label=f"majority class ({baselines[name]:.3f})")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(range(len(methods)), methods, fontsize=8)
+        ax.set_xlim(-0.5, len(methods) - 0.5)
+        ax.set_title(name)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def interval_plot(rows: Sequence[tuple[str, float, float, float, bool]], path: Path, title: str) -> Path:
+    """Differences with their intervals (label, diff, low, high, within_noise), zero marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    for yi, (label, diff, low, high, noise) in zip(y, rows):
+        color = "grey" if noise else ("C2" if diff > 0 else "C3")
+        ax.errorbar(diff, yi, xerr=[[diff - low], [high - diff]], fmt="o", color=color, capsize=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
+    ax.set_xlabel("difference A - B (95% paired bootstrap interval; grey = within noise)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)

@@ -24,7 +24,7 @@ __all__ = ["NLUBenchConfig", "TASK_HPARAMS", "load_bench_config", "nlu_specs", "
 
 # Settings that may differ per task (the per_task section) and that make a run's result differ.
 TASK_HPARAMS = ("epochs", "max_steps", "batch_size", "lr", "warmup_ratio", "weight_decay", "alpha", "max_length",
-                "train_limit", "eval_limit")
+                "train_limit", "eval_limit", "pooling", "head_warmup")
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -58,6 +58,10 @@ class NLUBenchConfig:
     alpha: Optional[float] = _help("LoRA alpha (default: r).", default=None)
     target_modules: Any = _help("Adapted modules ('all-linear' or a list of names).", default="all-linear")
     max_length: int = _help("Maximum tokens per example.", default=128)
+    pooling: str = _help("Classifier pooling: auto (sentence-transformers folders -> mean, else the model's own head), "
+                         "cls, mean or last (see balora.heads).", default="auto")
+    head_warmup: str = _help("Head warm start before the adapters train: logreg (linear probe on frozen features) "
+                             "or none (random head).", default="logreg")
     train_limit: Optional[int] = _help("Use at most this many training examples (seeded stratified subsample).",
                                        default=None)
     eval_limit: Optional[int] = _help("Use at most this many evaluation examples (fixed subsample).", default=None)
@@ -92,6 +96,14 @@ class NLUBenchConfig:
         i, _, n = str(self.shard).partition("/")
         if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
             raise ValueError(f"shard must be 'i/n' with 0 <= i < n, got {self.shard!r}")
+        from ..heads import HEAD_WARMUPS, POOLINGS
+
+        for name, allowed in (("pooling", POOLINGS), ("head_warmup", HEAD_WARMUPS)):
+            values = [getattr(self, name)] + [v[name] for v in (self.per_task or {}).values()
+                                              if isinstance(v, Mapping) and name in v]
+            for value in values:
+                if value not in allowed:
+                    raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         for task, values in (self.per_task or {}).items():
             get_task(task)
             if not isinstance(values, Mapping):
@@ -275,10 +287,11 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
             extra_callbacks = [callback.callback]
         run_cfg = build_config({
             "kind": "nlu",
-            "model": {"name_or_path": spec.model, "max_length": hp["max_length"]},
+            "model": {"name_or_path": spec.model, "max_length": hp["max_length"], "pooling": hp.get("pooling", "auto")},
             "data": {"train": f"glue:{task.name}", "text_columns": list(task.text_columns),
                      "train_limit": hp["train_limit"], "eval_limit": hp["eval_limit"]},
-            "method": {"name": spec.method, "r": hp["r"], "alpha": hp["alpha"], "target_modules": hp["target_modules"]},
+            "method": {"name": spec.method, "r": hp["r"], "alpha": hp["alpha"], "target_modules": hp["target_modules"],
+                       "head_warmup": hp.get("head_warmup", "logreg")},
             "balora": dict(hp.get("balora", {})),
             "train": {"output_dir": str(run_dir), "epochs": hp["epochs"], "max_steps": hp["max_steps"],
                       "batch_size": hp["batch_size"], "eval_batch_size": cfg.eval_batch_size, "lr": hp["lr"],
@@ -301,6 +314,6 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
                 "trainable_params": result.trainable_params, "total_params": result.total_params,
                 "train_seconds": round(result.train_seconds, 3), "train_loss": train_loss,
                 "train_examples": len(data.splits["train"]), "eval_examples": len(data.splits["test"]),
-                "truncated_examples": result.truncated, "config": config}
+                "truncated_examples": result.truncated, "head": result.head, "config": config}
 
     return run

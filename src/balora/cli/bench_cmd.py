@@ -34,6 +34,8 @@ _NLU_FLAGS = {
     "--r": ("r", dict(type=int)),
     "--alpha": ("alpha", dict(type=float)),
     "--max-length": ("max_length", dict(type=int)),
+    "--pooling": ("pooling", dict(choices=["auto", "cls", "mean", "last"])),
+    "--head-warmup": ("head_warmup", dict(choices=["logreg", "none"])),
     "--ood-root": ("ood_root", {}),
     "--results": ("results", {}),
     "--out-dir": ("out_dir", {}),

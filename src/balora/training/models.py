@@ -29,9 +29,9 @@ def load_tokenizer(name_or_path: str, gguf_file: Optional[str] = None, padding_s
 
 def load_base_model(name_or_path: str, kind: str, num_labels: Optional[int] = None, dtype: str = "float32",
                     gguf_file: Optional[str] = None, pad_token_id: Optional[int] = None,
-                    problem_type: Optional[str] = None) -> Any:
-    """``AutoModelForSequenceClassification`` (kind ``nlu``) or ``AutoModelForCausalLM`` (``nlg``)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+                    problem_type: Optional[str] = None, pooling: str = "auto") -> Any:
+    """A sequence classifier (kind ``nlu``; ``pooling``, see :mod:`balora.heads`) or ``AutoModelForCausalLM`` (``nlg``)."""
+    from transformers import AutoModelForCausalLM
 
     if not name_or_path:
         raise ValueError("model.name_or_path is empty: give a Hugging Face model name or a local model folder")
@@ -42,10 +42,9 @@ def load_base_model(name_or_path: str, kind: str, num_labels: Optional[int] = No
     if kind == "nlu":
         if num_labels is None:
             raise ValueError("num_labels is needed for a sequence-classification model")
-        kwargs["num_labels"] = num_labels
-        if problem_type:
-            kwargs["problem_type"] = problem_type
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+        from ..heads import load_classifier
+
+        model = load_classifier(name_or_path, num_labels, pooling, problem_type=problem_type, **kwargs)
         if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = pad_token_id  # decoder classifiers find the last real token with it
     elif kind == "nlg":

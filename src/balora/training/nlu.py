@@ -51,6 +51,7 @@ class NLUResult:
     truncated: int = 0
     adapter_change: float = 0.0  # L2 norm of (trained - initial) trainable weights: was anything learnt?
     adapter_fingerprint: str = ""  # sha256 of the trained weights: do two runs differ?
+    head: dict = field(default_factory=dict)  # pooling and head warm-up (what, cost in seconds, probe fit)
 
 
 def load_nlu_data(cfg: RunConfig) -> NLUData:
@@ -163,12 +164,18 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     encoded, truncated = tokenize_nlu(data, tokenizer, cfg.model.max_length)
     model = load_base_model(cfg.model.name_or_path, "nlu", data.num_labels, cfg.model.dtype, cfg.model.gguf_file,
                             pad_token_id=tokenizer.pad_token_id,
-                            problem_type="regression" if data.regression else "single_label_classification")
+                            problem_type="regression" if data.regression else "single_label_classification",
+                            pooling=cfg.model.pooling)
+    from ..reference import has_dropout
+
+    collator = DataCollatorWithPadding(tokenizer)
+    # LP-FT warm start before prepare_model, so peft's frozen copy of the head (the reference's) is the warmed one.
+    warmup = _warm_up_head(cfg, model, encoded["train"], collator)
     steps = _total_steps(cfg, len(encoded["train"]))
     balora_cfg = cfg.balora_config()
     use_cache = (cfg.train.cached_reference_epochs > 0 and cfg.train.epochs >= cfg.train.cached_reference_epochs
                  and balora_cfg.reference == "auto" and not data.regression and cfg.train.max_steps <= 0
-                 ) or balora_cfg.reference == "cached"
+                 and not has_dropout(model)) or balora_cfg.reference == "cached"
     torch.manual_seed(cfg.train.seed)  # the adapter init (and pissa_niter's sketch) is reproducible on resume
     model = prepare_model(model, cfg.method.name, r=cfg.method.r, alpha=cfg.method.alpha,
                           target_modules=cfg.method.target_modules, dropout=cfg.method.dropout,
@@ -176,7 +183,6 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
                           **peft_extra_kwargs(cfg.method.name, steps))
     if getattr(model, "peft_config", None) and _residual_init(model):
         save_run_adapters(model, run_dir, initial=True)
-    collator = DataCollatorWithPadding(tokenizer)
     info = model.balora
     reference = info.reference
     if use_cache and info.regularized:
@@ -198,9 +204,13 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last_checkpoint(run_dir) if cfg.train.resume else None)
     result = NLUResult(run_dir=str(run_dir), log_history=list(trainer.state.log_history), truncated=truncated,
-                       train_seconds=time.perf_counter() - start)
+                       train_seconds=time.perf_counter() - start, head=warmup)
     result.trainable_params, result.total_params = count_parameters(model)
     result.adapter_change, result.adapter_fingerprint = weight_change(model, initial)
+    # transformers 5 length-groups (and so shuffles) evaluation batches too when train_sampling_strategy is
+    # group_by_length; the predictions must stay in row order for callers that align them with their rows.
+    if getattr(trainer.args, "train_sampling_strategy", None) == "group_by_length":
+        trainer.args.train_sampling_strategy = "random"
     for split in ("validation", "test"):
         if split not in encoded:
             continue
@@ -212,8 +222,32 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     if save_adapter and getattr(model, "peft_config", None):
         save_run_adapters(model, run_dir, initial=False)
     finish_run(cfg, run_dir, model, result.metrics, extra={"num_labels": data.num_labels, "label_names": data.label_names,
-                                                           "truncated": truncated, "data": data.description or cfg.data.train})
+                                                           "truncated": truncated, "data": data.description or cfg.data.train,
+                                                           "head": warmup})
     return result
+
+
+def _warm_up_head(cfg: RunConfig, model: Any, train_ds: Any, collator: Any) -> dict:
+    """The head's pooling and, unless ``method.head_warmup`` is none (or the method trains no head), its
+    linear-probe warm start (:func:`balora.heads.warm_up_head`) on the training set."""
+    from ..heads import PooledClassifier, warm_up_head
+
+    info: dict[str, Any] = {"pooling": model.pooling if isinstance(model, PooledClassifier) else "cls"}
+    if cfg.method.head_warmup == "none":
+        return {**info, "head_warmup": "none"}
+    # On resume it runs again (deterministic): the checkpoint restores the trained head, but the frozen
+    # step-0 head the consistency reference uses is rebuilt from this warm start.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    # Features depend on the frozen base, the pooling and the tokenised data only (not on the seed): runs of a
+    # grid in one process (balora demo) share them. The dataset fingerprint covers data and tokenisation.
+    fingerprint = getattr(train_ds, "_fingerprint", None)
+    key = (cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.dtype, info["pooling"], fingerprint) if fingerprint else None
+    info.update(warm_up_head(model, train_ds, collator, cfg.method.head_warmup, cfg.train.eval_batch_size,
+                             cache_key=key))
+    logger.info("head warm-up (%s): %.1f s, probe fit %s", cfg.method.head_warmup, info["head_warmup_seconds"],
+                {k: v for k, v in info.items() if k.startswith("train_")})
+    return info
 
 
 def weight_change(model: Any, initial: dict[str, torch.Tensor]) -> tuple[float, str]:

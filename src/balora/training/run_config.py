@@ -116,9 +116,17 @@ class ModelConfig:
     gguf_file: Optional[str] = _help("GGUF file name inside name_or_path (dequantised to fp32 on load).", default=None)
     dtype: str = _help("Compute dtype of base and adapter: float32 (paper), bfloat16 or float16.", default="float32")
     max_length: int = _help("Maximum tokens per example (longer inputs are truncated and counted).", default=256)
+    pooling: str = _help("NLU classifier pooling: auto (sentence-transformers folders -> their pooling, else cls), "
+                         "cls (the checkpoint's own *ForSequenceClassification head), mean (masked mean of the last "
+                         "hidden states + linear head) or last (last non-pad token + linear head); see balora.heads.",
+                         default="auto")
 
     def __post_init__(self) -> None:
+        from ..heads import POOLINGS
+
         _check_types(self, "model")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.max_length < 8:
@@ -156,12 +164,20 @@ class MethodConfig:
     target_modules: Union[str, list[str]] = _help("Adapted modules: 'all-linear' (paper) or a list of names.", default="all-linear")
     dropout: float = _help("Adapter dropout (paper: 0).", default=0.0)
     pissa_niter: Optional[int] = _help("PiSSA: fast randomised SVD with this many subspace iterations (peft pissa_niter_K); exact SVD when empty.", default=None)
+    head_warmup: str = _help("NLU: fit the classifier head alone on frozen pooled features of the training set before "
+                             "the adapters train (LP-FT): 'logreg' (scikit-learn logistic regression; ridge for "
+                             "regression) or 'none' (random head). The consistency term's reference then uses the "
+                             "warmed head. Its cost is recorded as head_warmup_seconds.", default="logreg")
 
     def __post_init__(self) -> None:
+        from ..heads import HEAD_WARMUPS
+
         _check_types(self, "method")
         from ..methods import parse_method
 
         parse_method(self.name)
+        if self.head_warmup not in HEAD_WARMUPS:
+            raise ValueError(f"method.head_warmup must be one of {', '.join(HEAD_WARMUPS)}, got {self.head_warmup!r}")
         if self.r < 1:
             raise ValueError(f"method.r must be >= 1, got {self.r}")
         if not 0 <= self.dropout < 1:
@@ -188,7 +204,7 @@ class TrainConfig:
     tensorboard: bool = _help("Also log to TensorBoard under output_dir/tb.", default=False)
     progress: bool = _help("Show progress bars.", default=True)
     resume: bool = _help("Resume from the last checkpoint in output_dir when there is one.", default=False)
-    cached_reference_epochs: float = _help("NLU: use cached per-example teacher logits (balora.reference='cached') when training for at least this many epochs; 0 = never switch automatically.", default=2.0)
+    cached_reference_epochs: float = _help("NLU: use cached per-example teacher logits (balora.reference='cached') when training for at least this many epochs and the model has no active dropout (a cache cannot replay the student's dropout masks, docs/method.md); 0 = never switch automatically.", default=2.0)
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
