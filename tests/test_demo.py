@@ -1,4 +1,6 @@
-"""`balora demo --quick` end to end with the real assets from the registries (MiniLM wheel, MultiEmo)."""
+"""`balora demo --quick` end to end with the real assets from the registries (MiniLM wheel, MultiEmo): every
+method and seed learns (no collapse, clearly above the majority-class baseline). About 2-3 minutes on 2 cores
+(10 min on the shared, loaded development machine)."""
 
 from __future__ import annotations
 

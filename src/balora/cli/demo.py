@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "evaluates in-domain and on the other domains (out-of-domain), compares the methods "
                                    "paired with bootstrap intervals, and writes results.json, plots and report.md.")
     p.add_argument("--quick", action="store_true",
-                   help="small budget (about 2 minutes on 2 cores): 256 train / 300 test / 100 per OOD domain, 3 seeds")
+                   help="small budget (about 2-3 minutes on 2 idle cores): 256 train / 300 test / 100 per OOD domain, 3 seeds")
     p.add_argument("--methods", nargs="+", help="methods to compare (default: lora pissa ba-lora)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0 1 2)")
     p.add_argument("--train-domain", help="MultiEmo domain to train on: hotels (default), medicine, products, reviews")
