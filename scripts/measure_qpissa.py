@@ -1,7 +1,7 @@
 """Measure QPiSSA on the packaged SmolLM2-135M (CPU): base memory, step time, the reference's deviation from the
 full-precision original, and the PiSSA paper's quantisation-error comparison (QPiSSA vs quantise-then-LoRA).
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/measure_qpissa.py --layers 4 --r 16 --out qpissa.json
+    PYTHONPATH=src OMP_NUM_THREADS=1 python scripts/measure_qpissa.py --r 16 --out qpissa.json
 
 Writes a JSON record and prints a markdown table (docs/ecosystem.md). ``--layers N`` keeps the first N decoder
 layers (CPU time); the errors and deviations are of those layers' adapted linears (all-linear targets).
@@ -78,11 +78,11 @@ def step_times(model, batch: dict, steps: int) -> list[float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=int, default=4, help="keep the first N decoder layers (0 = all 30)")
+    p.add_argument("--layers", type=int, default=0, help="keep the first N decoder layers (0 = all 30)")
     p.add_argument("--r", type=int, default=16, help="adapter rank")
-    p.add_argument("--seq", type=int, default=64, help="tokens per row of the 4-row batch")
-    p.add_argument("--steps", type=int, default=4, help="training steps timed (the first is dropped)")
-    p.add_argument("--group-size", type=int, default=128, help="int4 group size")
+    p.add_argument("--seq", type=int, default=32, help="tokens per row of the 4-row batch")
+    p.add_argument("--steps", type=int, default=3, help="training steps timed (the first is dropped)")
+    p.add_argument("--group-size", type=int, default=64, help="int4 group size (SmolLM2: 576 = 9 x 64)")
     p.add_argument("--out", help="write the JSON record here")
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)
