@@ -222,6 +222,10 @@ class BALoRATrainer(Trainer):
                              "and ranks): label_smoothing_factor and compute_loss_func are not supported")
         self.model_accepts_loss_kwargs = False
         unwrapped = self.accelerator.unwrap_model(self.model)
+        if world_size() > 1:  # FSDP / ZeRO keep each rank's own shard: the ranks' PiSSA inits must agree
+            from .sharding import check_ranks_agree
+
+            check_ranks_agree(unwrapped)
         self.objective = make_objective(task, self.balora_config, self.reference, self.regularized, unwrapped)
         self._regularizes = self.regularized
         regression = getattr(getattr(unwrapped, "config", None), "num_labels", None) == 1
