@@ -15,6 +15,8 @@ scalars, one all-reduce pair, once at trainer start) and refuses such a start.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -38,10 +40,12 @@ def init_checksum(model: nn.Module) -> torch.Tensor:
     return total
 
 
-def check_ranks_agree(model: nn.Module, rtol: float = 1e-6) -> None:
-    """Raise when the ranks' initial adapters / residual bases differ (see the module docstring)."""
+def check_ranks_agree(model: nn.Module, sharded: bool = True, rtol: float = 1e-6) -> bool:
+    """Whether the ranks' initial adapters / residual bases agree (see the module docstring). A collective: every
+    rank must call it. When they differ: raise with ``sharded`` (FSDP, ZeRO), else warn (DDP broadcasts rank 0's
+    weights when it wraps the model)."""
     if not is_distributed():
-        return
+        return True
     import torch.distributed as dist
 
     local = init_checksum(model)
@@ -50,12 +54,16 @@ def check_ranks_agree(model: nn.Module, rtol: float = 1e-6) -> None:
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     spread = (hi - lo).abs() / hi.abs().clamp_min(1e-30)
-    if bool((spread > rtol).any()):
-        raise ValueError(
-            f"rank {dist.get_rank()}: the initial adapters / PiSSA residual bases differ between ranks (relative "
-            f"checksum spread {float(spread.max()):.3g}); sharded training (FSDP, ZeRO) would combine shards of "
-            "different decompositions. Seed every rank the same before prepare_model (transformers.set_seed) when "
-            "using pissa_niter, or use the exact SVD (pissa_niter unset)")
+    if not bool((spread > rtol).any()):
+        return True
+    message = (f"rank {dist.get_rank()}: the initial adapters / PiSSA residual bases differ between ranks (relative "
+               f"checksum spread {float(spread.max()):.3g}); sharded training (FSDP, ZeRO) would combine shards of "
+               "different decompositions. Seed every rank the same before prepare_model (transformers.set_seed) when "
+               "using pissa_niter, or use the exact SVD (pissa_niter unset)")
+    if sharded:
+        raise ValueError(message)
+    logging.getLogger(__name__).warning("%s; DDP broadcasts rank 0's weights, so this run is consistent", message)
+    return False
 
 
 __all__ = ["init_checksum", "check_ranks_agree"]

@@ -222,10 +222,6 @@ class BALoRATrainer(Trainer):
                              "and ranks): label_smoothing_factor and compute_loss_func are not supported")
         self.model_accepts_loss_kwargs = False
         unwrapped = self.accelerator.unwrap_model(self.model)
-        if world_size() > 1:  # FSDP / ZeRO keep each rank's own shard: the ranks' PiSSA inits must agree
-            from .sharding import check_ranks_agree
-
-            check_ranks_agree(unwrapped)
         self.objective = make_objective(task, self.balora_config, self.reference, self.regularized, unwrapped)
         self._regularizes = self.regularized
         regression = getattr(getattr(unwrapped, "config", None), "num_labels", None) == 1
@@ -239,6 +235,17 @@ class BALoRATrainer(Trainer):
         self._norm: Optional[Normalizer] = None
         self._sums: dict[str, torch.Tensor] = {}
         self._weights: dict[str, torch.Tensor] = {}
+
+    def train(self, *args: Any, **kwargs: Any):
+        """Trainer.train; with several processes, first check that the ranks' PiSSA inits agree (collective: every
+        rank calls train). FSDP / ZeRO shard each rank's own tensors, so a disagreement is refused there; DDP
+        broadcasts rank 0's weights, so it only warns (:mod:`balora.sharding`)."""
+        if world_size() > 1:
+            from .sharding import check_ranks_agree
+
+            check_ranks_agree(self.accelerator.unwrap_model(self.model),
+                              sharded=bool(self.is_fsdp_enabled or self.is_deepspeed_enabled))
+        return super().train(*args, **kwargs)
 
     # ------------------------------------------------------------------ loss
     def lambdas(self) -> tuple[float, float, float]:

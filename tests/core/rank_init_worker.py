@@ -1,5 +1,6 @@
 """Launched by test_sharding_configs.py with torchrun (2 CPU processes): ranks seeded differently run the randomised
-PiSSA init; BALoRATrainer must refuse to start. Writes 'refused: <message>' or 'started' per rank."""
+PiSSA init; the check BALoRATrainer.train runs first must refuse them when sharded (FSDP/ZeRO) and only warn under
+DDP. Writes '<sharded check>|<ddp train>' per rank: 'refused: <message>' or 'started', 'warned' or 'agreed'."""
 
 from __future__ import annotations
 
@@ -24,11 +25,15 @@ def main(out_dir: str, same_seed: str) -> None:
     model = tiny_llama(seed=0)
     torch.manual_seed(0 if same_seed == "1" else rank)  # the randomised SVD draws from the global generator
     pm = prepare_model(model, "ba-lora", r=4, pissa_niter=2)
-    try:
-        BALoRATrainer(model=pm, args=args, train_dataset=[{"input_ids": torch.ones(4, dtype=torch.long)}])
+    from balora.sharding import check_ranks_agree
+
+    trainer = BALoRATrainer(model=pm, args=args, train_dataset=[{"input_ids": torch.ones(4, dtype=torch.long)}])
+    try:  # what train() does under FSDP / ZeRO
+        check_ranks_agree(trainer.model, sharded=True)
         result = "started"
     except ValueError as err:
         result = f"refused: {err}"
+    result += "|" + ("agreed" if check_ranks_agree(trainer.model, sharded=False) else "warned")
     with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as fh:
         fh.write(result)
     import torch.distributed as dist

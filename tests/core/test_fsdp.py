@@ -50,6 +50,11 @@ def test_fsdp_full_shard_two_processes_equal_one_batch(tmp_path):
     if kinds == {"MULTI_CPU"}:
         import accelerate
 
+        for case in FSDP_CASES:  # what did run (DDP through accelerate launch) still equals one process
+            got = results["|".join(map(str, case))]
+            assert "error" not in got, got.get("error")
+            _assert_same(got, train(*case, "single", str(tmp_path)))
+
         # Checked, not assumed: the launch above ran, and accelerate chose DDP. accelerate's AcceleratorState sets
         # DistributedType.FSDP only for multi-GPU/NPU/XPU/HPU/MLU/MUSA/SDAA/NEURON launches; a CPU launch
         # (use_cpu: true) stays MULTI_CPU and the fsdp_config is ignored (torch's fully_shard itself supports gloo).

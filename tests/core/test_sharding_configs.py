@@ -64,6 +64,7 @@ def test_ranks_with_different_pissa_inits_are_refused(tmp_path, same_seed):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     if same_seed:
-        assert results == ["started", "started"]
-    else:
-        assert all(r.startswith("refused:") and "differ between ranks" in r for r in results), results
+        assert results == ["started|agreed", "started|agreed"]
+    else:  # refused when sharded; DDP (which broadcasts rank 0's weights) only warns
+        assert all(r.startswith("refused:") and "differ between ranks" in r and r.endswith("|warned")
+                   for r in results), results
