@@ -17,7 +17,9 @@ from balora.integrations.trl import BALoRASFTTrainer  # noqa: E402
 from tests.core.tiny import tiny_llama  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(80)]
-TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </s> {% endfor %}"
+# {% generation %} marks the assistant tokens for SFTConfig(assistant_only_loss=True)
+TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}<assistant> {% generation %}{{ m['content'] }} "
+            "</s>{% endgeneration %} {% else %}<{{ m['role'] }}> {{ m['content'] }} </s> {% endif %}{% endfor %}"
             "{% if add_generation_prompt %}<assistant> {% endif %}")
 
 
@@ -35,7 +37,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def conversations(n: int = 12, seed: int = 0) -> Dataset:
+def conversations(n: int = 12, seed: int = 0, messages: bool = False) -> Dataset:
     g = torch.Generator().manual_seed(seed)
 
     def words(k):
@@ -44,6 +46,8 @@ def conversations(n: int = 12, seed: int = 0) -> Dataset:
     rows = [{"prompt": [{"role": "user", "content": words(int(torch.randint(2, 6, (1,), generator=g)))}],
              "completion": [{"role": "assistant", "content": words(int(torch.randint(2, 7, (1,), generator=g)))}]}
             for _ in range(n)]
+    if messages:  # whole conversations, trained on the assistant turns only
+        return Dataset.from_list([{"messages": r["prompt"] + r["completion"]} for r in rows])
     return Dataset.from_list(rows)
 
 
@@ -89,9 +93,9 @@ def _train_logs(trainer):
     return [h for h in trainer.state.log_history if "loss_task" in h]
 
 
-def _sft(tmp_path, **kw):
+def _sft(tmp_path, messages=False, **kw):
     tok = tiny_tokenizer()
-    trainer = BALoRASFTTrainer(model=_model(), args=_sft_args(tmp_path, **kw), train_dataset=conversations(),
+    trainer = BALoRASFTTrainer(model=_model(), args=_sft_args(tmp_path, **kw), train_dataset=conversations(messages=messages),
                                processing_class=tok)
     rec = Recorder(trainer.data_collator)
     trainer.data_collator = rec
@@ -115,14 +119,18 @@ def _assert_same_terms(sft_logs, plain_logs):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (key, a, b)
 
 
-@pytest.mark.parametrize("packing", [False, True])
-def test_sft_trainer_terms_equal_plain_balora_trainer(tmp_path, packing):
+@pytest.mark.parametrize("packing,messages", [(False, False), (True, False), (False, True)],
+                         ids=["prompt-completion", "packed", "assistant-only"])
+def test_sft_trainer_terms_equal_plain_balora_trainer(tmp_path, packing, messages):
     extra = dict(packing=True, packing_strategy="bfd", max_length=24) if packing else {}
-    trainer, batches, sft_logs = _sft(tmp_path, **extra)
+    if messages:
+        extra["assistant_only_loss"] = True
+    trainer, batches, sft_logs = _sft(tmp_path, messages=messages, **extra)
     first = batches[0]
     labels = first["labels"]
     # completion-only loss: the prompt tokens (and, packed, every sequence's first token) are not trained
     assert (labels == -100).any() and (labels != -100).any()
+    assert (labels[:, :2] == -100).all() and (first["input_ids"][:, 0] == 4).all()  # the <user> turn is not trained
     if packing:
         assert "position_ids" in first and first["input_ids"].shape[0] == 1
         assert (first["position_ids"][0] == 0).sum() > 1  # several sequences in one row
@@ -150,6 +158,10 @@ def test_lambdas_zero_gives_sft_trainers_own_loss(tmp_path):
     b = [h["loss"] for h in theirs.state.log_history if "loss" in h]
     assert len(a) == len(b) == 3
     assert a == pytest.approx(b, rel=1e-4)
+    # evaluation is SFTTrainer's own (loss and metrics)
+    ev_a, ev_b = ours.evaluate(conversations(n=4, seed=5)), theirs.evaluate(conversations(n=4, seed=5))
+    assert ev_a["eval_loss"] == pytest.approx(ev_b["eval_loss"], rel=1e-5)
+    assert ev_a["eval_mean_token_accuracy"] == pytest.approx(ev_b["eval_mean_token_accuracy"])
 
 
 def test_refuses_what_changes_the_task_loss(tmp_path):
