@@ -34,6 +34,10 @@ CASES = [  # (task, method, lambdas, fused)
     ("nlg0", "ba-lora", "zero", True), ("nlg0", "ba-lora", "default", True), ("nlg0", "ba-lora", "default", False),
 ]
 
+# launched under FSDP by test_fsdp.py (fsdp_worker.py): the full-logits and the fused NLG paths
+FSDP_CASES = [("nlg", "pissa", "zero", False), ("nlg", "ba-lora", "tokens", False), ("nlg", "ba-lora", "default", False),
+              ("nlg", "ba-lora", "default", True)]
+
 
 def rows(task: str) -> list[dict]:
     g = torch.Generator().manual_seed(3)

@@ -15,10 +15,7 @@ logging.disable(logging.WARNING)
 
 import torch  # noqa: E402
 
-from tests.core.equivalence import train  # noqa: E402
-
-FSDP_CASES = [("nlg", "pissa", "zero", False), ("nlg", "ba-lora", "tokens", False), ("nlg", "ba-lora", "default", False),
-              ("nlg", "ba-lora", "default", True)]
+from tests.core.equivalence import FSDP_CASES, train  # noqa: E402
 
 
 def main(out_path: str) -> None:

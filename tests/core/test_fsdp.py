@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .equivalence import train
+from .equivalence import FSDP_CASES, train
 from .test_equivalence import _assert_same, _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,8 +34,6 @@ def _fsdp2_on_cpu() -> str:
 @pytest.mark.slow
 @pytest.mark.skipif(bool(_fsdp2_on_cpu()), reason=_fsdp2_on_cpu() or "n/a")
 def test_fsdp_full_shard_two_processes_equal_one_batch(tmp_path):
-    from .fsdp_worker import FSDP_CASES
-
     out = tmp_path / "fsdp.json"
     import torch
 
