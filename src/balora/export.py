@@ -133,12 +133,18 @@ def check_adapters_match(trained_config: dict, initial_config: dict, trained: di
 
 
 def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge: bool = False,
-                   base_model: Optional[str] = None, force: bool = False) -> Path:
+                   base_model: Optional[str] = None, force: bool = False, push_ready: bool = False,
+                   datasets: Optional[list[str]] = None) -> Path:
     """Write a plain LoRA adapter for the original base (and with ``merge`` a full merged model) + model card.
 
     Refused before anything is written: a run that is not completed, an output folder that is the run, inside
     it or above it, a non-empty output folder without ``force``, an initial adapter that does not match the
-    trained one. The result is built in a temporary folder next to ``out`` and renamed onto it at the end.
+    trained one; with ``push_ready``, a base model that is not a Hub id. The result is built in a temporary folder
+    next to ``out`` and renamed onto it at the end.
+
+    ``push_ready`` (``balora export --push-ready``): the model card's metadata must name a Hub base model (also
+    written into the adapter config), ``datasets`` (Hub ids) go into the card, the card is parsed back with
+    huggingface_hub before anything is written, and ``balora_run.json`` (the run's settings) is copied along.
     """
     run = Path(run_dir)
     out = Path(out_dir)
@@ -161,6 +167,8 @@ def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge
         initial_config = json.loads((initial_dir / ADAPTER_CONFIG).read_text()) \
             if (initial_dir / ADAPTER_CONFIG).is_file() else {}
         check_adapters_match(config, initial_config, state, initial_state, record, initial_dir)
+    if push_ready:
+        base_model = check_push_ready(record, config, base_model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
@@ -182,9 +190,16 @@ def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge
         if head_spec.is_file():  # the pooled head's description travels with the adapter
             shutil.copyfile(head_spec, tmp / HEAD_SPEC)
             pooling = json.loads(head_spec.read_text()).get("pooling")
-        (tmp / "README.md").write_text(model_card(record, config, merged=merge, pooling=pooling))
+        card = model_card(record, config, merged=merge, datasets=datasets, pooling=pooling)
+        if push_ready:
+            validate_card(card)
+            (tmp / RUN_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+        (tmp / "README.md").write_text(card)
         if merge:
-            _merge_into(tmp, tmp / "merged", record, base_model or config.get("base_model_name_or_path"))
+            source = base_model or config.get("base_model_name_or_path")
+            if push_ready and record.get("base_model") and Path(str(record["base_model"])).expanduser().is_dir():
+                source = record["base_model"]  # the card names the Hub id; the weights are the run's local copy
+            _merge_into(tmp, tmp / "merged", record, source)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -226,35 +241,132 @@ def read_run_record(run: Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
-def model_card(record: dict, adapter_config: dict, merged: bool = False, pooling: Optional[str] = None) -> str:
-    """A README.md stating method, base model, data, hyperparameters and metrics."""
-    base = adapter_config.get("base_model_name_or_path") or record.get("base_model", "unknown")
+SPLITS = ("train", "validation", "eval", "test", "dev")
+
+
+def _metric_results(record: dict) -> list[tuple[str, str, float]]:
+    """``(split, metric, value)`` from the run's flat metrics (``test_accuracy`` -> ``("test", "accuracy", v)``)."""
+    out = []
+    for key, value in sorted((record.get("metrics") or {}).items()):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        split, _, name = key.partition("_")
+        if split not in SPLITS or not name:
+            split, name = "", key
+        out.append((split, name, float(value)))
+    return out
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:96] or "data"
+
+
+def card_metadata(record: dict, adapter_config: dict, datasets: Optional[list[str]] = None) -> Any:
+    """The Hugging Face card metadata (``huggingface_hub.ModelCardData``): ``library_name: peft``, ``base_model``,
+    tags, datasets, and the run's metrics in ``model-index`` form (one entry per metric)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    base = adapter_config.get("base_model_name_or_path") or record.get("base_model") or "unknown"
+    kind = record.get("task_kind", "nlg")
+    task = "text-generation" if kind == "nlg" else "text-classification"
+    method = record.get("method", "adapter")
+    data = str(record.get("data") or "unknown")
+    dataset_id = (datasets or [None])[0] or _slug(data)
+    results = [EvalResult(task_type=task, dataset_type=dataset_id, dataset_name=data, dataset_split=split or None,
+                          metric_type=name, metric_name=f"{split} {name}".strip(), metric_value=value)
+               for split, name, value in _metric_results(record)]
+    tags = ["balora", "peft", "lora", method] + (["qpissa", (record.get("adapter") or {}).get("quantize")]
+                                                  if (record.get("adapter") or {}).get("quantize") else [])
+    return ModelCardData(library_name="peft", base_model=base, pipeline_tag=task, tags=[t for t in tags if t],
+                         datasets=datasets or None, model_name=f"{method}-{_slug(Path(str(base)).name)}",
+                         eval_results=results or None)
+
+
+def model_card(record: dict, adapter_config: dict, merged: bool = False, datasets: Optional[list[str]] = None,
+               pooling: Optional[str] = None) -> str:
+    """README.md in the Hugging Face model card format: YAML metadata (library_name, base_model, tags, datasets,
+    model-index metrics), then method, data, settings and metrics of the run."""
+    meta = card_metadata(record, adapter_config, datasets)
+    base = meta.base_model
+    method = record.get("method", "unknown")
+    adapter = record.get("adapter") or {}
+    quant = adapter.get("quantize")
     lines = [
-        "---", "library_name: peft", f"base_model: {base}", "tags: [balora, lora, peft]", "---", "",
-        f"# {record.get('method', 'adapter')} adapter for {base}", "",
-        "Trained with [balora](https://example.invalid/balora) (BA-LoRA: PiSSA adapters with consistency, "
-        "diversity and SVD regularisers). This is a plain LoRA adapter for the **original** base model "
-        "(a PiSSA adapter converted to rank 2r), loadable with `PeftModel.from_pretrained(base_model, this_dir)`."
-        + (" `merged/` holds the full merged model." if merged else ""), "",
+        "---", meta.to_yaml().rstrip(), "---", "",
+        f"# {method} adapter for {base}", "",
+        "Trained with balora (BA-LoRA: PiSSA adapters with consistency, diversity and SVD regularisers). This is a "
+        "plain LoRA adapter for the **original** base model"
+        + (" (a PiSSA adapter converted to rank 2r)" if str(adapter_config.get("r")) != str(adapter.get("r")) else "")
+        + ", loadable with `PeftModel.from_pretrained(base_model, this_dir)`"
+        + (" or served by vLLM with `--enable-lora --max-lora-rank "
+           f"{vllm_rank_flag(int(adapter_config['r']))}`" if adapter_config.get("r") and record.get("task_kind") != "nlu"
+           else "") + "." + (" `merged/` holds the full merged model." if merged else ""), "",
     ]
     if pooling:
         lines += [f"The classifier pools the last hidden states with **{pooling}** pooling (`balora_head.json`), not "
                   "the checkpoint's own head: load the base with `balora.heads.load_classifier(base, num_labels, "
                   f"pooling='{pooling}')` before `PeftModel.from_pretrained`"
                   + (" (`merged/` loads with `load_classifier(merged_dir, num_labels)`)." if merged else "."), ""]
-    lines += [
-        "## Method", f"- method: `{record.get('method', 'unknown')}`",
-        f"- adapter: r = {adapter_config.get('r')}, alpha = {adapter_config.get('lora_alpha')}, "
-        f"targets = {adapter_config.get('target_modules')}",
-    ]
+    if quant:
+        lines += [f"Trained on a {quant}-quantised residual base (QPiSSA): on the full-precision original the adapter "
+                  "computes the fine-tuned function up to that residual's quantisation error.", ""]
+    targets = adapter_config.get("target_modules")
+    if isinstance(targets, list):  # peft resolves all-linear to every module's full name: list the kinds
+        targets = sorted({str(t).split(".")[-1] for t in targets})
+    lines += ["## Method", f"- method: `{method}`",
+              f"- adapter: r = {adapter_config.get('r')}, alpha = {adapter_config.get('lora_alpha')}, "
+              f"targets = {targets}"]
     if record.get("balora"):
         lines.append("- regularisers: " + ", ".join(f"{k} = {v}" for k, v in record["balora"].items()
                                                     if k.startswith(("lambda_", "svd_", "temperature", "schedule", "reference"))))
-    lines += ["", "## Data", f"- {record.get('data', 'unknown')}", "", "## Hyperparameters"]
-    lines += [f"- {k}: {v}" for k, v in sorted(record.get("training", {}).items())] or ["- unknown"]
+    lines += ["", "## Data", f"- {record.get('data', 'unknown')}"]
+    if datasets:
+        lines += [f"- dataset: `{d}`" for d in datasets]
+    lines += ["", "## Training settings"]
+    lines += [f"- {k}: {v}" for k, v in sorted((record.get("training") or {}).items())] or ["- unknown"]
+    if record.get("versions"):
+        lines += ["", "## Versions"] + [f"- {k}: {v}" for k, v in sorted(record["versions"].items())]
     lines += ["", "## Metrics"]
-    lines += [f"- {k}: {v}" for k, v in sorted(record.get("metrics", {}).items())] or ["- none recorded"]
+    lines += [f"- {k}: {v}" for k, v in sorted((record.get("metrics") or {}).items())] or ["- none recorded"]
     return "\n".join(lines) + "\n"
+
+
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-rank values
+
+
+def vllm_rank_flag(r: int) -> int:
+    """The smallest ``--max-lora-rank`` vLLM accepts that serves rank ``r``."""
+    return next((v for v in VLLM_RANKS if v >= r), r)
+
+
+def is_hub_id(name: str) -> bool:
+    """``org/name`` or ``name`` as on the Hugging Face Hub, and not an existing local path."""
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name or "")) and not Path(name).expanduser().exists() \
+        and ".." not in name
+
+
+def check_push_ready(record: dict, adapter_config: dict, base_model: Optional[str]) -> str:
+    """For ``--push-ready``: the card and adapter must name a Hub base model (not a local folder). Returns it."""
+    base = base_model or adapter_config.get("base_model_name_or_path") or record.get("base_model")
+    if not base or not is_hub_id(str(base)):
+        raise ValueError(f"--push-ready: the base model {base!r} is not a Hugging Face Hub id (a local folder cannot be "
+                         "the card's base_model nor the adapter's base_model_name_or_path on the Hub): pass "
+                         "--base-model ORG/NAME, the Hub model the run's weights came from")
+    return str(base)
+
+
+def validate_card(text: str) -> None:
+    """Parse the card back with huggingface_hub (metadata and model-index); raise naming what is wrong."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(text, ignore_metadata_errors=False)
+    data = card.data
+    if data.library_name != "peft" or not data.base_model:
+        raise ValueError("model card: library_name must be 'peft' and base_model set")
 
 
 def _edit_json(path: Path, updates: dict) -> None:

@@ -76,6 +76,8 @@ def prepare_model(
     task_type: Optional[str] = None,
     balora: Optional[BALoRAConfig] = None,
     reference: Optional[str] = None,
+    quantize: Optional[str] = None,
+    quantize_group_size: int = 128,
     **peft_kwargs: Any,
 ) -> nn.Module:
     """Wrap ``model`` for training with ``method``; returns the (peft) model with ``.balora`` info.
@@ -92,9 +94,18 @@ def prepare_model(
         task_type: peft task type; inferred from the model class when omitted.
         balora: regulariser options; defaults to ``BALoRAConfig(task="nlu" | "nlg")`` from the task type.
         reference: override ``balora.reference`` (``auto``, ``adapter``, ``disable``, ``cached``, ``model``).
+        quantize: ``"int8"`` / ``"int4"``: quantise the frozen base of the adapted layers AFTER the adapter
+            init (QPiSSA for PiSSA inits: the SVD sees the full-precision weight, only the residual is
+            quantised; QLoRA-style for ``lora``), see :mod:`balora.quant` (torchao). LoRA/PiSSA only.
+        quantize_group_size: group size of ``int4``.
         **peft_kwargs: passed to the peft config (e.g. ``total_step`` and ``target_r`` for AdaLoRA).
     """
     base_method, regularized = parse_method(method)
+    if quantize is not None and quantize not in ("int8", "int4"):
+        raise ValueError(f"quantize must be 'int8', 'int4' or None; got {quantize!r}")
+    if quantize is not None and base_method not in ("lora", "pissa"):
+        raise ValueError(f"quantize={quantize!r} is offered for the lora and pissa methods (and their +reg, ba-lora); "
+                         f"got method {method!r}")
     task_type = task_type or infer_task_type(model)
     if balora is None:
         balora = BALoRAConfig(task="nlg" if task_type == "CAUSAL_LM" else "nlu")
@@ -127,6 +138,10 @@ def prepare_model(
     spec = None
     if regularized:
         spec = ReferenceSpec(mode="model", model=original) if ref_mode == "model" else reference_spec_for(model, ref_mode)
+    if quantize is not None:  # after the init and the reference copy: only the (residual) base is quantised
+        from .quant import quantize_base
+
+        quantize_base(model, quantize, quantize_group_size)
     model.balora = MethodInfo(
         method=method,
         base_method=base_method,
@@ -135,7 +150,8 @@ def prepare_model(
         reference=spec,
         balora=balora if regularized else None,
         adapter_kwargs={"r": r, "alpha": alpha if alpha is not None else r, "target_modules": target_modules,
-                        "dropout": dropout, "pissa_niter": pissa_niter, **peft_kwargs},
+                        "dropout": dropout, "pissa_niter": pissa_niter, **peft_kwargs,
+                        **({"quantize": quantize, "quantize_group_size": quantize_group_size} if quantize else {})},
     )
     return model
 

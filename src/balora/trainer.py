@@ -236,6 +236,17 @@ class BALoRATrainer(Trainer):
         self._sums: dict[str, torch.Tensor] = {}
         self._weights: dict[str, torch.Tensor] = {}
 
+    def train(self, *args: Any, **kwargs: Any):
+        """Trainer.train; with several processes, first check that the ranks' PiSSA inits agree (collective: every
+        rank calls train). FSDP / ZeRO shard each rank's own tensors, so a disagreement is refused there; DDP
+        broadcasts rank 0's weights, so it only warns (:mod:`balora.sharding`)."""
+        if world_size() > 1:
+            from .sharding import check_ranks_agree
+
+            check_ranks_agree(self.accelerator.unwrap_model(self.model),
+                              sharded=bool(self.is_fsdp_enabled or self.is_deepspeed_enabled))
+        return super().train(*args, **kwargs)
+
     # ------------------------------------------------------------------ loss
     def lambdas(self) -> tuple[float, float, float]:
         if not self._regularizes:

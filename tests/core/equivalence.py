@@ -34,6 +34,10 @@ CASES = [  # (task, method, lambdas, fused)
     ("nlg0", "ba-lora", "zero", True), ("nlg0", "ba-lora", "default", True), ("nlg0", "ba-lora", "default", False),
 ]
 
+# launched under FSDP by test_fsdp.py (fsdp_worker.py): the full-logits and the fused NLG paths
+FSDP_CASES = [("nlg", "pissa", "zero", False), ("nlg", "ba-lora", "tokens", False), ("nlg", "ba-lora", "default", False),
+              ("nlg", "ba-lora", "default", True)]
+
 
 def rows(task: str) -> list[dict]:
     g = torch.Generator().manual_seed(3)
@@ -81,6 +85,9 @@ def train(task: str, method: str, lambdas: str, fused: bool, split: str, out_dir
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    weights = torch.cat([p.detach().flatten() for _, p in sorted(pm.named_parameters()) if p.requires_grad])
-    return {"loss": [h["loss"] for h in logs], "weights": weights.tolist(),
+    params = sorted((n, p) for n, p in trainer.model.named_parameters() if p.requires_grad)
+    sharded = any(hasattr(p, "full_tensor") for _, p in params)  # FSDP2: DTensor shards, gathered to compare
+    weights = torch.cat([(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().flatten() for _, p in params])
+    return {"loss": [h["loss"] for h in logs], "weights": weights.tolist(), "sharded": sharded,
+            "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
             "terms": {k: [h[k] for h in logs if k in h] for k in ("loss_consistency", "loss_diversity", "loss_svd")}}

@@ -96,3 +96,18 @@ def test_an_unknown_post_head_transform_falls_back_with_a_reason(caplog):
         logits = pm(**{k: v for k, v in batch.items() if k != "labels"}).logits
         expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_mixed_precision_keeps_the_fused_path(caplog):
+    """Under bf16 autocast (fp32 weights, as Trainer's and TRL's bf16=True run), the model's own logits are
+    computed in bf16: the first-step head check must judge them at bf16 tolerance and keep the fused path."""
+    cfg = BALoRAConfig(task="nlg", fused_nlg=True)
+    model = prepare_model(build("Llama"), "ba-lora", r=4, balora=cfg)
+    trainer = BALoRATrainer(model=model, args=TrainingArguments(**ARGS))
+    model.train()
+    with caplog.at_level(logging.WARNING), torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = trainer.compute_loss(model, nlg_batch(vocab=100))
+    assert torch.isfinite(loss)
+    assert "fused NLG path off" not in caplog.text
+    checks = list(trainer.objective.checks.values())
+    assert checks and all(c.ok for c in checks)
