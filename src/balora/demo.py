@@ -195,7 +195,7 @@ def linear_probe_predictions(cfg: DemoConfig, model_path: str, train: Any, test:
     from transformers import DataCollatorWithPadding
 
     from .heads import head_features, warm_up_head
-    from .training.models import load_base_model, load_tokenizer
+    from .models import load_base_model, load_tokenizer
     from .training.nlu import describe_labels, tokenize_nlu
 
     tokenizer = load_tokenizer(model_path)

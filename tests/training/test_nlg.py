@@ -152,7 +152,7 @@ def test_eval_options_and_sections(assets, tmp_path) -> None:
 def test_validation_loss_is_plain_cross_entropy(assets, tmp_path) -> None:
     """Held-out loss equals the model's own mean token loss on the response tokens."""
     from balora.data.instruct import DataCollatorForResponseOnly, build_instruct_dataset
-    from balora.training.models import load_tokenizer
+    from balora.models import load_tokenizer
     from balora.training.nlg import heldout_loss
 
     tok = load_tokenizer(str(assets["model"]))

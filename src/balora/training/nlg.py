@@ -38,10 +38,6 @@ from .run_config import EvalOptions, RunConfig, parse_eval_section  # noqa: F401
 logger = logging.getLogger(__name__)
 
 
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass
 class NLGResult:
     """What :func:`run_nlg` did: metrics per split/benchmark, the training log, sizes, times, data stats."""
@@ -102,7 +98,7 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
     from transformers import set_seed
 
     from ..data.instruct import build_instruct_dataset
-    from .models import load_tokenizer
+    from ..models import load_tokenizer
 
     if cfg.kind != "nlg":
         raise ValueError(f"run_nlg needs kind 'nlg', got {cfg.kind!r}")
@@ -135,8 +131,8 @@ def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path
              stats: Any, held_out: dict, *, extra_callbacks: Optional[list], save_adapter: bool) -> NLGResult:
     from ..baselines.params import count_parameters
     from ..data.instruct import DataCollatorForResponseOnly
-    from ..export import save_run_adapters
-    from .models import load_base_model
+    from ..run_layout import save_run_adapters
+    from ..models import load_base_model
     from .nlu import _residual_init, _total_steps
 
     model = load_base_model(model_path, "nlg", dtype=cfg.model.dtype, gguf_file=cfg.model.gguf_file)

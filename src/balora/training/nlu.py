@@ -151,8 +151,8 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     from transformers import DataCollatorWithPadding, set_seed
 
     from ..baselines.params import count_parameters
-    from ..export import save_run_adapters
-    from .models import load_base_model, load_tokenizer
+    from ..run_layout import save_run_adapters
+    from ..models import load_base_model, load_tokenizer
 
     set_seed(cfg.train.seed)
     if cfg.data.train_limit and len(data.splits["train"]) > cfg.data.train_limit:

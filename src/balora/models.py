@@ -42,7 +42,7 @@ def load_base_model(name_or_path: str, kind: str, num_labels: Optional[int] = No
     if kind == "nlu":
         if num_labels is None:
             raise ValueError("num_labels is needed for a sequence-classification model")
-        from ..heads import load_classifier
+        from .heads import load_classifier
 
         model = load_classifier(name_or_path, num_labels, pooling, problem_type=problem_type, **kwargs)
         if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
