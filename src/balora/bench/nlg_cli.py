@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_args import add_config_flags, config_values, finish, print_todo, set_threads
+from .cli_args import add_config_flags, config_values, finish, print_todo, set_threads, sweep_device
 
 # CLI flag -> (NLGBenchConfig field, argparse keywords); help texts come from the fields' metadata.
 _FLAGS = {
@@ -78,9 +78,6 @@ def run_nlg_bench(args: argparse.Namespace) -> int:
     if args.dry_run:
         return print_todo(specs, cfg.results)
     set_threads(cfg.threads)
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     summary = run_grid(specs, make_nlg_run_fn(cfg), cfg.results, cfg.out_dir, keep_outputs=cfg.keep_adapters,
-                       stop_on_error=args.stop_on_error, device=device)
+                       stop_on_error=args.stop_on_error, device=sweep_device())
     return finish(summary, cfg.results, keys, nlg_table)
