@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from balora.bench.nlg import NLGBenchConfig, make_nlg_run_fn, nlg_specs, nlg_table
+from balora.bench.nlg import NLGBenchConfig, make_nlg_run_fn, nlg_specs
+from balora.reports.nlg import nlg_table
 from balora.bench.runner import read_results, run_grid
 from balora.training.nlg import EvalOptions, evals_from_test, load_nlg_config, parse_eval_section, run_nlg
 from balora.training.run_config import build_config

@@ -4,8 +4,7 @@
 :func:`nlg_specs` expands it into :class:`~balora.bench.runner.RunSpec` values (plus the untrained base model
 with ``base``), :func:`make_nlg_run_fn` gives the per-run function that
 :func:`balora.bench.runner.run_grid` calls (JSON Lines append, resume, time and peak memory), and
-:func:`nlg_table` renders the records in the layout of the paper's Table 1 (rows = methods, columns =
-GSM8K / MATH / HumanEval / MBPP / MT-Bench, those present).
+:func:`balora.reports.nlg.nlg_table` renders the records in the layout of the paper's Table 1.
 
 A record's payload: ``scores`` (task -> headline metric), ``n`` (task -> problems scored), ``metric``
 (task -> metric name), ``score``/``n_primary`` (the first task), ``train_loss``, ``train_seconds``,
@@ -27,12 +26,8 @@ from .._fields import help_field
 from ..config_io import load_yaml
 from .runner import RunFn, RunSpec
 
-__all__ = ["NLGBenchConfig", "load_nlg_bench_config", "nlg_specs", "make_nlg_run_fn", "nlg_table", "TABLE1_COLUMNS"]
+__all__ = ["NLGBenchConfig", "load_nlg_bench_config", "nlg_specs", "make_nlg_run_fn"]
 
-# The paper's Table 1 columns (task name in balora.evaluation.tasks -> header), in order.
-TABLE1_COLUMNS = {"gsm8k": "GSM8K", "math": "MATH", "math500": "MATH-500", "humaneval": "HumanEval",
-                  "mbpp": "MBPP", "mt-bench": "MT-Bench"}
-_METHOD_ORDER = ("base", "full", "lora", "lora+reg", "dora", "loha", "adalora", "pissa", "pissa+reg", "ba-lora")
 # Settings of a trained run that change its result (part of the run's key).
 TRAIN_HPARAMS = ("train", "train_format", "train_limit", "epochs", "max_steps", "batch_size", "grad_accum", "lr",
                  "scheduler", "warmup_ratio", "weight_decay", "r", "alpha", "target_modules", "pissa_niter", "max_length",
@@ -252,50 +247,3 @@ def _payload(summaries: Mapping[str, dict], extra: dict) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- table
-def _fmt(values: list[float], n: int, scale: float, binomial: bool) -> str:
-    """mean ± sample std over seeds; one seed: value ± binomial standard error (accuracy-type metrics)."""
-    mean = sum(values) / len(values)
-    if len(values) > 1:
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-        return f"{mean * scale:.1f} ± {std * scale:.1f}"
-    if binomial and n:
-        return f"{mean * scale:.1f} ± {math.sqrt(mean * (1 - mean) / n) * scale:.1f}"
-    return f"{mean * scale:.2f}" if scale == 1 else f"{mean * scale:.1f}"
-
-
-def nlg_table(records: list[dict]) -> str:
-    """Markdown tables in the layout of the paper's Table 1, one per (base model, training set).
-
-    Rows = methods (base first), columns = the benchmarks present (accuracy / pass@1 x 100; MT-Bench mean
-    judge score 1-10), then n, wall minutes and trainable parameters. A cell is ``mean ± std`` over seeds;
-    with one seed it is ``value ± binomial standard error`` sqrt(p(1-p)/n) (x 100).
-    """
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["model"], r["task"]), []).append(r)
-    out = []
-    for (model, train), recs in groups.items():
-        tasks = [t for t in TABLE1_COLUMNS if any(t in r.get("scores", {}) for r in recs)]
-        tasks += sorted({t for r in recs for t in r.get("scores", {})} - set(tasks))
-        methods = sorted({r["method"] for r in recs},
-                         key=lambda m: (_METHOD_ORDER.index(m) if m in _METHOD_ORDER else len(_METHOD_ORDER), m))
-        header = ["Method", *[TABLE1_COLUMNS.get(t, t) for t in tasks], "n", "seeds", "wall (min)", "#Params"]
-        lines = [f"**{Path(model).name or model}**, trained on `{train}`", "",
-                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for method in methods:
-            rows = [r for r in recs if r["method"] == method]
-            cells = [method]
-            ns = set()
-            for t in tasks:
-                vals = [r["scores"][t] for r in rows if r.get("scores", {}).get(t) is not None]
-                n = min((r["n"][t] for r in rows if t in r.get("n", {})), default=0)
-                ns.add(n)
-                scale = 1.0 if t == "mt-bench" else 100.0
-                cells.append(_fmt(vals, n, scale, t != "mt-bench") if vals else "–")
-            wall = sum(r.get("wall_seconds", 0) for r in rows) / len(rows) / 60
-            params = rows[0].get("trainable_params")
-            cells += ["/".join(str(n) for n in sorted(ns)), str(len(rows)), f"{wall:.1f}",
-                      f"{params:,}" if params else "0"]
-            lines.append("| " + " | ".join(cells) + " |")
-        out.append("\n".join(lines))
-    return "\n\n".join(out)

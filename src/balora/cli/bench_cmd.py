@@ -67,7 +67,7 @@ def register_nlu(bench_sub: argparse._SubParsersAction) -> None:
 def run_nlu_bench(args: argparse.Namespace) -> int:
     """Run (or resume) the GLUE grid and print the summary table of its results."""
     from ..bench.nlu import NLUBenchConfig, load_bench_config, make_nlu_run_fn, nlu_specs
-    from ..bench.report import markdown_tables, summarize
+    from ..reports import markdown_report
     from ..bench.runner import run_grid
 
     cfg = load_bench_config(args.config, config_values(args, NLUBenchConfig))
@@ -78,4 +78,4 @@ def run_nlu_bench(args: argparse.Namespace) -> int:
     summary = run_grid(specs, make_nlu_run_fn(cfg), cfg.results, cfg.out_dir, keep_outputs=cfg.keep_adapters,
                        stop_on_error=args.stop_on_error, device=sweep_device())
     keys = {s.key() for s in nlu_specs(dataclasses.replace(cfg, shard="0/1"))}  # the whole grid, every shard
-    return finish(summary, cfg.results, keys, lambda records: markdown_tables(summarize(records)))
+    return finish(summary, cfg.results, keys, markdown_report)
