@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -200,6 +201,19 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def total_steps(self, n_train: int, world_size: Optional[int] = None) -> int:
+        """Optimizer steps of the run: ``max_steps`` when set, else epochs x ceil(examples / global batch)
+        (``world_size``: processes in the run, default ``$WORLD_SIZE`` or 1). AdaLoRA's budget needs it."""
+        if self.max_steps > 0:
+            return self.max_steps
+        world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+        per_epoch = math.ceil(n_train / (self.batch_size * world * self.grad_accum))
+        return max(1, int(math.ceil(per_epoch * self.epochs)))
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """Learning-rate warm-up steps: ceil(warmup_ratio x total_steps), as transformers computes them."""
+        return math.ceil(total_steps * self.warmup_ratio)
 
 
 @dataclass
