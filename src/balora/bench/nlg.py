@@ -13,8 +13,6 @@ A record's payload: ``scores`` (task -> headline metric), ``n`` (task -> problem
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from typing import Any, Mapping, Optional
 
 
 from .._fields import help_field
-from ..config_io import load_yaml
+from ..config_io import load_flat_config
 from .runner import RunFn, RunSpec
 
 __all__ = ["NLGBenchConfig", "load_nlg_bench_config", "nlg_specs", "make_nlg_run_fn"]
@@ -138,19 +136,7 @@ class NLGBenchConfig:
 
 def load_nlg_bench_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> NLGBenchConfig:
     """Read a sweep YAML (keys = :class:`NLGBenchConfig` fields) and apply ``overrides`` (None values ignored)."""
-    raw: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        raw = load_yaml(p)
-        known = {f.name for f in dataclasses.fields(NLGBenchConfig)}
-        bad = set(raw) - known
-        if bad:
-            raise ValueError(f"{p}: unknown setting(s) {sorted(bad)}; known: {sorted(known)}")
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return NLGBenchConfig(**raw)
-    except ValueError as err:
-        raise ValueError(f"{path or '<command line>'}: {err}") from err
+    return load_flat_config(NLGBenchConfig, path, overrides)
 
 
 def nlg_specs(cfg: NLGBenchConfig) -> list[RunSpec]:

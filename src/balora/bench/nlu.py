@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 
 from .._fields import help_field
-from ..config_io import load_yaml
+from ..config_io import load_flat_config
 from .runner import RunFn, RunSpec
 
 logger = logging.getLogger(__name__)
@@ -124,19 +123,7 @@ class NLUBenchConfig:
 
 def load_bench_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> NLUBenchConfig:
     """Read a sweep YAML (keys = :class:`NLUBenchConfig` fields) and apply ``overrides`` (None values ignored)."""
-    raw: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        raw = load_yaml(p)
-        known = {f.name for f in dataclasses.fields(NLUBenchConfig)}
-        bad = set(raw) - known
-        if bad:
-            raise ValueError(f"{p}: unknown setting(s) {sorted(bad)}; known: {sorted(known)}")
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return NLUBenchConfig(**raw)
-    except ValueError as err:
-        raise ValueError(f"{path or '<command line>'}: {err}") from err
+    return load_flat_config(NLUBenchConfig, path, overrides)
 
 
 def _is_regularised(method: str) -> bool:
