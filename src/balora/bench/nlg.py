@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-import yaml
 
+from ..config_io import load_yaml
 from .runner import RunFn, RunSpec
 
 __all__ = ["NLGBenchConfig", "load_nlg_bench_config", "nlg_specs", "make_nlg_run_fn", "nlg_table", "TABLE1_COLUMNS"]
@@ -149,11 +149,7 @@ def load_nlg_bench_config(path: Optional[str] = None, overrides: Optional[Mappin
     raw: dict[str, Any] = {}
     if path:
         p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} not found")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{p}: expected a mapping of settings at the top level")
+        raw = load_yaml(p)
         known = {f.name for f in dataclasses.fields(NLGBenchConfig)}
         bad = set(raw) - known
         if bad:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-import yaml
 
+from ..config_io import load_yaml
 from .runner import RunFn, RunSpec
 
 logger = logging.getLogger(__name__)
@@ -130,14 +130,7 @@ def load_bench_config(path: Optional[str] = None, overrides: Optional[Mapping[st
     raw: dict[str, Any] = {}
     if path:
         p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{p}: not valid YAML: {err}") from err
-        if not isinstance(raw, dict):
-            raise ValueError(f"{p}: expected a mapping of settings at the top level")
+        raw = load_yaml(p)
         known = {f.name for f in dataclasses.fields(NLUBenchConfig)}
         bad = set(raw) - known
         if bad:

@@ -15,24 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
-
 from ..config import BALoRAConfig
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string; accept it as the float every user means."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+from ..config_io import load_yaml, parse_yaml
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -358,7 +342,7 @@ def parse_overrides(items: list[str]) -> dict:
                 raise ValueError(f"override {item!r} has no value")
             key, value = item[2:], items[i + 1]
             i += 2
-        parsed = _yaml(value) if value != "" else ""
+        parsed = parse_yaml(value) if value != "" else ""
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -382,14 +366,6 @@ def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> R
     raw: dict = {}
     source = "<command line>"
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} not found")
-        try:
-            raw = _yaml(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{p}: not valid YAML: {err}") from err
-        if not isinstance(raw, dict):
-            raise ValueError(f"{p}: expected a mapping of sections at the top level")
-        source = str(p)
+        raw = load_yaml(path)
+        source = str(path)
     return build_config(merge(raw, parse_overrides(overrides or [])), source)
