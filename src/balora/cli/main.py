@@ -10,7 +10,7 @@ from typing import Optional
 
 # Sub-command modules, in the order `balora --help` lists them. A module missing from an install
 # (an optional part) is skipped rather than breaking the whole command.
-SUBCOMMANDS = ("demo", "train", "export", "eval_cmd", "bench_cmd", "report_cmd")
+SUBCOMMANDS = ("demo", "train", "export", "eval_cmd", "bench_cmd", "report_cmd", "analyze")
 
 
 def build_parser() -> argparse.ArgumentParser:
