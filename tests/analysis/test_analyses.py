@@ -102,13 +102,13 @@ def test_analysis_end_to_end(setup, kind):
     if kind == "noise":
         by = {(r["label"], r["seed"]): r for r in records}
         for seed in (0, 1):
-            inj = by[("symmetric 20% name=lora", seed)]["injection"]
+            inj = by[("symmetric 20% lora", seed)]["injection"]
             assert inj["flipped"] == round(0.2 * 40) and inj["noise_rate"] == 0.2 and inj["seed"] == seed
-            inj = by[("class-dependent 40% name=ba-lora", seed)]["injection"]
+            inj = by[("class-dependent 40% ba-lora", seed)]["injection"]
             assert inj["flipped"] == sum(round(0.4 * n) for n in (16, 16, 8))
-            inj = by[("minority 20% name=lora", seed)]["injection"]
+            inj = by[("minority 20% lora", seed)]["injection"]
             assert inj["minority_before"] == 8 and inj["minority_after"] == round(0.2 * 8) and inj["n_train"] == 34
-            assert by[("minority 20% name=lora", seed)]["minority_class"] == 2
+            assert by[("minority 20% lora", seed)]["minority_class"] == 2
         assert "minority recall" in report
     if kind == "geometry":
         from sklearn.metrics import silhouette_score
@@ -157,3 +157,41 @@ def test_bad_axis_is_named(setup):
     bad = {**base, "sweep": {"grid": {"method.r": [0]}}}
     with pytest.raises(ValueError, match="method.r must be >= 1"):
         expand(build_analysis("rank", write(root, "bad", bad))[0])
+
+
+def test_nlg_ablation_end_to_end(tmp_path):
+    """The ablation on a tiny causal LM: records per variant and seed, GSM8K-style metric, seed-paired CIs."""
+    from tests.evaluation.test_generation import char_tokenizer
+    from tests.training.test_nlg import CHAT_TEMPLATE, MAX_LENGTH, PROBLEMS
+
+    from tests.core.tiny import tiny_llama
+
+    tok = char_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    model = tiny_llama(seed=0, vocab=len(tok))
+    model.config.pad_token_id, model.config.eos_token_id, model.config.bos_token_id = 0, 2, 1
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in PROBLEMS * 3))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in PROBLEMS))
+    config = {"kind": "nlg", "model": {"name_or_path": str(tmp_path / "model"), "max_length": MAX_LENGTH},
+              "data": {"train": str(tmp_path / "train.jsonl"), "format": "gsm8k",
+                       "test": f"gsm8k:{tmp_path / 'test.jsonl'}"},
+              "method": {"r": 2}, "train": {"max_steps": 2, "batch_size": 3, "eval_batch_size": 3, "lr": 1e-3,
+                        "logging_steps": 1},
+              "analysis": {"seeds": [0, 1], "n_boot": 50},
+              "sweep": {"variants": {"lora": {"method.name": "lora"}, "ba-lora": {"method.name": "ba-lora"},
+                                     "w/o svd": {"method.name": "ba-lora", "balora.lambda_svd": 0.0}}}}
+    cfg = write(tmp_path, "nlg", config)
+    res = run_analysis("ablation", cfg, out=str(tmp_path / "out"), progress=False)
+    records = read_results(tmp_path / "out" / "records.jsonl")
+    assert not res["summary"].failed and len(records) == 6
+    assert {r["label"] for r in records} == {"lora", "ba-lora", "w/o svd"}
+    assert all("accuracy" in r["metrics"]["gsm8k"] for r in records)
+    ba = next(r for r in records if r["label"] == "ba-lora")
+    assert any("loss_svd" in e for e in ba["train_loss"])
+    wo = next(r for r in records if r["label"] == "w/o svd")
+    assert not any("loss_svd" in e for e in wo["train_loss"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| lora | ba-lora | accuracy |" in report and "| 2 | seeds |" in report  # NLG: paired over seeds

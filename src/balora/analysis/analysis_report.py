@@ -89,7 +89,7 @@ def _method_of(group: dict[int, dict]) -> str:
 
 
 def _setting_of(label: str, method: str) -> str:
-    return " ".join(p for p in label.split() if p != f"name={method}").strip()
+    return " ".join(p for p in label.split() if p != method).strip()
 
 
 def paired_rows(groups: dict[str, dict[int, dict]], reference: str, metric: str, n_boot: int) -> list[dict]:

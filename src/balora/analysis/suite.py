@@ -187,11 +187,8 @@ def make_cell_fn(kind: str, opts: AnalysisOptions, out: Path,
         train_labels = np.asarray(data.splits["train"][data.label_column]).astype(np.int64)
         minority = (cfg.data.imbalance_class if cfg.data.imbalance_class is not None
                     else minority_class(train_labels, num))
-        logits_by_split: dict[str, np.ndarray] = {}
-
         def metrics(pred: Any) -> dict:
             logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-            logits_by_split[len(logits_by_split)] = logits
             return classification_scores(logits, pred.label_ids, num)
 
         callbacks = []
@@ -241,16 +238,13 @@ def make_cell_fn(kind: str, opts: AnalysisOptions, out: Path,
     def nlg_cell(cell: Cell, run_dir: Path) -> dict:
         import dataclasses
 
-        from ..training.nlg import evals_from_test, run_nlg
+        from ..training.nlg import run_nlg
 
         cfg = copy.deepcopy(cell.config)
         cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir), progress=False)
         if kind in ("geometry", "noise"):
             raise ValueError(f"analysis {kind} is defined for classification (NLU) runs only")
-        from ..training.nlg import parse_eval_section
-
-        evals = parse_eval_section(cfg.eval) if cfg.eval else evals_from_test(cfg)
-        result = run_nlg(cfg, evals, save_adapter=False)
+        result = run_nlg(cfg, None, save_adapter=False)  # evals: cfg.eval, else the data.test shorthand
         steps = max(1, _logged_steps(result.log_history))
         return {"kind": "analysis", "analysis": kind, "metrics": result.metrics,
                 "trainable_params": result.trainable_params, "total_params": result.total_params,

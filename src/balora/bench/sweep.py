@@ -89,7 +89,8 @@ class Cell:
     def label(self) -> str:
         """Readable name without the seed: the variant and the non-seed axis values."""
         parts = [self.variant] if self.variant else []
-        parts += [f"{k.split('.')[-1]}={v}" for k, v in self.axes.items() if k != "train.seed"]
+        parts += [str(v) if k == "method.name" else f"{k.split('.')[-1]}={v}" for k, v in self.axes.items()
+                  if k != "train.seed"]
         return " ".join(parts) or self.config.method.name
 
 
