@@ -195,3 +195,18 @@ def test_nlg_ablation_end_to_end(tmp_path):
     assert not any("loss_svd" in e for e in wo["train_loss"])
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| lora | ba-lora | accuracy |" in report and "| 2 | seeds |" in report  # NLG: paired over seeds
+
+
+def test_shipped_analysis_configs_expand(monkeypatch):
+    """Every configs/analyses/**.yaml gives valid cells for the analyses it names (packaged model paths stubbed)."""
+    from balora.data import assets
+
+    monkeypatch.setattr(assets, "minilm_path", lambda: Path("/models/minilm"))
+    monkeypatch.setattr(assets, "smollm2_path", lambda: Path("/models/smollm2"))
+    paths = sorted((Path(__file__).resolve().parents[2] / "configs" / "analyses").rglob("*.yaml"))
+    assert len(paths) >= 6
+    for path in paths:
+        kinds = ["ablation", "rank", "cost"] + (["noise", "geometry"] if "kind: nlu" in path.read_text() else [])
+        for kind in kinds:
+            cells = expand(build_analysis(kind, str(path))[0])
+            assert cells and all(c.config.model.name_or_path for c in cells), (path, kind)

@@ -57,6 +57,8 @@ class AnalysisOptions:
     seeds: list = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (train.seed axis)."})
     dataset: str = field(default="", metadata={"help": "'' = the run config's data; 'multiemo' = the packaged "
                                                        "MultiEmo via balora.data.assets."})
+    model: str = field(default="", metadata={"help": "'' = the run config's model; 'minilm' / 'smollm2' = the "
+                                                     "packaged CPU-scale models (balora.data.assets)."})
     train_domain: str = field(default="hotels", metadata={"help": "MultiEmo training/test domain."})
     train_size: int = field(default=512, metadata={"help": "MultiEmo training sentences (stratified)."})
     test_size: int = field(default=400, metadata={"help": "MultiEmo test sentences (stratified)."})
@@ -70,6 +72,8 @@ class AnalysisOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.seeds, list) or not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             raise ValueError(f"analysis.seeds must be a non-empty list of integers, got {self.seeds!r}")
+        if self.model not in ("", "minilm", "smollm2"):
+            raise ValueError(f"analysis.model must be '', 'minilm' or 'smollm2', got {self.model!r}")
         if self.dataset not in ("", "multiemo"):
             raise ValueError(f"analysis.dataset must be '' (the run config's data) or 'multiemo', got {self.dataset!r}")
         for name in ("train_size", "test_size", "subset", "n_boot"):
@@ -308,6 +312,11 @@ def build_analysis(kind: str, config: Optional[str], overrides: Optional[list[st
         sweep.run.setdefault("data", {})
         sweep.run["data"].setdefault("text_columns", ["text"])
         sweep.run["data"].setdefault("train", "multiemo")
+    if opts.model:
+        from ..data import assets
+
+        path = assets.minilm_path() if opts.model == "minilm" else assets.smollm2_path()
+        sweep.run.setdefault("model", {})["name_or_path"] = str(path)
     if out:  # the command line's --out wins over the file
         sweep.results, sweep.out_dir = defaults["results"], defaults["out_dir"]
     if "train.seed" not in sweep.grid:
