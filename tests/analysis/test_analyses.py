@@ -113,6 +113,8 @@ def test_analysis_end_to_end(setup, kind):
     if kind == "geometry":
         from sklearn.metrics import silhouette_score
 
+        assert records[0]["hparams"]["extra"] == {"steps": [1], "subset": 20}  # part of the key: a change reruns
+
         r = records[0]
         data = np.load(out / r["features_file"])
         assert sorted(r["geometry"]) == ["0", "1", "3"]

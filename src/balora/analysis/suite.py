@@ -312,6 +312,11 @@ def build_analysis(kind: str, config: Optional[str], overrides: Optional[list[st
         sweep.run.setdefault("data", {})
         sweep.run["data"].setdefault("text_columns", ["text"])
         sweep.run["data"].setdefault("train", "multiemo")
+    sweep.key_extra = {**{k: getattr(opts, k) for k in ("model", "dataset") if getattr(opts, k)},
+                       **({k: getattr(opts, k) for k in ("train_domain", "train_size", "test_size")}
+                          if opts.dataset == "multiemo" else {}),
+                       **({"steps": opts.steps, "subset": opts.subset} if kind == "geometry" else {}),
+                       **sweep.key_extra}
     if opts.model:
         from ..data import assets
 

@@ -56,6 +56,8 @@ class SweepConfig:
     out_dir: str = _help("Parent folder of the per-run output folders.", default="runs/sweep")
     task: str = _help("Task name stored in the records (default: the training data's file stem).", default="")
     keep_outputs: bool = _help("Keep each finished run's folder (checkpoints, adapters).", default=False)
+    key_extra: dict = _help("Settings outside the run config that change the results (e.g. an analysis's data "
+                            "options); part of every run's key, so changing them is a new run.", default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.grid, Mapping):
@@ -147,6 +149,8 @@ def expand(sweep: SweepConfig) -> list[Cell]:
                 raise ValueError(f"{where}: {err}") from err
             task = sweep.task or (Path(cfg.data.train).stem if cfg.data.train else "task")
             hparams = {"variant": name, **{k: v for k, v in point.items() if k != "train.seed"}, "config": _digest(cfg)}
+            if sweep.key_extra:
+                hparams["extra"] = dict(sweep.key_extra)
             spec = RunSpec(model=cfg.model.name_or_path, method=cfg.method.name, task=task, seed=cfg.train.seed,
                            hparams=hparams)
             cells.append(Cell(cfg, name, point, spec))
