@@ -212,3 +212,22 @@ def test_shipped_analysis_configs_expand(monkeypatch):
         for kind in kinds:
             cells = expand(build_analysis(kind, str(path))[0])
             assert cells and all(c.config.model.name_or_path for c in cells), (path, kind)
+
+
+def test_cli_lists_all_eight_and_runs_one(setup, capsys):
+    from balora.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    text = capsys.readouterr().out
+    for kind in ("ablation", "adapters", "rank", "lambda", "geometry", "noise", "cost", "adaptive"):
+        assert f"    {kind}" in text
+    root, base = setup
+    config = {**base, "sweep": {"variants": {"lora": {"method.name": "lora"}}}, "analysis": {"seeds": [0], "n_boot": 20}}
+    out = root / "cli"
+    assert main(["analyze", "cost", "--config", write(root, "cli", config), "--out", str(out),
+                 "--train.max_steps", "1"]) == 0
+    (record,) = read_results(out / "records.jsonl")
+    assert record["steps"] == 1 and record["method"] == "lora"
+    assert f"balora analyze cost --config {root / 'cli.yaml'} --out {out} --train.max_steps 1" in \
+        (out / "report.md").read_text()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +34,15 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    command = "balora " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-    out = run_analysis(args.analysis, args.config, list(getattr(args, "overrides", []) or []), out=args.out,
+    parts = ["balora", "analyze", args.analysis]
+    for flag, value in (("--config", args.config), ("--out", args.out), ("--threads", args.threads)):
+        if value is not None:
+            parts += [flag, str(value)]
+    if args.seeds:
+        parts += ["--seeds", *map(str, args.seeds)]
+    overrides = list(getattr(args, "overrides", []) or [])
+    command = " ".join(shlex.quote(p) for p in parts + overrides)  # what reproduces the run (report's command)
+    out = run_analysis(args.analysis, args.config, overrides, out=args.out,
                        seeds=args.seeds, command=command, report_only=args.report_only)
     summary = out["summary"]
     if summary is not None:
