@@ -173,8 +173,10 @@ def geometry_table(groups: dict[str, dict[int, dict]]) -> str:
             rows.append([label, step, _mean_std([p.get("silhouette") for p in per]),
                          _mean_std([p.get("knn_accuracy") for p in per]), _mean_std([p.get("accuracy") for p in per]),
                          recall])
+    names = next((r.get("label_names") for g in groups.values() for r in g.values() if r.get("label_names")), None)
+    recall_head = "per-class recall (mean over seeds" + (f"; {' / '.join(map(str, names))})" if names else ")")
     return _table(["variant", "step", "silhouette", "k-NN accuracy (k=5, leave-one-out)", "head accuracy",
-                   "per-class recall (mean over seeds)"], rows)
+                   recall_head], rows)
 
 
 # ------------------------------------------------------------------------------------------------ plots
