@@ -7,18 +7,16 @@ its help text once, in ``metadata["help"]``; the CLI and the docs read it from t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
+
+from ._fields import help_field
 
 # Per-task defaults (METHOD.md section 4): (lambda_consistency, lambda_diversity, lambda_svd, svd_top_k)
 TASK_DEFAULTS: dict[str, tuple[float, float, float, int]] = {
     "nlu": (0.15, 0.03, 0.03, 5),
     "nlg": (0.025, 0.005, 0.005, 10),
 }
-
-
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
 
 
 @dataclass
@@ -28,88 +26,88 @@ class BALoRAConfig:
     ``None`` for a lambda or ``svd_top_k`` means "the default for this task" (METHOD.md section 4).
     """
 
-    task: Literal["nlu", "nlg"] = _help(
+    task: Literal["nlu", "nlg"] = help_field(
         "Which variant of the regularisers: 'nlu' (logits N x C of a classification/regression head) "
         "or 'nlg' (token distributions B x T x V of a causal LM, on trained positions only).",
         default="nlu",
     )
-    lambda_consistency: Optional[float] = _help(
+    lambda_consistency: Optional[float] = help_field(
         "Weight l1 of the consistency term (agreement with the pretrained model). "
         "Default: 0.15 (nlu) / 0.025 (nlg).",
         default=None,
     )
-    lambda_diversity: Optional[float] = _help(
+    lambda_diversity: Optional[float] = help_field(
         "Weight l2 of the diversity term (nlu: covariance off-diagonal penalty; nlg: negative entropy). "
         "Default: 0.03 (nlu) / 0.005 (nlg).",
         default=None,
     )
-    lambda_svd: Optional[float] = _help(
+    lambda_svd: Optional[float] = help_field(
         "Weight l3 of the SVD term (minus the share of the top-k singular values). "
         "Default: 0.03 (nlu) / 0.005 (nlg).",
         default=None,
     )
-    svd_top_k: Optional[int] = _help(
+    svd_top_k: Optional[int] = help_field(
         "k of the SVD term: how many leading singular values are rewarded. Default 5 (nlu, clipped to "
         "C-1 for small C) / 10 (nlg).",
         default=None,
     )
-    temperature: float = _help(
+    temperature: float = help_field(
         "NLG consistency: softmax temperature T of the KL term (the KL is scaled by T^2). 1 = paper.",
         default=1.0,
     )
-    entropy_top_k: Optional[int] = _help(
+    entropy_top_k: Optional[int] = help_field(
         "NLG diversity: if set, the entropy is computed over the renormalised top-K tokens of each "
         "position (a later version of the paper); None = full-vocabulary entropy.",
         default=None,
     )
-    svd_estimator: Literal["randomized", "exact"] = _help(
+    svd_estimator: Literal["randomized", "exact"] = help_field(
         "NLG SVD term: 'randomized' = torch.svd_lowrank with q = k + svd_oversampling (the paper); "
         "'exact' = all singular values. Both use the rank <= hidden-size factorisation when the fused "
         "path is on (see fused_nlg), which gives the same singular values much faster.",
         default="randomized",
     )
-    svd_oversampling: int = _help(
+    svd_oversampling: int = help_field(
         "NLG SVD term, randomized estimator: extra columns q - k of the sketch.", default=5
     )
-    svd_niter: int = _help("NLG SVD term, randomized estimator: subspace iterations.", default=2)
-    svd_normalizer: Literal["sum", "fro"] = _help(
+    svd_niter: int = help_field("NLG SVD term, randomized estimator: subspace iterations.", default=2)
+    svd_normalizer: Literal["sum", "fro"] = help_field(
         "Denominator of the SVD term: 'sum' = sum of the (estimated) singular values (the paper); "
         "'fro' = Frobenius norm of the logit matrix (the authors' later code).",
         default="sum",
     )
-    nlu_regression_features: Literal["hidden", "skip"] = _help(
+    nlu_regression_features: Literal["hidden", "skip"] = help_field(
         "NLU regression heads (C = 1): the covariance and SVD terms are meaningless on one output. "
         "'hidden' applies them to the pooled hidden features fed to the head; 'skip' turns them off "
         "(logged once).",
         default="hidden",
     )
-    schedule: Literal["constant", "authors", "adaptive"] = _help(
+    schedule: Literal["constant", "authors", "adaptive"] = help_field(
         "Lambda schedule: 'constant' (default), 'authors' (cosine-decaying l1; l2 and l3 off for the "
         "first 20% of steps, then a 5% linear ramp), as in the authors' code, or 'adaptive' (beyond the "
         "paper: each term's weight is rescaled so that its weighted size relative to the task loss stays "
         "what the configured lambdas gave at the first step; balora.schedules.AdaptiveLambdas).",
         default="constant",
     )
-    adaptive_beta: float = _help(
+    adaptive_beta: float = help_field(
         "schedule='adaptive': decay of the moving averages of the term magnitudes (0 = last step only).",
         default=0.9,
     )
-    adaptive_clip: float = _help(
+    adaptive_clip: float = help_field(
         "schedule='adaptive': each weight stays within [lambda / clip, lambda * clip].", default=10.0
     )
-    reference: Literal["auto", "adapter", "disable", "cached", "model"] = _help(
+    reference: Literal["auto", "adapter", "disable", "cached", "model"] = help_field(
         "How the pretrained reference is obtained. 'auto': a frozen copy of the initial adapter switched "
         "in for a no-grad pass (PiSSA-like inits) or the adapter disabled (zero-init LoRA); 'cached': "
         "per-example teacher logits computed once before training (NLU, several epochs); 'model': a "
         "separately held original model (costs a second model in memory).",
         default="auto",
     )
-    gather_batch_statistics: bool = _help(
+    gather_batch_statistics: bool = help_field(
         "Under DDP, compute the batch-statistic terms (covariance, SVD) on the batch gathered from all "
         "ranks with gradients flowing (torch.distributed.nn). False = per-rank terms.",
         default=True,
     )
-    fused_nlg: Union[bool, Literal["auto"]] = _help(
+    fused_nlg: Union[bool, Literal["auto"]] = help_field(
         "NLG: compute the task loss and the three terms from the final hidden states in position "
         "chunks (the vocabulary-sized logits are never held for the whole batch; the SVD term uses "
         "the small H R^T factor). Same values as the reference formulas. True/False force the choice; "
@@ -117,10 +115,10 @@ class BALoRAConfig:
         "whose vocabulary matmuls run in the model's dtype).",
         default="auto",
     )
-    chunk_size: int = _help(
+    chunk_size: int = help_field(
         "NLG fused path: positions per chunk of the vocabulary-sized computations.", default=256
     )
-    nan_policy: Literal["error", "skip_term"] = _help(
+    nan_policy: Literal["error", "skip_term"] = help_field(
         "What a NaN/inf regulariser value does: 'error' raises with the term's name; 'skip_term' drops "
         "that term for the step and logs a warning.",
         default="error",

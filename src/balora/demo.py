@@ -7,7 +7,7 @@ negative / neutral / positive / ambivalent, imbalanced), fetched once from the b
 cached (:mod:`balora.data.assets`). Every method trains on the same subset of ONE domain (hotels by
 default) with the same seeds, steps and hyperparameters, and is tested on held-out sentences of that
 domain (in-domain) and of the three others (out-of-domain, GLUE-X style). Methods are compared paired
-(same examples, same seeds) with bootstrap intervals (:mod:`balora.analysis.stats`); a run that predicts
+(same examples, same seeds) with bootstrap intervals (:mod:`balora.reports.stats`); a run that predicts
 one class everywhere is flagged as collapsed.
 """
 
@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .reports.demo import PROBE
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     import datasets
     import torch
 
-    from .analysis.stats import majority_baseline
+    from .reports.stats import majority_baseline
     from .data.assets import minilm_path
     from .training.common import versions
     from .training.nlu import describe_labels, run_nlu
@@ -178,7 +180,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     results["summary"] = summarize(runs, label_names)
     results["comparisons"] = compare(results, n_boot=cfg.n_boot)
     results["wall_seconds"] = time.perf_counter() - start
-    from .analysis.demo_report import write_report
+    from .reports.demo import write_report
     from .atomic import write_json_atomic
 
     write_report(results, out)
@@ -195,7 +197,7 @@ def linear_probe_predictions(cfg: DemoConfig, model_path: str, train: Any, test:
     from transformers import DataCollatorWithPadding
 
     from .heads import head_features, warm_up_head
-    from .training.models import load_base_model, load_tokenizer
+    from .models import load_base_model, load_tokenizer
     from .training.nlu import describe_labels, tokenize_nlu
 
     tokenizer = load_tokenizer(model_path)
@@ -220,7 +222,7 @@ def score_run(pred: np.ndarray, refs: np.ndarray, domains: np.ndarray, train_dom
     """In-domain accuracy / macro-F1 / per-class recall / confusion, OOD accuracy and macro-F1, collapse flags."""
     from sklearn.metrics import confusion_matrix, recall_score
 
-    from .analysis.stats import accuracy, collapsed, macro_f1
+    from .reports.stats import accuracy, collapsed, macro_f1
 
     ind = domains == train_domain
     p, y = pred[ind], refs[ind]
@@ -261,12 +263,11 @@ def _mean_std(values: Any) -> dict[str, float]:
 
 
 COMPARED = (("ba-lora", "lora"), ("ba-lora", "pissa"), ("pissa", "lora"))
-PROBE = "linear probe"  # the warmed head alone on the frozen base
 
 
 def compare(results: dict, n_boot: int = 1000) -> list[dict]:
     """Paired bootstrap (test examples and seeds) of each metric difference between method pairs."""
-    from .analysis.stats import paired_bootstrap
+    from .reports.stats import paired_bootstrap
 
     refs = np.asarray(results["data"]["test_labels"])
     domains = np.asarray(results["data"]["test_domains"])
@@ -295,69 +296,6 @@ def compare(results: dict, n_boot: int = 1000) -> list[dict]:
                 d = paired_bootstrap(pa[:, mask], pb[:, mask], refs[mask], metric, n_boot=n_boot, num_classes=k)
                 out.append({"a": a, "b": b, "scope": scope, "metric": metric, "seeds": seeds, **d.to_dict()})
     return out
-
-
-def collapse_label(method: str, summary: dict) -> str:
-    """``method`` with its collapsed-run count when there is any (used in every table and plot)."""
-    n = summary[method]["collapsed"]
-    return f"{method} ({n}/{len(summary[method]['seeds'])} collapsed)" if n else method
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *[line(r) for r in rows]])
-
-
-def format_table(results: dict) -> str:
-    """The summary: one row per method, mean ± std over seeds, majority baseline next to each score."""
-    maj = results["majority"]
-    minority = results["data"]["minority_class"]
-    header = ["method", "collapsed", "accuracy", f"macro-F1 (majority {maj['in_domain']['macro_f1']:.3f})",
-              f"recall[{minority}]", f"OOD accuracy (majority {maj['ood']['accuracy']:.3f})",
-              f"OOD macro-F1 (majority {maj['ood']['macro_f1']:.3f})", "train s/run"]
-    rows = []
-    for method, s in results["summary"].items():
-        rows.append([method, f"{s['collapsed']}/{len(s['seeds'])}", _pm(s["accuracy"]), _pm(s["macro_f1"]),
-                     _pm(s["minority_recall"]), _pm(s["ood_accuracy"]), _pm(s["ood_macro_f1"]),
-                     f"{s['train_seconds']['mean']:.0f}"])
-    p = results.get("probe")
-    if p:
-        rows.append([f"({PROBE}: head only)", "1/1" if p["collapsed"] else "0/1", f"{p['accuracy']:.3f}",
-                     f"{p['macro_f1']:.3f}", f"{p['minority_recall']:.3f}", f"{p['ood_accuracy']:.3f}",
-                     f"{p['ood_macro_f1']:.3f}", "0"])
-    return _table(header, rows)
-
-
-def format_runs(results: dict) -> str:
-    """One row per run: every seed's scores next to the majority baseline, collapsed runs marked."""
-    maj = results["majority"]
-    header = ["method", "seed", "accuracy", "macro-F1", "majority macro-F1", f"recall[{results['data']['minority_class']}]",
-              "OOD accuracy", "majority OOD acc", "probe train acc", "flag"]
-    rows = []
-    for r in results["runs"]:
-        flag = "COLLAPSED" if r["collapsed"] else ("below majority" if r["macro_f1"] <= maj["in_domain"]["macro_f1"] else "")
-        probe = r.get("head", {}).get("train_accuracy")
-        rows.append([r["method"], r["seed"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
-                     f"{maj['in_domain']['macro_f1']:.3f}", f"{r['minority_recall']:.3f}", f"{r['ood_accuracy']:.3f}",
-                     f"{maj['ood']['accuracy']:.3f}", "-" if probe is None else f"{probe:.3f}", flag])
-    return _table(header, rows)
-
-
-def format_comparisons(results: dict) -> str:
-    """Paired differences A - B with their 95% bootstrap interval (test examples and seeds resampled)."""
-    header = ["A - B", "scope", "metric", "difference [95% CI]", "reading"]
-    rows = []
-    for c in results["comparisons"]:
-        reading = "within noise" if c["within_noise"] else (f"{c['a']} better" if c["diff"] > 0 else f"{c['b']} better")
-        rows.append([f"{c['a']} - {c['b']}", c["scope"], c["metric"],
-                     f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]", reading])
-    return _table(header, rows)
-
-
-def _pm(stat: dict) -> str:
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
 def _load() -> float | None:
@@ -392,7 +330,3 @@ def apply_overrides(cfg_kwargs: dict, quick: bool) -> DemoConfig:
     base = dict(QUICK) if quick else {}
     base.update({k: v for k, v in cfg_kwargs.items() if v is not None})
     return DemoConfig(**base)
-
-
-def elapsed(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"

@@ -9,11 +9,8 @@ residual base, whereas ``balora export`` works from a finished run directory, af
 without re-running the (possibly randomised) SVD. The result loads with stock
 ``PeftModel.from_pretrained(original_model, DIR)``.
 
-Run directory layout written by the training code (see :func:`save_run_adapters`)::
-
-    RUN_DIR/adapter/          trained adapter (peft format; for PiSSA, relative to the residual base)
-    RUN_DIR/initial_adapter/  the adapter at step 0 (A0, B0), PiSSA-like inits only
-    RUN_DIR/balora_run.json   method, base model, data, hyperparameters, metrics
+The run folder's layout (adapter/, initial_adapter/, balora_run.json) is defined in :mod:`balora.run_layout`,
+which the training code writes through.
 """
 
 from __future__ import annotations
@@ -23,29 +20,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-RUN_RECORD = "balora_run.json"
-HEAD_SPEC = "balora_head.json"  # balora.heads.HEAD_SPEC: pooling of a mean/last-pooled classifier head
-
-
-def save_run_adapters(model: Any, run_dir: str | os.PathLike, *, initial: bool) -> Path:
-    """Save the trained adapter (``initial=False``) or the step-0 adapter (``initial=True``) of ``model``."""
-    out = Path(run_dir) / ("initial_adapter" if initial else "adapter")
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp-adapter-"))
-    model.save_pretrained(str(tmp), selected_adapters=["default"])
-    from .heads import write_head_spec
-
-    write_head_spec(model, tmp)  # a mean/last-pooled head: how to rebuild the base it belongs to
-    if initial:  # peft's convention for an initial adapter: loadable with a plain init
-        _edit_json(tmp / ADAPTER_CONFIG, {"init_lora_weights": True})
-    _replace_dir(tmp, out)
-    return out
+from .atomic import write_text_atomic
+from .reference import is_residual_init
+from .run_layout import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_SPEC, MODEL_CARD, adapter_dir, read_record_strict,
+                         replace_dir)
 
 
 def convert_pissa_state(trained: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -142,18 +125,17 @@ def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge
     """
     run = Path(run_dir)
     out = Path(out_dir)
-    record = read_run_record(run)
+    record = read_record_strict(run)
     check_run_completed(run, record)
-    adapter = run / "adapter"
+    adapter = adapter_dir(run)
     if not (adapter / ADAPTER_WEIGHTS).is_file():
         raise FileNotFoundError(f"{adapter / ADAPTER_WEIGHTS} not found: is {run} a finished balora run directory?")
     check_output_dir(run, out, force)
     config = json.loads((adapter / ADAPTER_CONFIG).read_text())
     state = load_file(str(adapter / ADAPTER_WEIGHTS))
-    init = str(config.get("init_lora_weights", True)).lower()
     initial_state = None
-    if init.startswith(("pissa", "olora", "corda")):
-        initial_dir = run / "initial_adapter"
+    if is_residual_init(config.get("init_lora_weights", True)):
+        initial_dir = adapter_dir(run, initial=True)
         initial_file = initial_dir / ADAPTER_WEIGHTS
         if not initial_file.is_file():
             raise FileNotFoundError(f"{initial_file} not found: a PiSSA adapter cannot be converted without A0, B0")
@@ -176,16 +158,16 @@ def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge
         if base_model:
             config["base_model_name_or_path"] = base_model
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+        write_text_atomic(tmp / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True))
         head_spec = adapter / HEAD_SPEC
         pooling = None
         if head_spec.is_file():  # the pooled head's description travels with the adapter
             shutil.copyfile(head_spec, tmp / HEAD_SPEC)
             pooling = json.loads(head_spec.read_text()).get("pooling")
-        (tmp / "README.md").write_text(model_card(record, config, merged=merge, pooling=pooling))
+        write_text_atomic(tmp / MODEL_CARD, model_card(record, config, merged=merge, pooling=pooling))
         if merge:
             _merge_into(tmp, tmp / "merged", record, base_model or config.get("base_model_name_or_path"))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -195,7 +177,7 @@ def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge
 def _merge_into(adapter_dir: Path, target: Path, record: dict, base: Optional[str]) -> None:
     from peft import PeftModel
 
-    from .training.models import load_base_model, load_tokenizer
+    from .models import load_base_model, load_tokenizer
 
     if not base:
         raise ValueError("the base model path is unknown: pass base_model= (--base-model)")
@@ -214,16 +196,6 @@ def _merge_into(adapter_dir: Path, target: Path, record: dict, base: Optional[st
         load_tokenizer(base).save_pretrained(str(target))
     except (OSError, ValueError):
         pass  # a model folder without a tokenizer: the merged weights are still complete
-
-
-def read_run_record(run: Path) -> dict:
-    path = run / RUN_RECORD
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
 def model_card(record: dict, adapter_config: dict, merged: bool = False, pooling: Optional[str] = None) -> str:
@@ -255,20 +227,3 @@ def model_card(record: dict, adapter_config: dict, merged: bool = False, pooling
     lines += ["", "## Metrics"]
     lines += [f"- {k}: {v}" for k, v in sorted(record.get("metrics", {}).items())] or ["- none recorded"]
     return "\n".join(lines) + "\n"
-
-
-def _edit_json(path: Path, updates: dict) -> None:
-    data = json.loads(path.read_text())
-    data.update(updates)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished temporary folder into place (the old one, if any, is removed only after)."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".old-{dst.name}-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -27,6 +27,14 @@ from .reference import ReferenceSpec, reference_spec_for
 PEFT_METHODS = ("lora", "pissa", "dora", "loha", "adalora")
 BASELINES = ("full", "bitfit", "houlsby", "pfeiffer")
 METHODS = PEFT_METHODS + ("ba-lora",) + tuple(f"{m}+reg" for m in PEFT_METHODS) + BASELINES
+# Row order of every results table (GLUE, OOD, NLG): the paper's, then anything else alphabetically.
+TABLE_ORDER = ("base", "full", "bitfit", "houlsby", "pfeiffer", "lora", "lora+reg", "dora", "dora+reg", "loha",
+               "adalora", "pissa", "pissa+reg", "ba-lora")
+
+
+def table_order_key(method: str) -> tuple[int, str]:
+    """Sort key of a method in a results table (:data:`TABLE_ORDER`, unknown ones last, alphabetically)."""
+    return (TABLE_ORDER.index(method) if method in TABLE_ORDER else len(TABLE_ORDER), method)
 
 
 @dataclass

@@ -46,10 +46,15 @@ MODES = ("adapter", "disable", "model", "cached")
 def _tuner_layers(model: nn.Module) -> Iterator[nn.Module]:
     return peft_compat.adapter_layers(model)
 
+def is_residual_init(init_lora_weights: Any) -> bool:
+    """True for an ``init_lora_weights`` value that rewrites the base weights (PiSSA, OLoRA, ...): such a run
+    keeps its step-0 adapter, and exporting it for the original base needs that adapter (balora.export)."""
+    return isinstance(init_lora_weights, str) and init_lora_weights.lower().startswith(_RESIDUAL_INITS)
+
+
 def init_modifies_base(peft_config: Any) -> bool:
     """True when the adapter's initialisation rewrote the base weights (PiSSA, OLoRA, ...)."""
-    init = getattr(peft_config, "init_lora_weights", True)
-    return isinstance(init, str) and init.lower().startswith(_RESIDUAL_INITS)
+    return is_residual_init(getattr(peft_config, "init_lora_weights", True))
 
 
 def add_reference_adapter(model: nn.Module, adapter_name: str = "default") -> ReferenceSpec:

@@ -37,7 +37,23 @@ def _write_data(path, n, seed):
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_train_resume_and_export(tmp_path, tiny_model_dir, capsys):
+def test_train_resume_and_export(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import balora.training.pipeline as pipeline
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = tok(["the cat sat on the mat", "a dog ran"], return_tensors="pt", padding=True)
+    fine_tuned = []  # the fine-tuned model's logits on `batch`, right after each training call
+    train = pipeline.train
+
+    def train_and_capture(cfg, trainer, run_dir):
+        out = train(cfg, trainer, run_dir)
+        model = trainer.model
+        with torch.no_grad():
+            fine_tuned.append(model.eval()(**{k: v.to(model.device) for k, v in batch.items()}).logits.cpu())
+        model.train()
+        return out
+
+    monkeypatch.setattr(pipeline, "train", train_and_capture)
     _write_data(tmp_path / "train.csv", 48, 0)
     _write_data(tmp_path / "dev.csv", 16, 1)
     run_dir = tmp_path / "run"
@@ -61,14 +77,17 @@ def test_train_resume_and_export(tmp_path, tiny_model_dir, capsys):
     assert "validation:" in capsys.readouterr().out
 
     assert main(["export", str(run_dir), "--out", str(tmp_path / "export")]) == 0
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    batch = tok(["the cat sat on the mat", "a dog ran"], return_tensors="pt", padding=True)
     original = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
     exported = PeftModel.from_pretrained(original, str(tmp_path / "export")).eval()
     card = (tmp_path / "export" / "README.md").read_text()
     assert "ba-lora" in card and str(tiny_model_dir) in card
     with torch.no_grad():
         assert torch.isfinite(exported(**batch).logits).all()
+        # the exported plain-LoRA adapter on the ORIGINAL base reproduces the fine-tuned (PiSSA, residual base) model
+        torch.testing.assert_close(exported(**batch).logits, fine_tuned[-1], atol=1e-5, rtol=1e-4)
+        with exported.disable_adapter():
+            untrained = exported(**batch).logits
+    assert len(fine_tuned) == 2 and (fine_tuned[-1] - untrained).abs().max() > 1e-3  # training changed the model
 
 
 def test_config_errors_name_the_field(tmp_path):

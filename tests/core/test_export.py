@@ -10,7 +10,8 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from balora import prepare_model
-from balora.export import export_adapter, save_run_adapters
+from balora.export import export_adapter
+from balora.run_layout import save_run_adapters
 from balora.heads import load_classifier
 
 from .tiny import nlu_batch, tiny_bert

@@ -99,10 +99,30 @@ def test_nan_term_raises_naming_the_term(monkeypatch):
 
 
 def test_regression_head_uses_pooled_features():
+    """The regression objective's loss is MSE + the three terms on the pooled features fed to the head (the
+    BERT pooler output here), against the pretrained model's features: checked against a hand computation."""
     batch = nlu_batch(num_labels=1)
-    model = prepare_model(tiny_bert(num_labels=1), "ba-lora", r=4)
+    cfg = BALoRAConfig(lambda_consistency=0.5, lambda_diversity=0.2, lambda_svd=0.3, svd_top_k=2)
+    model = prepare_model(tiny_bert(num_labels=1), "ba-lora", r=4, balora=cfg)
+    with torch.no_grad():  # move the adapter away from its init, so the consistency term is not 0
+        for name, param in model.named_parameters():
+            if "lora_B" in name and ".default." in name:
+                param.add_(0.05 * torch.randn_like(param))
     loss = _train_loss(model, batch)
     assert torch.isfinite(loss)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        out = model(**batch)
+        features = model.base_model.model.bert(**inputs).pooler_output  # the classifier's input
+        ref_features = tiny_bert(num_labels=1).bert(**inputs).pooler_output  # the pretrained model's
+        mse = torch.nn.functional.mse_loss(out.logits.squeeze(-1), batch["labels"])
+        consistency = R.nlu_consistency(features, ref_features)
+        expected = (mse + 0.5 * consistency + 0.2 * R.nlu_diversity(features) + 0.3 * R.nlu_svd(features, 2))
+    assert consistency > 0
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=1e-5)
+    # on the (N, 1) outputs the terms would be degenerate (no covariance, SVD share -1): the features matter
+    on_logits = mse + 0.2 * R.nlu_diversity(out.logits) + 0.3 * R.nlu_svd(out.logits, 2)
+    assert abs(float(on_logits) - float(expected)) > 1e-3
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from balora.bench.nlg import NLGBenchConfig, make_nlg_run_fn, nlg_specs, nlg_table
+from balora.bench.nlg import NLGBenchConfig, make_nlg_run_fn, nlg_specs
+from balora.reports.nlg import nlg_table
 from balora.bench.runner import read_results, run_grid
 from balora.training.nlg import EvalOptions, evals_from_test, load_nlg_config, parse_eval_section, run_nlg
 from balora.training.run_config import build_config
@@ -152,7 +153,7 @@ def test_eval_options_and_sections(assets, tmp_path) -> None:
 def test_validation_loss_is_plain_cross_entropy(assets, tmp_path) -> None:
     """Held-out loss equals the model's own mean token loss on the response tokens."""
     from balora.data.instruct import DataCollatorForResponseOnly, build_instruct_dataset
-    from balora.training.models import load_tokenizer
+    from balora.models import load_tokenizer
     from balora.training.nlg import heldout_loss
 
     tok = load_tokenizer(str(assets["model"]))

@@ -77,3 +77,19 @@ def test_record_is_completed_or_failed(tmp_path, model_dir):
     run_nlg(_cfg(model_dir, train, done), [])
     record = json.loads((done / "balora_run.json").read_text())
     assert record["status"] == "completed" and record["started"] <= record["finished"]
+
+
+def test_total_and_warmup_steps_are_config_methods():
+    """Derived values live on the config: steps from examples, batch, accumulation, processes; warm-up as transformers."""
+    from transformers import TrainingArguments
+
+    from balora.training.run_config import TrainConfig
+
+    t = TrainConfig(epochs=2.5, batch_size=4, grad_accum=2, warmup_ratio=0.1)
+    assert t.total_steps(33, world_size=1) == 13  # ceil(33 / 8) = 5 per epoch, ceil(12.5)
+    assert t.total_steps(33, world_size=2) == 8   # ceil(33 / 16) = 3 per epoch, ceil(7.5)
+    assert TrainConfig(max_steps=7).total_steps(10_000) == 7
+    args = TrainingArguments(output_dir="unused", warmup_ratio=0.1) if "warmup_ratio" in TrainingArguments.__init__.__code__.co_varnames \
+        else TrainingArguments(output_dir="unused", warmup_steps=0.1)
+    for total in (1, 13, 99, 1000):
+        assert t.warmup_steps(total) == args.get_warmup_steps(total)

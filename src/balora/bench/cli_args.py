@@ -51,6 +51,13 @@ def set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
+def sweep_device() -> str:
+    """Where a sweep's runs train (the Trainer picks CUDA when there is one), so where peak memory is measured."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def finish(summary: Any, results: str, keys: set, table: Callable[[list[dict]], str]) -> int:
     """Print the sweep's counts and the table of its recorded runs; exit code 1 if any run failed."""
     from .runner import read_results

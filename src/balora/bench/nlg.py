@@ -4,8 +4,7 @@
 :func:`nlg_specs` expands it into :class:`~balora.bench.runner.RunSpec` values (plus the untrained base model
 with ``base``), :func:`make_nlg_run_fn` gives the per-run function that
 :func:`balora.bench.runner.run_grid` calls (JSON Lines append, resume, time and peak memory), and
-:func:`nlg_table` renders the records in the layout of the paper's Table 1 (rows = methods, columns =
-GSM8K / MATH / HumanEval / MBPP / MT-Bench, those present).
+:func:`balora.reports.nlg.nlg_table` renders the records in the layout of the paper's Table 1.
 
 A record's payload: ``scores`` (task -> headline metric), ``n`` (task -> problems scored), ``metric``
 (task -> metric name), ``score``/``n_primary`` (the first task), ``train_loss``, ``train_seconds``,
@@ -14,24 +13,19 @@ A record's payload: ``scores`` (task -> headline metric), ``n`` (task -> problem
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 
-from ..config_io import load_yaml
+from .._fields import help_field
+from ..config_io import load_flat_config
 from .runner import RunFn, RunSpec
 
-__all__ = ["NLGBenchConfig", "load_nlg_bench_config", "nlg_specs", "make_nlg_run_fn", "nlg_table", "TABLE1_COLUMNS"]
+__all__ = ["NLGBenchConfig", "load_nlg_bench_config", "nlg_specs", "make_nlg_run_fn"]
 
-# The paper's Table 1 columns (task name in balora.evaluation.tasks -> header), in order.
-TABLE1_COLUMNS = {"gsm8k": "GSM8K", "math": "MATH", "math500": "MATH-500", "humaneval": "HumanEval",
-                  "mbpp": "MBPP", "mt-bench": "MT-Bench"}
-_METHOD_ORDER = ("base", "full", "lora", "lora+reg", "dora", "loha", "adalora", "pissa", "pissa+reg", "ba-lora")
 # Settings of a trained run that change its result (part of the run's key).
 TRAIN_HPARAMS = ("train", "train_format", "train_limit", "epochs", "max_steps", "batch_size", "grad_accum", "lr",
                  "scheduler", "warmup_ratio", "weight_decay", "r", "alpha", "target_modules", "pissa_niter", "max_length",
@@ -40,59 +34,55 @@ TRAIN_HPARAMS = ("train", "train_format", "train_limit", "epochs", "max_steps", 
 EVAL_HPARAMS = ("eval_tasks", "eval_data", "eval_limit", "max_new_tokens")
 
 
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass
 class NLGBenchConfig:
     """An NLG sweep: one base model, methods x seeds, trained on one instruction set, scored on benchmarks."""
 
-    model: str = _help("Base causal LM (Hub name or local folder).", default="")
-    methods: list[str] = _help("Methods (balora.methods.METHODS), e.g. lora pissa ba-lora.",
+    model: str = help_field("Base causal LM (Hub name or local folder).", default="")
+    methods: list[str] = help_field("Methods (balora.methods.METHODS), e.g. lora pissa ba-lora.",
                                default_factory=lambda: ["lora", "pissa", "ba-lora"])
-    train: str = _help("Instruction data: a local file or a Hub dataset 'name[:split]'.", default="")
-    train_name: Optional[str] = _help("Label of the training set in records and tables (default: from --train).",
+    train: str = help_field("Instruction data: a local file or a Hub dataset 'name[:split]'.", default="")
+    train_name: Optional[str] = help_field("Label of the training set in records and tables (default: from --train).",
                                       default=None)
-    train_format: Optional[str] = _help("Instruction format (balora.data.templates.FORMATS); detected when empty.",
+    train_format: Optional[str] = help_field("Instruction format (balora.data.templates.FORMATS); detected when empty.",
                                         default=None)
-    train_limit: Optional[int] = _help("Use a seeded random subset of this many training examples.", default=None)
-    eval_tasks: list[str] = _help("Benchmarks after training: gsm8k math math500 humaneval mbpp mt-bench.",
+    train_limit: Optional[int] = help_field("Use a seeded random subset of this many training examples.", default=None)
+    eval_tasks: list[str] = help_field("Benchmarks after training: gsm8k math math500 humaneval mbpp mt-bench.",
                                   default_factory=lambda: ["gsm8k"])
-    eval_data: list[str] = _help("Data of each benchmark, in the order of --eval-tasks (file/folder or Hub name).",
+    eval_data: list[str] = help_field("Data of each benchmark, in the order of --eval-tasks (file/folder or Hub name).",
                                  default_factory=list)
-    eval_limit: Optional[int] = _help("Score only the first N problems of each benchmark.", default=None)
-    seeds: int = _help("Number of seeds per method (seeds 0..N-1).", default=1)
-    base: bool = _help("Also score the untrained base model (method 'base').", default=False)
-    epochs: float = _help("Training epochs.", default=1.0)
-    max_steps: int = _help("Stop after this many optimizer steps (overrides epochs when > 0).", default=-1)
-    batch_size: int = _help("Per-device training batch size.", default=4)
-    grad_accum: int = _help("Gradient accumulation steps (effective batch = batch_size x grad_accum).", default=1)
-    lr: float = _help("Peak learning rate (AdamW).", default=2e-4)
-    scheduler: str = _help("Learning-rate schedule (transformers name).", default="cosine")
-    warmup_ratio: float = _help("Linear warm-up fraction of the steps.", default=0.03)
-    weight_decay: float = _help("AdamW weight decay.", default=0.0)
-    r: int = _help("Adapter rank.", default=8)
-    alpha: Optional[float] = _help("LoRA alpha (default: r).", default=None)
-    target_modules: Any = _help("Adapted modules ('all-linear' or a list of names).", default="all-linear")
-    pissa_niter: Optional[int] = _help("PiSSA-like inits: randomised SVD with this many subspace iterations "
+    eval_limit: Optional[int] = help_field("Score only the first N problems of each benchmark.", default=None)
+    seeds: int = help_field("Number of seeds per method (seeds 0..N-1).", default=1)
+    base: bool = help_field("Also score the untrained base model (method 'base').", default=False)
+    epochs: float = help_field("Training epochs.", default=1.0)
+    max_steps: int = help_field("Stop after this many optimizer steps (overrides epochs when > 0).", default=-1)
+    batch_size: int = help_field("Per-device training batch size.", default=4)
+    grad_accum: int = help_field("Gradient accumulation steps (effective batch = batch_size x grad_accum).", default=1)
+    lr: float = help_field("Peak learning rate (AdamW).", default=2e-4)
+    scheduler: str = help_field("Learning-rate schedule (transformers name).", default="cosine")
+    warmup_ratio: float = help_field("Linear warm-up fraction of the steps.", default=0.03)
+    weight_decay: float = help_field("AdamW weight decay.", default=0.0)
+    r: int = help_field("Adapter rank.", default=8)
+    alpha: Optional[float] = help_field("LoRA alpha (default: r).", default=None)
+    target_modules: Any = help_field("Adapted modules ('all-linear' or a list of names).", default="all-linear")
+    pissa_niter: Optional[int] = help_field("PiSSA-like inits: randomised SVD with this many subspace iterations "
                                        "(peft pissa_niter_K); exact SVD when empty.", default=None)
-    max_length: int = _help("Maximum tokens per training example (longer ones are truncated and counted).",
+    max_length: int = help_field("Maximum tokens per training example (longer ones are truncated and counted).",
                             default=256)
-    dtype: str = _help("Model dtype: float32, bfloat16 or float16.", default="float32")
-    eval_batch_size: int = _help("Prompts per generate() call.", default=16)
-    max_new_tokens: int = _help("Maximum generated tokens per problem (greedy).", default=256)
-    balora: dict = _help("BALoRAConfig overrides for regularised methods (ba-lora, *+reg).", default_factory=dict)
-    results: str = _help("Results file (JSON Lines, one record per finished run; appended, resumable).",
+    dtype: str = help_field("Model dtype: float32, bfloat16 or float16.", default="float32")
+    eval_batch_size: int = help_field("Prompts per generate() call.", default=16)
+    max_new_tokens: int = help_field("Maximum generated tokens per problem (greedy).", default=256)
+    balora: dict = help_field("BALoRAConfig overrides for regularised methods (ba-lora, *+reg).", default_factory=dict)
+    results: str = help_field("Results file (JSON Lines, one record per finished run; appended, resumable).",
                          default="results/nlg.jsonl")
-    out_dir: str = _help("Parent folder of the per-run output folders.", default="runs/bench_nlg")
-    keep_adapters: bool = _help("Keep each finished run's folder (adapters, generations).", default=False)
-    generations_dir: Optional[str] = _help(
+    out_dir: str = help_field("Parent folder of the per-run output folders.", default="runs/bench_nlg")
+    keep_adapters: bool = help_field("Keep each finished run's folder (adapters, generations).", default=False)
+    generations_dir: Optional[str] = help_field(
         "Folder that keeps every run's scored generations (<folder>/<run>/<task>_generations.jsonl and "
         "<task>_summary.json) for auditing, also when the run folder is deleted; empty = <results file without "
         "its .jsonl>_generations next to the results file; 'none' = do not keep them.", default=None)
-    threads: Optional[int] = _help("torch CPU threads (torch.set_num_threads); empty = torch's default.", default=None)
-    progress: bool = _help("Show progress bars of training and generation.", default=False)
+    threads: Optional[int] = help_field("torch CPU threads (torch.set_num_threads); empty = torch's default.", default=None)
+    progress: bool = help_field("Show progress bars of training and generation.", default=False)
 
     def __post_init__(self) -> None:
         from ..evaluation.tasks import TASKS
@@ -146,19 +136,7 @@ class NLGBenchConfig:
 
 def load_nlg_bench_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> NLGBenchConfig:
     """Read a sweep YAML (keys = :class:`NLGBenchConfig` fields) and apply ``overrides`` (None values ignored)."""
-    raw: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        raw = load_yaml(p)
-        known = {f.name for f in dataclasses.fields(NLGBenchConfig)}
-        bad = set(raw) - known
-        if bad:
-            raise ValueError(f"{p}: unknown setting(s) {sorted(bad)}; known: {sorted(known)}")
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return NLGBenchConfig(**raw)
-    except ValueError as err:
-        raise ValueError(f"{path or '<command line>'}: {err}") from err
+    return load_flat_config(NLGBenchConfig, path, overrides)
 
 
 def nlg_specs(cfg: NLGBenchConfig) -> list[RunSpec]:
@@ -200,7 +178,7 @@ def make_nlg_run_fn(cfg: NLGBenchConfig) -> RunFn:
     def _run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         if spec.method == "base":
-            from ..training.models import load_base_model, load_tokenizer
+            from ..models import load_base_model, load_tokenizer
 
             tokenizer = load_tokenizer(spec.model)
             model = load_base_model(spec.model, "nlg", dtype=cfg.dtype)
@@ -255,50 +233,3 @@ def _payload(summaries: Mapping[str, dict], extra: dict) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- table
-def _fmt(values: list[float], n: int, scale: float, binomial: bool) -> str:
-    """mean ± sample std over seeds; one seed: value ± binomial standard error (accuracy-type metrics)."""
-    mean = sum(values) / len(values)
-    if len(values) > 1:
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-        return f"{mean * scale:.1f} ± {std * scale:.1f}"
-    if binomial and n:
-        return f"{mean * scale:.1f} ± {math.sqrt(mean * (1 - mean) / n) * scale:.1f}"
-    return f"{mean * scale:.2f}" if scale == 1 else f"{mean * scale:.1f}"
-
-
-def nlg_table(records: list[dict]) -> str:
-    """Markdown tables in the layout of the paper's Table 1, one per (base model, training set).
-
-    Rows = methods (base first), columns = the benchmarks present (accuracy / pass@1 x 100; MT-Bench mean
-    judge score 1-10), then n, wall minutes and trainable parameters. A cell is ``mean ± std`` over seeds;
-    with one seed it is ``value ± binomial standard error`` sqrt(p(1-p)/n) (x 100).
-    """
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["model"], r["task"]), []).append(r)
-    out = []
-    for (model, train), recs in groups.items():
-        tasks = [t for t in TABLE1_COLUMNS if any(t in r.get("scores", {}) for r in recs)]
-        tasks += sorted({t for r in recs for t in r.get("scores", {})} - set(tasks))
-        methods = sorted({r["method"] for r in recs},
-                         key=lambda m: (_METHOD_ORDER.index(m) if m in _METHOD_ORDER else len(_METHOD_ORDER), m))
-        header = ["Method", *[TABLE1_COLUMNS.get(t, t) for t in tasks], "n", "seeds", "wall (min)", "#Params"]
-        lines = [f"**{Path(model).name or model}**, trained on `{train}`", "",
-                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for method in methods:
-            rows = [r for r in recs if r["method"] == method]
-            cells = [method]
-            ns = set()
-            for t in tasks:
-                vals = [r["scores"][t] for r in rows if r.get("scores", {}).get(t) is not None]
-                n = min((r["n"][t] for r in rows if t in r.get("n", {})), default=0)
-                ns.add(n)
-                scale = 1.0 if t == "mt-bench" else 100.0
-                cells.append(_fmt(vals, n, scale, t != "mt-bench") if vals else "–")
-            wall = sum(r.get("wall_seconds", 0) for r in rows) / len(rows) / 60
-            params = rows[0].get("trainable_params")
-            cells += ["/".join(str(n) for n in sorted(ns)), str(len(rows)), f"{wall:.1f}",
-                      f"{params:,}" if params else "0"]
-            lines.append("| " + " | ".join(cells) + " |")
-        out.append("\n".join(lines))
-    return "\n\n".join(out)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_args import add_config_flags, config_values, finish, print_todo, set_threads
+from .cli_args import add_config_flags, config_values, finish, print_todo, set_threads, sweep_device
 
 # CLI flag -> (NLGBenchConfig field, argparse keywords); help texts come from the fields' metadata.
 _FLAGS = {
@@ -66,21 +66,19 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
 
 def run_nlg_bench(args: argparse.Namespace) -> int:
     """Run (or resume) the NLG grid and print its table."""
-    from .nlg import NLGBenchConfig, load_nlg_bench_config, make_nlg_run_fn, nlg_specs, nlg_table
+    from ..reports import markdown_report
+    from .nlg import NLGBenchConfig, load_nlg_bench_config, make_nlg_run_fn, nlg_specs
     from .runner import read_results, run_grid
 
     cfg = load_nlg_bench_config(args.config, config_values(args, NLGBenchConfig))
     specs = nlg_specs(cfg)
     keys = {s.key() for s in specs}
     if args.report:
-        print(nlg_table([r for r in read_results(cfg.results) if r["key"] in keys]))
+        print(markdown_report([r for r in read_results(cfg.results) if r["key"] in keys]))
         return 0
     if args.dry_run:
         return print_todo(specs, cfg.results)
     set_threads(cfg.threads)
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     summary = run_grid(specs, make_nlg_run_fn(cfg), cfg.results, cfg.out_dir, keep_outputs=cfg.keep_adapters,
-                       stop_on_error=args.stop_on_error, device=device)
-    return finish(summary, cfg.results, keys, nlg_table)
+                       stop_on_error=args.stop_on_error, device=sweep_device())
+    return finish(summary, cfg.results, keys, markdown_report)

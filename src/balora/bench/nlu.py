@@ -7,15 +7,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 
-from ..config_io import load_yaml
+from .._fields import help_field
+from ..config_io import load_flat_config
 from .runner import RunFn, RunSpec
 
 logger = logging.getLogger(__name__)
@@ -27,55 +27,51 @@ TASK_HPARAMS = ("epochs", "max_steps", "batch_size", "lr", "warmup_ratio", "weig
                 "train_limit", "eval_limit", "pooling", "head_warmup")
 
 
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass
 class NLUBenchConfig:
     """A GLUE sweep: which runs, with which settings (global, overridable per task), and where results go."""
 
-    models: list[str] = _help("Base models (Hub names or local folders).", default_factory=list)
-    methods: list[str] = _help("Methods (balora.methods.METHODS), e.g. lora pissa ba-lora.",
+    models: list[str] = help_field("Base models (Hub names or local folders).", default_factory=list)
+    methods: list[str] = help_field("Methods (balora.methods.METHODS), e.g. lora pissa ba-lora.",
                                default_factory=lambda: ["lora", "pissa", "ba-lora"])
-    tasks: list[str] = _help("GLUE tasks (cola sst2 mrpc qqp stsb mnli qnli rte wnli).",
+    tasks: list[str] = help_field("GLUE tasks (cola sst2 mrpc qqp stsb mnli qnli rte wnli).",
                              default_factory=lambda: ["rte", "mrpc", "cola", "stsb", "sst2"])
-    seeds: int = _help("Number of seeds per cell (seeds 0..N-1).", default=3)
-    glue_dir: Optional[str] = _help("Local GLUE folder (glue_data TSVs or Hub parquet layout); empty = the Hub.",
+    seeds: int = help_field("Number of seeds per cell (seeds 0..N-1).", default=3)
+    glue_dir: Optional[str] = help_field("Local GLUE folder (glue_data TSVs or Hub parquet layout); empty = the Hub.",
                                     default=None)
-    ood: bool = _help("Also evaluate each trained model on the locally available OOD sets of its task "
+    ood: bool = help_field("Also evaluate each trained model on the locally available OOD sets of its task "
                       "(balora.data.ood.OOD_FOR_TASK; no further training).", default=False)
-    ood_root: Optional[str] = _help("Folder of the local OOD sets (default $BALORA_OOD_ROOT, else <glue-dir>/../ood).",
+    ood_root: Optional[str] = help_field("Folder of the local OOD sets (default $BALORA_OOD_ROOT, else <glue-dir>/../ood).",
                                     default=None)
-    epochs: float = _help("Training epochs.", default=3.0)
-    max_steps: int = _help("Stop after this many steps (overrides epochs when > 0).", default=-1)
-    batch_size: int = _help("Training batch size.", default=32)
-    eval_batch_size: int = _help("Evaluation batch size.", default=128)
-    lr: Optional[float] = _help("Peak learning rate (AdamW, linear decay).", default=5e-4)
-    warmup_ratio: float = _help("Linear warm-up fraction of the steps.", default=0.0)
-    weight_decay: float = _help("AdamW weight decay.", default=0.0)
-    r: int = _help("Adapter rank.", default=8)
-    alpha: Optional[float] = _help("LoRA alpha (default: r).", default=None)
-    target_modules: Any = _help("Adapted modules ('all-linear' or a list of names).", default="all-linear")
-    max_length: int = _help("Maximum tokens per example.", default=128)
-    pooling: str = _help("Classifier pooling: auto (sentence-transformers folders -> mean, else the model's own head), "
+    epochs: float = help_field("Training epochs.", default=3.0)
+    max_steps: int = help_field("Stop after this many steps (overrides epochs when > 0).", default=-1)
+    batch_size: int = help_field("Training batch size.", default=32)
+    eval_batch_size: int = help_field("Evaluation batch size.", default=128)
+    lr: Optional[float] = help_field("Peak learning rate (AdamW, linear decay).", default=5e-4)
+    warmup_ratio: float = help_field("Linear warm-up fraction of the steps.", default=0.0)
+    weight_decay: float = help_field("AdamW weight decay.", default=0.0)
+    r: int = help_field("Adapter rank.", default=8)
+    alpha: Optional[float] = help_field("LoRA alpha (default: r).", default=None)
+    target_modules: Any = help_field("Adapted modules ('all-linear' or a list of names).", default="all-linear")
+    max_length: int = help_field("Maximum tokens per example.", default=128)
+    pooling: str = help_field("Classifier pooling: auto (sentence-transformers folders -> mean, else the model's own head), "
                          "cls, mean or last (see balora.heads).", default="auto")
-    head_warmup: str = _help("Head warm start before the adapters train: logreg (linear probe on frozen features) "
+    head_warmup: str = help_field("Head warm start before the adapters train: logreg (linear probe on frozen features) "
                              "or none (random head).", default="logreg")
-    train_limit: Optional[int] = _help("Use at most this many training examples (seeded stratified subsample).",
+    train_limit: Optional[int] = help_field("Use at most this many training examples (seeded stratified subsample).",
                                        default=None)
-    eval_limit: Optional[int] = _help("Use at most this many evaluation examples (fixed subsample).", default=None)
-    balora: dict = _help("BALoRAConfig overrides for regularised methods (ba-lora, *+reg).", default_factory=dict)
-    per_task: dict = _help(f"Per-task overrides of {', '.join(TASK_HPARAMS)}: {{task: {{key: value}}}}.",
+    eval_limit: Optional[int] = help_field("Use at most this many evaluation examples (fixed subsample).", default=None)
+    balora: dict = help_field("BALoRAConfig overrides for regularised methods (ba-lora, *+reg).", default_factory=dict)
+    per_task: dict = help_field(f"Per-task overrides of {', '.join(TASK_HPARAMS)}: {{task: {{key: value}}}}.",
                            default_factory=dict)
-    results: str = _help("Results file (JSON Lines, one record per finished run; appended, resumable).",
+    results: str = help_field("Results file (JSON Lines, one record per finished run; appended, resumable).",
                          default="results/glue.jsonl")
-    out_dir: str = _help("Parent folder of the per-run output folders.", default="runs/bench_nlu")
-    keep_adapters: bool = _help("Keep each finished run's folder (checkpoints, adapters).", default=False)
-    threads: Optional[int] = _help("torch CPU threads (torch.set_num_threads); empty = torch's default.", default=None)
-    shard: str = _help("Run only part of the grid, 'i/n' (runs whose grid index mod n equals i); several shards "
+    out_dir: str = help_field("Parent folder of the per-run output folders.", default="runs/bench_nlu")
+    keep_adapters: bool = help_field("Keep each finished run's folder (checkpoints, adapters).", default=False)
+    threads: Optional[int] = help_field("torch CPU threads (torch.set_num_threads); empty = torch's default.", default=None)
+    shard: str = help_field("Run only part of the grid, 'i/n' (runs whose grid index mod n equals i); several shards "
                        "may append to the same results file.", default="0/1")
-    progress: bool = _help("Show progress bars of the individual runs (the grid bar is always shown).",
+    progress: bool = help_field("Show progress bars of the individual runs (the grid bar is always shown).",
                            default=False)
 
     def __post_init__(self) -> None:
@@ -127,19 +123,7 @@ class NLUBenchConfig:
 
 def load_bench_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> NLUBenchConfig:
     """Read a sweep YAML (keys = :class:`NLUBenchConfig` fields) and apply ``overrides`` (None values ignored)."""
-    raw: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        raw = load_yaml(p)
-        known = {f.name for f in dataclasses.fields(NLUBenchConfig)}
-        bad = set(raw) - known
-        if bad:
-            raise ValueError(f"{p}: unknown setting(s) {sorted(bad)}; known: {sorted(known)}")
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return NLUBenchConfig(**raw)
-    except ValueError as err:
-        raise ValueError(f"{path or '<command line>'}: {err}") from err
+    return load_flat_config(NLUBenchConfig, path, overrides)
 
 
 def _is_regularised(method: str) -> bool:
@@ -235,7 +219,7 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
     from ..data.glue import get_task, load_glue
     from ..data.ood import load_ood
     from ..evaluation.nlu_metrics import compute_glue_metrics, make_compute_metrics
-    from ..training.models import load_tokenizer
+    from ..models import load_tokenizer
     from ..training.nlu import NLUData, run_nlu, tokenize_nlu
     from ..training.run_config import build_config
 

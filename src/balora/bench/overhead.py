@@ -28,7 +28,9 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -322,3 +324,22 @@ def use_cached_reference(model: torch.nn.Module, batches: list[Batch]) -> Teache
 __all__ = ["Variant", "model_device", "timed_step", "ratio_table", "format_ratio_table", "mark_targets",
            "format_targets", "build_variant", "make_trainer", "run_interleaved", "time_op", "ratios",
            "format_table", "write_json", "use_cached_reference", "static_mb", "prepare_model"]
+
+
+def run_meta(args: Any) -> dict[str, Any]:
+    """What the results were measured on, and how memory was measured (device-dependent)."""
+    meta: dict[str, Any] = {"torch": torch.__version__, "threads": args.threads, "cpu_count": os.cpu_count(),
+                            "machine": platform.processor() or platform.machine(), "device": args.device,
+                            "dtype": args.dtype, "loadavg_start": os.getloadavg(), "argv": sys.argv}
+    if args.device == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name()
+        meta["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        meta["fp32_matmul_precision"] = torch.get_float32_matmul_precision()
+        meta["memory_method"] = ("own static tensor bytes + torch.cuda max_memory_allocated - memory_allocated "
+                                 "during the step (reset_peak_memory_stats before it)")
+        meta["time_method"] = "CUDA events around the step, synchronised at its end"
+    else:
+        meta["memory_method"] = ("own static tensor bytes + the step's process-wide RSS high-water mark above "
+                                 "the RSS before it (after malloc_trim): process-wide, approximate")
+        meta["time_method"] = "perf_counter wall time and process CPU time (ratios use CPU time)"
+    return meta

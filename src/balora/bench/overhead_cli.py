@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
-import sys
 from typing import Any, Optional
 
 import torch
 
 from .overhead import (format_ratio_table, format_table, format_targets, mark_targets, ratio_table, ratios,
-                       run_interleaved, write_json)
+                       run_interleaved, run_meta, write_json)
 from .overhead_settings import (DTYPES, MODEL_CONFIG_CHOICES, MODEL_CONFIGS, config_loader, config_name, hf_loader,
                                 nlg_batch, nlg_breakdown, nlg_variants, nlu_batch, nlu_breakdown, nlu_variants,
                                 pissa_init_times)
@@ -188,25 +186,6 @@ def run_nlg(args: argparse.Namespace) -> dict[str, Any]:
         result["svd_share_of_step"] = bd["svd_small_factor"] / step_s
     result["notes"] = {v.name: v.notes for v in variants if v.notes}
     return result
-
-
-def run_meta(args: argparse.Namespace) -> dict[str, Any]:
-    """What the results were measured on, and how memory was measured (device-dependent)."""
-    meta: dict[str, Any] = {"torch": torch.__version__, "threads": args.threads, "cpu_count": os.cpu_count(),
-                            "machine": platform.processor() or platform.machine(), "device": args.device,
-                            "dtype": args.dtype, "loadavg_start": os.getloadavg(), "argv": sys.argv}
-    if args.device == "cuda":
-        meta["gpu"] = torch.cuda.get_device_name()
-        meta["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
-        meta["fp32_matmul_precision"] = torch.get_float32_matmul_precision()
-        meta["memory_method"] = ("own static tensor bytes + torch.cuda max_memory_allocated - memory_allocated "
-                                 "during the step (reset_peak_memory_stats before it)")
-        meta["time_method"] = "CUDA events around the step, synchronised at its end"
-    else:
-        meta["memory_method"] = ("own static tensor bytes + the step's process-wide RSS high-water mark above "
-                                 "the RSS before it (after malloc_trim): process-wide, approximate")
-        meta["time_method"] = "perf_counter wall time and process CPU time (ratios use CPU time)"
-    return meta
 
 
 def _check_device(args: argparse.Namespace) -> None:

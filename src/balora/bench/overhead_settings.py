@@ -131,15 +131,15 @@ def hf_loader(path: str, kind: str, num_labels: int = 2, seed: int = 0, device: 
     """A function loading a fresh copy of the model from a folder (same seed, so heads are identical), in
     ``dtype`` on ``device``: the benchmark keeps models and batches on the device it times."""
     def load() -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
+
+        from ..models import load_base_model
 
         hf_logging.set_verbosity_error()
         torch.manual_seed(seed)
-        if kind == "nlg":
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype)
+        # the checkpoint's own head (pooling "cls"): the benchmark times the methods, not the pooling
+        model = load_base_model(path, kind, num_labels=num_labels if kind == "nlu" else None, dtype=dtype,
+                                pooling="cls")
         return model.to(device)
     return load
 

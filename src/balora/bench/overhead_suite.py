@@ -264,7 +264,7 @@ def run_suite(args: argparse.Namespace, log: Log = print) -> int:
     """Run every setting, the init timing and the checks; write one JSON; print the summary.
 
     Returns 1 when a correctness check failed (missed speed targets are results, not errors)."""
-    from .overhead_cli import run_meta
+    from .overhead import run_meta
 
     steps = 10 if args.steps is None else args.steps
     warmup = 3 if args.warmup is None else args.warmup

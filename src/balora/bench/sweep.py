@@ -165,7 +165,7 @@ def load_sweep(path: Optional[str], overrides: Optional[list[str]] = None, *, de
 
     raw = load_yaml(path) if path else {}
     sweep_raw = raw.pop("sweep", None) or {}
-    raw.pop("analysis", None)  # read by balora.analysis.suite
+    raw.pop("analysis", None)  # read by balora.bench.analyses
     if not isinstance(sweep_raw, Mapping):
         raise ValueError(f"{path}: 'sweep' must be a mapping with keys {sorted(SWEEP_KEYS)}")
     bad = set(sweep_raw) - SWEEP_KEYS

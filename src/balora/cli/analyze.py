@@ -7,7 +7,7 @@ import shlex
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..analysis.suite import ANALYSES
+    from ..bench.analyses import ANALYSES
 
     p = sub.add_parser("analyze", help="ablation, adapters, rank, lambda, geometry, noise, cost, adaptive analyses",
                        description="Run one analysis as a sweep around a run config (the file's run sections plus "
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.suite import run_analysis
+    from ..bench.analyses import run_analysis
 
     if args.threads:
         import torch

@@ -1,20 +1,15 @@
 """`balora bench <kind> ...`: resumable benchmark sweeps (one JSON line per finished run).
 
-``balora bench nlu`` lives here. Further kinds plug in without touching this file: a module
-``balora.bench.<kind>_cli`` (for now ``nlg_cli`` and ``overhead_cli`` are looked for) exposing
-``register(bench_subparsers)`` is imported when present and adds its own sub-command.
+``balora bench nlu`` lives here; the kinds (nlu, nlg, overhead) are listed in ``balora.cli.main.BENCH_KINDS``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
+from typing import Any, Callable, Sequence
 
-from ..bench.cli_args import add_config_flags, config_values, finish, print_todo, set_threads
-
-# Optional sub-commands of `balora bench`, each a module exposing register(bench_subparsers).
-PLUGINS = ("balora.bench.nlg_cli", "balora.bench.overhead_cli")
+from ..bench.cli_args import add_config_flags, config_values, finish, print_todo, set_threads, sweep_device
 
 # CLI flag -> NLUBenchConfig field, for the flags whose help text is the field's metadata (written once there).
 _NLU_FLAGS = {
@@ -45,25 +40,19 @@ _NLU_FLAGS = {
 _NLU_SWITCHES = {"--ood": "ood", "--keep-adapters": "keep_adapters", "--progress": "progress"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction, kinds: Sequence[Callable[[Any], Any]] = ()) -> None:
+    """Add `balora bench`; each of ``kinds`` (``register(bench_subparsers)``) adds one `balora bench KIND`."""
     p = sub.add_parser("bench", help="benchmark sweeps (bench nlu: GLUE grid -> results.jsonl, resumable)",
                        description="Run a grid of trainings, one at a time, appending one JSON line per finished "
                                    "run; runs already in the results file are skipped, so a killed sweep resumes. "
                                    "Tables and plots: balora report RESULTS.jsonl.")
     bench_sub = p.add_subparsers(dest="bench_kind", metavar="KIND")
-    _register_nlu(bench_sub)
-    for name in PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:
-                continue
-            raise
-        module.register(bench_sub)
+    for register_kind in kinds:
+        register_kind(bench_sub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def _register_nlu(bench_sub: argparse._SubParsersAction) -> None:
+def register_nlu(bench_sub: argparse._SubParsersAction) -> None:
     from ..bench.nlu import NLUBenchConfig
 
     p = bench_sub.add_parser("nlu", help="GLUE grid: models x methods x tasks x seeds",
@@ -78,7 +67,7 @@ def _register_nlu(bench_sub: argparse._SubParsersAction) -> None:
 def run_nlu_bench(args: argparse.Namespace) -> int:
     """Run (or resume) the GLUE grid and print the summary table of its results."""
     from ..bench.nlu import NLUBenchConfig, load_bench_config, make_nlu_run_fn, nlu_specs
-    from ..bench.report import markdown_tables, summarize
+    from ..reports import markdown_report
     from ..bench.runner import run_grid
 
     cfg = load_bench_config(args.config, config_values(args, NLUBenchConfig))
@@ -87,6 +76,6 @@ def run_nlu_bench(args: argparse.Namespace) -> int:
         return print_todo(specs, cfg.results)
     set_threads(cfg.threads)
     summary = run_grid(specs, make_nlu_run_fn(cfg), cfg.results, cfg.out_dir, keep_outputs=cfg.keep_adapters,
-                       stop_on_error=args.stop_on_error)
+                       stop_on_error=args.stop_on_error, device=sweep_device())
     keys = {s.key() for s in nlu_specs(dataclasses.replace(cfg, shard="0/1"))}  # the whole grid, every shard
-    return finish(summary, cfg.results, keys, lambda records: markdown_tables(summarize(records)))
+    return finish(summary, cfg.results, keys, markdown_report)

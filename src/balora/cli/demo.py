@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..demo import apply_overrides, elapsed, format_comparisons, format_runs, format_table, run_demo
+    from ..demo import apply_overrides, run_demo
+    from ..reports.demo import elapsed, format_comparisons, format_runs, format_table
 
     for noisy in ("transformers", "datasets", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -53,13 +53,14 @@ def _default_data(task: str) -> str:
 def load_model_and_tokenizer(model_name: str, adapter: Optional[str], device: str, dtype: str):  # noqa: ANN201
     """Load a causal LM + tokenizer with transformers, and the peft adapter when given."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from ..models import load_base_model
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     tokenizer = AutoTokenizer.from_pretrained(adapter if adapter and _has_tokenizer(adapter) else model_name)
-    model = AutoModelForCausalLM.from_pretrained(model_name, dtype=torch_dtype)
+    model = load_base_model(model_name, "nlg", dtype=dtype)
     if adapter:
         from peft import PeftModel
 

@@ -1,16 +1,24 @@
-"""The `balora` command: one sub-command per module in this package (each exposes register())."""
+"""The `balora` command. Every sub-command is registered here, in :data:`COMMANDS` (and the kinds of `balora bench`
+in :data:`BENCH_KINDS`), the way litgpt's ``PARSER_DATA`` lists its commands: explicit imports, so a missing or
+broken command module is an import error, never a silently absent command."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-from typing import Optional
+from typing import Any, Callable, Optional
 
-# Sub-command modules, in the order `balora --help` lists them. A module missing from an install
-# (an optional part) is skipped rather than breaking the whole command.
-SUBCOMMANDS = ("demo", "train", "export", "eval_cmd", "bench_cmd", "report_cmd", "analyze")
+from ..bench import nlg_cli, overhead_cli
+from . import analyze, bench_cmd, demo, eval_cmd, export, report_cmd, train
+
+Register = Callable[[Any], Any]  # register(subparsers) adds one sub-command
+
+# `balora COMMAND`, in the order `balora --help` lists them.
+COMMANDS: tuple[Register, ...] = (demo.register, train.register, export.register, eval_cmd.register,
+                                  bench_cmd.register, report_cmd.register, analyze.register)
+# `balora bench KIND`.
+BENCH_KINDS: tuple[Register, ...] = (bench_cmd.register_nlu, nlg_cli.register, overhead_cli.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,14 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"balora {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"balora.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"balora.cli.{name}":
-                continue
-            raise
-        module.register(sub)
+    for register in COMMANDS:
+        if register is bench_cmd.register:
+            bench_cmd.register(sub, BENCH_KINDS)
+        else:
+            register(sub)
     return parser
 
 

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.report import markdown_tables, summarize, write_report
+    from ..reports.glue import markdown_tables, summarize, write_report
     from ..bench.runner import read_results
 
     path = Path(args.results)

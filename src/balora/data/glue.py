@@ -20,7 +20,7 @@ import pandas as pd
 
 from balora.data.files import read_frame, require_columns
 
-__all__ = ["GLUE_TASKS", "UNLABELED", "GlueTaskSpec", "get_task", "is_labeled", "load_glue"]
+__all__ = ["GLUE_TASKS", "TABLE_ORDER", "UNLABELED", "GlueTaskSpec", "get_task", "is_labeled", "load_glue"]
 
 UNLABELED = -1
 DEFAULT_HUB_NAME = "nyu-mll/glue"
@@ -48,6 +48,11 @@ class GlueTaskSpec:
         default_factory=dict, metadata={"help": "TSV file stem -> column names for files without a header."}
     )
     tsv_encoding: str = field(default="utf-8", metadata={"help": "TSV encoding (utf-8-sig for BOM files)."})
+
+    @property
+    def label(self) -> str:
+        """The task's name as the GLUE release and the papers' tables write it (CoLA, SST-2, STS-B, ...)."""
+        return self.tsv_dir
 
     @property
     def is_regression(self) -> bool:
@@ -104,6 +109,9 @@ GLUE_TASKS: dict[str, GlueTaskSpec] = {
                      ("sentence1", "sentence2"), "label", _BINARY),
     ]
 }
+
+# The paper's column order (Table 2).
+TABLE_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb", "wnli")
 
 
 def get_task(task: str) -> GlueTaskSpec:

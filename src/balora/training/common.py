@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from ..atomic import write_json_atomic
+from ..run_layout import read_record, write_record
 from .run_config import RunConfig
-
-RUN_RECORD = "balora_run.json"
 
 
 def peft_extra_kwargs(method: str, total_steps: int) -> dict:
@@ -132,14 +129,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def read_record(run_dir: Path) -> dict:
-    """The run record of ``run_dir``, ``{}`` when there is none (or it is unreadable)."""
-    try:
-        return json.loads((Path(run_dir) / RUN_RECORD).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def check_runtime(cfg: RunConfig, has_eval: bool) -> None:
     """Settings the machine cannot run (e.g. bf16 on a CPU), reported before anything is set up or written.
 
@@ -163,7 +152,7 @@ def start_run(cfg: RunConfig, run_dir: Path) -> Path:
               "task_kind": cfg.kind, "config": cfg.to_dict(), "versions": versions(), "git_commit": git_commit()}
     if cfg.train.resume and previous.get("status"):
         record["resumed_from_status"] = previous["status"]
-    return write_json_atomic(run_dir / RUN_RECORD, record, default=str)
+    return write_record(run_dir, record)
 
 
 def check_resumable(cfg: RunConfig, previous: dict, run_dir: Path) -> None:
@@ -194,7 +183,7 @@ def mark_failure(run_dir: Path) -> Iterator[None]:
         record = read_record(run_dir)
         record.update(status="failed", failed=_now(), error=f"{type(err).__name__}: {err}"[:2000])
         try:
-            write_json_atomic(Path(run_dir) / RUN_RECORD, record, default=str)
+            write_record(run_dir, record)
         except OSError:
             pass  # the original error matters more than the record
         raise
@@ -225,4 +214,4 @@ def finish_run(cfg: RunConfig, run_dir: Path, model: Any, metrics: dict, extra: 
         "git_commit": git_commit(),
         **(extra or {}),
     }
-    return write_json_atomic(Path(run_dir) / RUN_RECORD, record, default=str)
+    return write_record(run_dir, record)

@@ -1,7 +1,7 @@
 """One NLG run: instruction data with response-only labels, prepare the method, train, evaluate, save.
 
-Used by ``balora train`` (kind ``nlg``) and ``balora bench nlg``. The flow mirrors
-:func:`balora.training.nlu.run_nlu`:
+Used by ``balora train`` (kind ``nlg``) and ``balora bench nlg``. The stages around the
+data, model and evaluation are :mod:`balora.training.pipeline`'s, shared with :func:`balora.training.nlu.run_nlu`:
 
 1. tokenizer + causal LM (fp32 unless ``model.dtype`` says otherwise);
 2. :func:`balora.data.instruct.build_instruct_dataset` (loss on responses only; truncated examples are
@@ -31,15 +31,11 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from ..methods import prepare_model
-from .common import build_trainer, check_runtime, finish_run, last_checkpoint, mark_failure, peft_extra_kwargs, start_run
+from . import pipeline
+from .common import build_trainer, finish_run
 from .run_config import EvalOptions, RunConfig, parse_eval_section  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
-
-
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
 
 
 @dataclass
@@ -102,7 +98,7 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
     from transformers import set_seed
 
     from ..data.instruct import build_instruct_dataset
-    from .models import load_tokenizer
+    from ..models import load_tokenizer
 
     if cfg.kind != "nlg":
         raise ValueError(f"run_nlg needs kind 'nlg', got {cfg.kind!r}")
@@ -112,7 +108,6 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
     evals = list((cfg.eval or shorthand) if evals is None else evals)
     test_as_data = cfg.data.test if cfg.data.test and not shorthand else None  # instruction data: report its loss
     set_seed(cfg.train.seed)
-    run_dir = Path(cfg.train.output_dir)
 
     model_path = os.path.expanduser(cfg.model.name_or_path)  # YAML configs may say ~/...
     tokenizer = load_tokenizer(model_path, cfg.model.gguf_file)
@@ -124,9 +119,7 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
             held_out[split] = build_instruct_dataset(source, tokenizer, limit=cfg.data.eval_limit, **build)
     # The data is read and checked (build_instruct_dataset names file/row of a bad record) and the settings can
     # run here: only now is the run folder created, marked running, and marked failed if anything later raises.
-    check_runtime(cfg, False)
-    start_run(cfg, run_dir)
-    with mark_failure(run_dir):
+    with pipeline.open_run(cfg, False) as run_dir:
         return _run_nlg(cfg, evals, run_dir, model_path, tokenizer, train_ds, stats, held_out,
                         extra_callbacks=extra_callbacks, save_adapter=save_adapter)
 
@@ -135,34 +128,23 @@ def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path
              stats: Any, held_out: dict, *, extra_callbacks: Optional[list], save_adapter: bool) -> NLGResult:
     from ..baselines.params import count_parameters
     from ..data.instruct import DataCollatorForResponseOnly
-    from ..export import save_run_adapters
-    from .models import load_base_model
-    from .nlu import _residual_init, _total_steps
+    from ..models import load_base_model
 
     model = load_base_model(model_path, "nlg", dtype=cfg.model.dtype, gguf_file=cfg.model.gguf_file)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # generation pads with it
-    steps = _total_steps(cfg, len(train_ds))
-    torch.manual_seed(cfg.train.seed)  # adapter init (and pissa_niter's sketch) reproducible on resume
-    model = prepare_model(model, cfg.method.name, r=cfg.method.r, alpha=cfg.method.alpha,
-                          target_modules=cfg.method.target_modules, dropout=cfg.method.dropout,
-                          pissa_niter=cfg.method.pissa_niter, balora=cfg.balora_config(),
-                          **peft_extra_kwargs(cfg.method.name, steps))
-    if getattr(model, "peft_config", None) and _residual_init(model):
-        save_run_adapters(model, run_dir, initial=True)
+    model = pipeline.prepare_method(cfg, model, len(train_ds), run_dir)
     collator = DataCollatorForResponseOnly(tokenizer)
     trainer = build_trainer(cfg, model, train_ds, None, collator, tokenizer, callbacks=extra_callbacks)
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last_checkpoint(run_dir) if cfg.train.resume else None)
-    result = NLGResult(run_dir=str(run_dir), log_history=list(trainer.state.log_history),
-                       train_seconds=time.perf_counter() - start, instruct=dataclasses.asdict(stats),
-                       truncated=stats.n_truncated)
+    log_history, seconds = pipeline.train(cfg, trainer, run_dir)
+    result = NLGResult(run_dir=str(run_dir), log_history=log_history, train_seconds=seconds,
+                       instruct=dataclasses.asdict(stats), truncated=stats.n_truncated)
     result.trainable_params, result.total_params = count_parameters(model)
     train_logs = [h for h in result.log_history if "train_loss" in h]
     if train_logs:
         result.metrics["train"] = {"loss": float(train_logs[-1]["train_loss"])}
-    if save_adapter and getattr(model, "peft_config", None):
-        save_run_adapters(model, run_dir, initial=False)
+    if save_adapter:
+        pipeline.save_adapter(model, run_dir)
 
     def record(status: str) -> None:
         finish_run(cfg, run_dir, model, result.metrics, status=status, extra={

@@ -6,9 +6,6 @@ Used by ``balora train`` (kind ``nlu``), ``balora demo`` and ``balora bench nlu`
 from __future__ import annotations
 
 import logging
-import math
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -16,10 +13,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ..methods import prepare_model
-from ..reference import TeacherCache
+from . import pipeline
+from .common import build_trainer, finish_run
 from .run_config import RunConfig
-from .common import build_trainer, check_runtime, finish_run, last_checkpoint, mark_failure, peft_extra_kwargs, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +118,6 @@ def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int) -> tuple[Any, i
     return out, truncated
 
 
-def fill_teacher_cache(model: Any, spec: Any, train_ds: Any, collator: Any, batch_size: int, device: Any) -> TeacherCache:
-    """Reference logits for every training example (kept for callers; :meth:`ReferenceSpec.fill` does the work)."""
-    return spec.fill(model, train_ds, collator, batch_size, device).cache
-
-
 def run_nlu(cfg: RunConfig, data: Optional[NLUData] = None, *, compute_metrics: Optional[Callable] = None,
             extra_callbacks: Optional[list] = None, save_adapter: bool = True) -> NLUResult:
     """Train and evaluate one NLU configuration; writes ``balora_run.json`` into ``cfg.train.output_dir``.
@@ -139,10 +130,7 @@ def run_nlu(cfg: RunConfig, data: Optional[NLUData] = None, *, compute_metrics: 
     data = data or load_nlu_data(cfg)
     check_nlu_splits(data.splits, data.text_columns, data.label_column,  # also a caller-given label space
                      LabelSpace(data.num_labels, data.label_names, data.regression), data.locate)
-    check_runtime(cfg, "validation" in data.splits)
-    run_dir = Path(cfg.train.output_dir)
-    start_run(cfg, run_dir)
-    with mark_failure(run_dir):
+    with pipeline.open_run(cfg, "validation" in data.splits) as run_dir:
         return _run_nlu(cfg, data, run_dir, compute_metrics=compute_metrics, extra_callbacks=extra_callbacks,
                         save_adapter=save_adapter)
 
@@ -152,8 +140,7 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     from transformers import DataCollatorWithPadding, set_seed
 
     from ..baselines.params import count_parameters
-    from ..export import save_run_adapters
-    from .models import load_base_model, load_tokenizer
+    from ..models import load_base_model, load_tokenizer
 
     set_seed(cfg.train.seed)
     if cfg.data.train_limit and len(data.splits["train"]) > cfg.data.train_limit:
@@ -173,18 +160,11 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     collator = DataCollatorWithPadding(tokenizer)
     # LP-FT warm start before prepare_model, so peft's frozen copy of the head (the reference's) is the warmed one.
     warmup = _warm_up_head(cfg, model, encoded["train"], collator)
-    steps = _total_steps(cfg, len(encoded["train"]))
     balora_cfg = cfg.balora_config()
     use_cache = (cfg.train.cached_reference_epochs > 0 and cfg.train.epochs >= cfg.train.cached_reference_epochs
                  and balora_cfg.reference == "auto" and not data.regression and cfg.train.max_steps <= 0
                  and not has_dropout(model)) or balora_cfg.reference == "cached"
-    torch.manual_seed(cfg.train.seed)  # the adapter init (and pissa_niter's sketch) is reproducible on resume
-    model = prepare_model(model, cfg.method.name, r=cfg.method.r, alpha=cfg.method.alpha,
-                          target_modules=cfg.method.target_modules, dropout=cfg.method.dropout,
-                          pissa_niter=cfg.method.pissa_niter, balora=balora_cfg,
-                          **peft_extra_kwargs(cfg.method.name, steps))
-    if getattr(model, "peft_config", None) and _residual_init(model):
-        save_run_adapters(model, run_dir, initial=True)
+    model = pipeline.prepare_method(cfg, model, len(encoded["train"]), run_dir, balora=balora_cfg)
     info = model.balora
     reference = info.reference
     if use_cache and info.regularized:
@@ -203,10 +183,9 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
 
         trainer.remove_callback(PrinterCallback)
     initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last_checkpoint(run_dir) if cfg.train.resume else None)
-    result = NLUResult(run_dir=str(run_dir), log_history=list(trainer.state.log_history), truncated=truncated,
-                       train_seconds=time.perf_counter() - start, head=warmup, injection=injection)
+    log_history, seconds = pipeline.train(cfg, trainer, run_dir)
+    result = NLUResult(run_dir=str(run_dir), log_history=log_history, truncated=truncated, train_seconds=seconds,
+                       head=warmup, injection=injection)
     result.trainable_params, result.total_params = count_parameters(model)
     result.adapter_change, result.adapter_fingerprint = weight_change(model, initial)
     # transformers 5 length-groups (and so shuffles) evaluation batches too when train_sampling_strategy is
@@ -221,8 +200,8 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
         result.predictions[split] = logits.squeeze(-1) if data.regression else logits.argmax(-1)
         result.references[split] = np.asarray(pred.label_ids)
         result.metrics[split] = metric_fn(_EvalPrediction(logits, pred.label_ids))
-    if save_adapter and getattr(model, "peft_config", None):
-        save_run_adapters(model, run_dir, initial=False)
+    if save_adapter:
+        pipeline.save_adapter(model, run_dir)
     finish_run(cfg, run_dir, model, result.metrics, extra={"num_labels": data.num_labels, "label_names": data.label_names,
                                                            "truncated": truncated, "data": data.description or cfg.data.train,
                                                            "head": warmup, "injection": injection})
@@ -322,17 +301,3 @@ def _subsample(ds: Any, n: int, seed: int, stratify: bool) -> Any:
     from ..data.assets import subsample
 
     return subsample(ds, n, seed=seed, stratify=stratify)
-
-
-def _residual_init(model: Any) -> bool:
-    from ..reference import init_modifies_base
-
-    return init_modifies_base(model.peft_config["default"])
-
-
-def _total_steps(cfg: RunConfig, n_train: int) -> int:
-    if cfg.train.max_steps > 0:
-        return cfg.train.max_steps
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_epoch = math.ceil(n_train / (cfg.train.batch_size * world * cfg.train.grad_accum))
-    return max(1, int(math.ceil(per_epoch * cfg.train.epochs)))

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
+import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Union
 
+from .._fields import help_field
 from ..config import BALoRAConfig
 from ..config_io import load_yaml, parse_yaml
-
-
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
 
 
 def _type_name(tp: Any) -> str:
@@ -96,11 +92,11 @@ def _check_types(obj: Any, section: str) -> None:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _help("Hugging Face model name or local model folder.", default="")
-    gguf_file: Optional[str] = _help("GGUF file name inside name_or_path (dequantised to fp32 on load).", default=None)
-    dtype: str = _help("Compute dtype of base and adapter: float32 (paper), bfloat16 or float16.", default="float32")
-    max_length: int = _help("Maximum tokens per example (longer inputs are truncated and counted).", default=256)
-    pooling: str = _help("NLU classifier pooling: auto (sentence-transformers folders -> their pooling, else cls), "
+    name_or_path: str = help_field("Hugging Face model name or local model folder.", default="")
+    gguf_file: Optional[str] = help_field("GGUF file name inside name_or_path (dequantised to fp32 on load).", default=None)
+    dtype: str = help_field("Compute dtype of base and adapter: float32 (paper), bfloat16 or float16.", default="float32")
+    max_length: int = help_field("Maximum tokens per example (longer inputs are truncated and counted).", default=256)
+    pooling: str = help_field("NLU classifier pooling: auto (sentence-transformers folders -> their pooling, else cls), "
                          "cls (the checkpoint's own *ForSequenceClassification head), mean (masked mean of the last "
                          "hidden states + linear head) or last (last non-pad token + linear head); see balora.heads.",
                          default="auto")
@@ -119,24 +115,24 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = _help("Training data: a local CSV/TSV/JSON/JSONL/parquet file or a Hub dataset 'name[:config]'.", default="")
-    validation: Optional[str] = _help("Validation data (same forms); for a Hub dataset a split name.", default=None)
-    test: Optional[str] = _help("Test data evaluated once after training (same forms).", default=None)
-    text_columns: list[str] = _help("NLU: one or two text columns (sentence pairs).", default_factory=list)
-    label_column: str = _help("NLU: label column (int classes, strings mapped in sorted order, or floats for regression).", default="label")
-    task_type: str = _help("NLU: 'classification' or 'regression' (auto: float labels -> regression).", default="auto")
-    format: Optional[str] = _help("NLG: instruction format (alpaca, metamath, codefeedback, gsm8k, sharegpt, messages, prompt_completion); auto-detected when empty.", default=None)
-    train_limit: Optional[int] = _help("Use at most this many training examples (seeded stratified subsample for NLU).", default=None)
-    eval_limit: Optional[int] = _help("Use at most this many validation/test examples.", default=None)
-    label_noise: float = _help("NLU: fraction of training labels flipped, exactly round(rate * n) (balora.data.noise; "
+    train: str = help_field("Training data: a local CSV/TSV/JSON/JSONL/parquet file or a Hub dataset 'name[:config]'.", default="")
+    validation: Optional[str] = help_field("Validation data (same forms); for a Hub dataset a split name.", default=None)
+    test: Optional[str] = help_field("Test data evaluated once after training (same forms).", default=None)
+    text_columns: list[str] = help_field("NLU: one or two text columns (sentence pairs).", default_factory=list)
+    label_column: str = help_field("NLU: label column (int classes, strings mapped in sorted order, or floats for regression).", default="label")
+    task_type: str = help_field("NLU: 'classification' or 'regression' (auto: float labels -> regression).", default="auto")
+    format: Optional[str] = help_field("NLG: instruction format (alpaca, metamath, codefeedback, gsm8k, sharegpt, messages, prompt_completion); auto-detected when empty.", default=None)
+    train_limit: Optional[int] = help_field("Use at most this many training examples (seeded stratified subsample for NLU).", default=None)
+    eval_limit: Optional[int] = help_field("Use at most this many validation/test examples.", default=None)
+    label_noise: float = help_field("NLU: fraction of training labels flipped, exactly round(rate * n) (balora.data.noise; "
                                "validation/test stay clean). 0 = none.", default=0.0)
-    label_noise_kind: str = _help("NLU: 'symmetric' (to a uniformly drawn other class) or 'class_dependent' "
+    label_noise_kind: str = help_field("NLU: 'symmetric' (to a uniformly drawn other class) or 'class_dependent' "
                                   "(class c -> c + 1 mod C, the rate applied within every class).", default="symmetric")
-    imbalance_fraction: float = _help("NLU: keep this fraction of the minority class's training rows (exactly "
+    imbalance_fraction: float = help_field("NLU: keep this fraction of the minority class's training rows (exactly "
                                       "round(f * n_min), at least 1); 1 = no subsampling.", default=1.0)
-    imbalance_class: Optional[int] = _help("NLU: the class subsampled by imbalance_fraction; empty = the least "
+    imbalance_class: Optional[int] = help_field("NLU: the class subsampled by imbalance_fraction; empty = the least "
                                            "frequent training class.", default=None)
-    injection_seed: Optional[int] = _help("Seed of the noise / imbalance draw; empty = train.seed. Recorded with "
+    injection_seed: Optional[int] = help_field("Seed of the noise / imbalance draw; empty = train.seed. Recorded with "
                                           "the run.", default=None)
 
     def __post_init__(self) -> None:
@@ -158,13 +154,13 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = _help("Method: lora, pissa, ba-lora, dora, loha, adalora, <peft method>+reg, full, bitfit, houlsby, pfeiffer.", default="ba-lora")
-    r: int = _help("Adapter rank.", default=8)
-    alpha: Optional[float] = _help("LoRA alpha (scaling alpha / r); default r.", default=None)
-    target_modules: Union[str, list[str]] = _help("Adapted modules: 'all-linear' (paper) or a list of names.", default="all-linear")
-    dropout: float = _help("Adapter dropout (paper: 0).", default=0.0)
-    pissa_niter: Optional[int] = _help("PiSSA: fast randomised SVD with this many subspace iterations (peft pissa_niter_K); exact SVD when empty.", default=None)
-    head_warmup: str = _help("NLU: fit the classifier head alone on frozen pooled features of the training set before "
+    name: str = help_field("Method: lora, pissa, ba-lora, dora, loha, adalora, <peft method>+reg, full, bitfit, houlsby, pfeiffer.", default="ba-lora")
+    r: int = help_field("Adapter rank.", default=8)
+    alpha: Optional[float] = help_field("LoRA alpha (scaling alpha / r); default r.", default=None)
+    target_modules: Union[str, list[str]] = help_field("Adapted modules: 'all-linear' (paper) or a list of names.", default="all-linear")
+    dropout: float = help_field("Adapter dropout (paper: 0).", default=0.0)
+    pissa_niter: Optional[int] = help_field("PiSSA: fast randomised SVD with this many subspace iterations (peft pissa_niter_K); exact SVD when empty.", default=None)
+    head_warmup: str = help_field("NLU: fit the classifier head alone on frozen pooled features of the training set before "
                              "the adapters train (LP-FT): 'logreg' (scikit-learn logistic regression; ridge for "
                              "regression) or 'none' (random head). The consistency term's reference then uses the "
                              "warmed head. Its cost is recorded as head_warmup_seconds.", default="logreg")
@@ -186,25 +182,25 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = _help("Run directory (checkpoints, logs, adapters, balora_run.json).", default="runs/balora")
-    epochs: float = _help("Training epochs.", default=1.0)
-    max_steps: int = _help("Stop after this many optimizer steps (overrides epochs when > 0).", default=-1)
-    batch_size: int = _help("Per-device training batch size.", default=16)
-    eval_batch_size: int = _help("Per-device evaluation batch size.", default=64)
-    grad_accum: int = _help("Gradient accumulation steps.", default=1)
-    lr: float = _help("Peak learning rate (AdamW).", default=2e-4)
-    weight_decay: float = _help("AdamW weight decay.", default=0.0)
-    warmup_ratio: float = _help("Linear warm-up fraction of the steps.", default=0.0)
-    scheduler: str = _help("transformers learning-rate scheduler name (linear, cosine, constant, ...).", default="linear")
-    seed: int = _help("Seed of data order, adapter init and dropout.", default=0)
-    group_by_length: bool = _help("Batch examples of similar length together (less padding, faster on CPU).", default=False)
-    logging_steps: int = _help("Log every N steps (each BA-LoRA term is logged separately).", default=10)
-    save_steps: int = _help("Checkpoint every N steps (0 = only at the end).", default=0)
-    save_total_limit: int = _help("Keep at most this many checkpoints.", default=2)
-    tensorboard: bool = _help("Also log to TensorBoard under output_dir/tb.", default=False)
-    progress: bool = _help("Show progress bars.", default=True)
-    resume: bool = _help("Resume from the last checkpoint in output_dir when there is one.", default=False)
-    cached_reference_epochs: float = _help("NLU: use cached per-example teacher logits (balora.reference='cached') when training for at least this many epochs and the model has no active dropout (a cache cannot replay the student's dropout masks, docs/method.md); 0 = never switch automatically.", default=2.0)
+    output_dir: str = help_field("Run directory (checkpoints, logs, adapters, balora_run.json).", default="runs/balora")
+    epochs: float = help_field("Training epochs.", default=1.0)
+    max_steps: int = help_field("Stop after this many optimizer steps (overrides epochs when > 0).", default=-1)
+    batch_size: int = help_field("Per-device training batch size.", default=16)
+    eval_batch_size: int = help_field("Per-device evaluation batch size.", default=64)
+    grad_accum: int = help_field("Gradient accumulation steps.", default=1)
+    lr: float = help_field("Peak learning rate (AdamW).", default=2e-4)
+    weight_decay: float = help_field("AdamW weight decay.", default=0.0)
+    warmup_ratio: float = help_field("Linear warm-up fraction of the steps.", default=0.0)
+    scheduler: str = help_field("transformers learning-rate scheduler name (linear, cosine, constant, ...).", default="linear")
+    seed: int = help_field("Seed of data order, adapter init and dropout.", default=0)
+    group_by_length: bool = help_field("Batch examples of similar length together (less padding, faster on CPU).", default=False)
+    logging_steps: int = help_field("Log every N steps (each BA-LoRA term is logged separately).", default=10)
+    save_steps: int = help_field("Checkpoint every N steps (0 = only at the end).", default=0)
+    save_total_limit: int = help_field("Keep at most this many checkpoints.", default=2)
+    tensorboard: bool = help_field("Also log to TensorBoard under output_dir/tb.", default=False)
+    progress: bool = help_field("Show progress bars.", default=True)
+    resume: bool = help_field("Resume from the last checkpoint in output_dir when there is one.", default=False)
+    cached_reference_epochs: float = help_field("NLU: use cached per-example teacher logits (balora.reference='cached') when training for at least this many epochs and the model has no active dropout (a cache cannot replay the student's dropout masks, docs/method.md); 0 = never switch automatically.", default=2.0)
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
@@ -222,16 +218,29 @@ class TrainConfig:
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
+    def total_steps(self, n_train: int, world_size: Optional[int] = None) -> int:
+        """Optimizer steps of the run: ``max_steps`` when set, else epochs x ceil(examples / global batch)
+        (``world_size``: processes in the run, default ``$WORLD_SIZE`` or 1). AdaLoRA's budget needs it."""
+        if self.max_steps > 0:
+            return self.max_steps
+        world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+        per_epoch = math.ceil(n_train / (self.batch_size * world * self.grad_accum))
+        return max(1, int(math.ceil(per_epoch * self.epochs)))
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """Learning-rate warm-up steps: ceil(warmup_ratio x total_steps), as transformers computes them."""
+        return math.ceil(total_steps * self.warmup_ratio)
+
 
 @dataclass
 class EvalOptions:
     """One generation benchmark run after training (see :mod:`balora.evaluation.tasks`)."""
 
-    task: str = _help("Benchmark: gsm8k, math, math500, humaneval, mbpp or mt-bench.", default="gsm8k")
-    data: str = _help("Its data: a local file/folder or a Hub dataset name (see balora.evaluation.tasks).", default="")
-    limit: Optional[int] = _help("Evaluate only the first N problems (all when empty).", default=None)
-    batch_size: int = _help("Prompts per generate() call (greedy decoding).", default=8)
-    max_new_tokens: int = _help("Maximum generated tokens per problem.", default=512)
+    task: str = help_field("Benchmark: gsm8k, math, math500, humaneval, mbpp or mt-bench.", default="gsm8k")
+    data: str = help_field("Its data: a local file/folder or a Hub dataset name (see balora.evaluation.tasks).", default="")
+    limit: Optional[int] = help_field("Evaluate only the first N problems (all when empty).", default=None)
+    batch_size: int = help_field("Prompts per generate() call (greedy decoding).", default=8)
+    max_new_tokens: int = help_field("Maximum generated tokens per problem.", default=512)
 
     def __post_init__(self) -> None:
         _check_types(self, "eval")
@@ -251,7 +260,7 @@ class EvalOptions:
 
 @dataclass
 class RunConfig:
-    kind: str = _help("'nlu' (sequence classification/regression) or 'nlg' (causal LM instruction tuning).", default="nlu")
+    kind: str = help_field("'nlu' (sequence classification/regression) or 'nlg' (causal LM instruction tuning).", default="nlu")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data."})
     method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "Adapter method."})

@@ -1,9 +1,10 @@
-"""Loading base models and tokenizers: a Hub name or a local folder (optionally a GGUF file in it)."""
+"""The one model loader: base models and tokenizers from a Hub name or a local folder (optionally a GGUF file in
+it), used by training, export, the evaluation CLI and the overhead benchmark."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -27,10 +28,14 @@ def load_tokenizer(name_or_path: str, gguf_file: Optional[str] = None, padding_s
     return tok
 
 
-def load_base_model(name_or_path: str, kind: str, num_labels: Optional[int] = None, dtype: str = "float32",
+def load_base_model(name_or_path: str, kind: str, num_labels: Optional[int] = None,
+                    dtype: Union[str, torch.dtype] = "float32",
                     gguf_file: Optional[str] = None, pad_token_id: Optional[int] = None,
                     problem_type: Optional[str] = None, pooling: str = "auto") -> Any:
-    """A sequence classifier (kind ``nlu``; ``pooling``, see :mod:`balora.heads`) or ``AutoModelForCausalLM`` (``nlg``)."""
+    """A sequence classifier (kind ``nlu``; ``pooling``, see :mod:`balora.heads`) or ``AutoModelForCausalLM`` (``nlg``).
+
+    ``dtype``: a name in :data:`DTYPES`, ``"auto"`` (the checkpoint's) or a ``torch.dtype``.
+    """
     from transformers import AutoModelForCausalLM
 
     if not name_or_path:
@@ -38,11 +43,14 @@ def load_base_model(name_or_path: str, kind: str, num_labels: Optional[int] = No
     local = Path(name_or_path)
     if name_or_path.startswith((".", "/", "~")) and not local.expanduser().exists():
         raise FileNotFoundError(f"model folder {local} does not exist")
-    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], **_gguf_kwargs(name_or_path, gguf_file)}
+    if isinstance(dtype, str) and dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) and dtype != "auto" else dtype
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, **_gguf_kwargs(name_or_path, gguf_file)}
     if kind == "nlu":
         if num_labels is None:
             raise ValueError("num_labels is needed for a sequence-classification model")
-        from ..heads import load_classifier
+        from .heads import load_classifier
 
         model = load_classifier(name_or_path, num_labels, pooling, problem_type=problem_type, **kwargs)
         if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:

@@ -8,7 +8,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.model_selection import LeaveOneOut, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
-from balora.analysis.measures import classification_scores, expected_calibration_error, geometry_scores, knn_accuracy
+from balora.reports.measures import classification_scores, expected_calibration_error, geometry_scores, knn_accuracy
 
 
 def features():

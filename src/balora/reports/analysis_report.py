@@ -1,8 +1,8 @@
-"""Reports of the analyses (:mod:`balora.analysis.suite`): a Markdown file with the command, the main table, paired
+"""Reports of the analyses (:mod:`balora.bench.analyses`): a Markdown file with the command, the main table, paired
 comparisons with bootstrap intervals, collapse flags, and matplotlib plots.
 
 Every comparison is paired: two variants are compared on the seeds both have (same seed = same data order and
-subset) and on the same test examples, with :func:`balora.analysis.stats.paired_bootstrap` (examples and seeds
+subset) and on the same test examples, with :func:`balora.reports.stats.paired_bootstrap` (examples and seeds
 resampled). A difference whose interval contains 0 is reported as "within noise". Records without per-example
 predictions (NLG) are compared by a paired bootstrap over seeds only.
 """
@@ -330,17 +330,16 @@ def _tsne_panels(groups: dict[str, dict[int, dict]], out: Path, save: Any, plt: 
 
 
 # ----------------------------------------------------------------------------------------------- report
-def write_report(kind: str, records: list[dict], out: Path, *, reference: str = "", command: str = "",
-                 n_boot: int = 1000, failed: Optional[list[str]] = None) -> Path:
+def write_report(kind: str, records: list[dict], out: Path, *, description: str = "", reference: str = "",
+                 command: str = "", n_boot: int = 1000, failed: Optional[list[str]] = None) -> Path:
     """Write ``out/report.md`` (+ plots) for the records of analysis ``kind``; returns the report's path."""
     from ..atomic import write_text_atomic
-    from .suite import ANALYSES
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     groups = group_records(records)
     metric = _main_metric(records)
-    lines = [f"# Analysis: {kind}", "", ANALYSES[kind], "", "Command:", "", "```", command or "(not recorded)", "```", ""]
+    lines = [f"# Analysis: {kind}", "", description, "", "Command:", "", "```", command or "(not recorded)", "```", ""]
     if not records:
         lines += ["No finished runs yet."]
     else:

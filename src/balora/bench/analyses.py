@@ -3,7 +3,7 @@
 Each analysis is a default ``sweep:`` section (grid axes and named variants, :mod:`balora.bench.sweep`) around the
 user's run config, a per-run function that records what the report needs (test predictions for the paired
 bootstrap, per-class recall, ECE, the injected noise, captured features), and a report
-(:mod:`balora.analysis.analysis_report`). Anything in the config's own ``sweep:`` section replaces the default.
+(:mod:`balora.reports.analysis_report`). Anything in the config's own ``sweep:`` section replaces the default.
 
 The data are the run config's ``data`` section, or, with ``analysis: {dataset: multiemo}``, the packaged MultiEmo
 (English sentences, 4 classes; the demo's loader) with ``train_domain``, ``train_size``, ``test_size``.
@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..bench.sweep import Cell, SweepConfig, expand, load_sweep, run_sweep
+from .sweep import Cell, SweepConfig, expand, load_sweep, run_sweep
 from ..config import TASK_DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -179,8 +179,8 @@ def make_cell_fn(kind: str, opts: AnalysisOptions, out: Path,
 
         from ..data.noise import minority_class
         from ..training.nlu import run_nlu
-        from .capture import FeatureCapture
-        from .measures import classification_scores
+        from ..training.capture import FeatureCapture
+        from ..reports.measures import classification_scores
 
         cfg = copy.deepcopy(cell.config)
         cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir), progress=False)
@@ -221,7 +221,7 @@ def make_cell_fn(kind: str, opts: AnalysisOptions, out: Path,
                            for e in result.log_history if "loss" in e],
         }
         if capture is not None:
-            from .measures import geometry_scores
+            from ..reports.measures import geometry_scores
 
             feats_dir = out / "features"
             feats_dir.mkdir(parents=True, exist_ok=True)
@@ -271,9 +271,7 @@ def _logged_steps(history: list[dict]) -> int:
 def _capture_steps(cfg: Any, n_train: int, opts: AnalysisOptions) -> list[int]:
     if opts.steps:
         return [int(s) for s in opts.steps]
-    from ..training.nlu import _total_steps
-
-    total = _total_steps(cfg, n_train)
+    total = cfg.train.total_steps(n_train)
     return sorted({max(1, round(total * f)) for f in (0.25, 0.5, 0.75)})
 
 
@@ -335,7 +333,7 @@ def run_analysis(kind: str, config: Optional[str] = None, overrides: Optional[li
                  report_only: bool = False) -> dict:
     """Run (resuming) analysis ``kind`` and write its report; returns ``{"summary", "report", "records"}``."""
     from ..bench.runner import read_results
-    from .analysis_report import write_report
+    from ..reports.analysis_report import write_report
 
     sweep, opts, reference = build_analysis(kind, config, overrides, out, seeds)
     out_dir = Path(sweep.results).parent
@@ -345,7 +343,7 @@ def run_analysis(kind: str, config: Optional[str] = None, overrides: Optional[li
         summary = run_sweep(sweep, make_cell_fn(kind, opts, out_dir, data_fn), progress=progress, cells=cells)
     keys = {c.spec.key() for c in cells}
     records = [r for r in read_results(sweep.results) if r["key"] in keys]
-    report = write_report(kind, records, out_dir, reference=reference, command=command, n_boot=opts.n_boot,
+    report = write_report(kind, records, out_dir, description=ANALYSES[kind], reference=reference, command=command, n_boot=opts.n_boot,
                           failed=[f"{s.slug()} {s.hparams.get('variant', '')}: {e}" for s, e in
                                   (summary.failed if summary else [])])
     return {"summary": summary, "report": report, "records": records}

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from transformers import BertTokenizerFast
 
-from balora.analysis.suite import ANALYSES, build_analysis, run_analysis
+from balora.bench.analyses import ANALYSES, build_analysis, run_analysis
 from balora.bench.runner import read_results
 from balora.bench.sweep import expand
 from tests.core.tiny import tiny_bert

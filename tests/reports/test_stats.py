@@ -1,4 +1,4 @@
-"""Paired bootstrap of a metric difference, collapse flag and majority baseline (balora.analysis.stats)."""
+"""Paired bootstrap of a metric difference, collapse flag and majority baseline (balora.reports.stats)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from balora.analysis.stats import collapsed, macro_f1, majority_baseline, paired_bootstrap
+from balora.reports.stats import collapsed, macro_f1, majority_baseline, paired_bootstrap
 
 
 def test_hand_checkable_cases():

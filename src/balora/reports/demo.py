@@ -5,16 +5,84 @@ Every table and plot flags collapsed runs (one class predicted for every test ex
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..atomic import write_text_atomic
 from . import plots
 
+PROBE = "linear probe"  # the warmed head alone on the frozen base (a row of the demo's tables)
+
+
+def collapse_label(method: str, summary: dict) -> str:
+    """``method`` with its collapsed-run count when there is any (used in every table and plot)."""
+    n = summary[method]["collapsed"]
+    return f"{method} ({n}/{len(summary[method]['seeds'])} collapsed)" if n else method
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *[line(r) for r in rows]])
+
+
+def format_table(results: dict) -> str:
+    """The summary: one row per method, mean ± std over seeds, majority baseline next to each score."""
+    maj = results["majority"]
+    minority = results["data"]["minority_class"]
+    header = ["method", "collapsed", "accuracy", f"macro-F1 (majority {maj['in_domain']['macro_f1']:.3f})",
+              f"recall[{minority}]", f"OOD accuracy (majority {maj['ood']['accuracy']:.3f})",
+              f"OOD macro-F1 (majority {maj['ood']['macro_f1']:.3f})", "train s/run"]
+    rows = []
+    for method, s in results["summary"].items():
+        rows.append([method, f"{s['collapsed']}/{len(s['seeds'])}", _pm(s["accuracy"]), _pm(s["macro_f1"]),
+                     _pm(s["minority_recall"]), _pm(s["ood_accuracy"]), _pm(s["ood_macro_f1"]),
+                     f"{s['train_seconds']['mean']:.0f}"])
+    p = results.get("probe")
+    if p:
+        rows.append([f"({PROBE}: head only)", "1/1" if p["collapsed"] else "0/1", f"{p['accuracy']:.3f}",
+                     f"{p['macro_f1']:.3f}", f"{p['minority_recall']:.3f}", f"{p['ood_accuracy']:.3f}",
+                     f"{p['ood_macro_f1']:.3f}", "0"])
+    return _table(header, rows)
+
+
+def format_runs(results: dict) -> str:
+    """One row per run: every seed's scores next to the majority baseline, collapsed runs marked."""
+    maj = results["majority"]
+    header = ["method", "seed", "accuracy", "macro-F1", "majority macro-F1", f"recall[{results['data']['minority_class']}]",
+              "OOD accuracy", "majority OOD acc", "probe train acc", "flag"]
+    rows = []
+    for r in results["runs"]:
+        flag = "COLLAPSED" if r["collapsed"] else ("below majority" if r["macro_f1"] <= maj["in_domain"]["macro_f1"] else "")
+        probe = r.get("head", {}).get("train_accuracy")
+        rows.append([r["method"], r["seed"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
+                     f"{maj['in_domain']['macro_f1']:.3f}", f"{r['minority_recall']:.3f}", f"{r['ood_accuracy']:.3f}",
+                     f"{maj['ood']['accuracy']:.3f}", "-" if probe is None else f"{probe:.3f}", flag])
+    return _table(header, rows)
+
+
+def format_comparisons(results: dict) -> str:
+    """Paired differences A - B with their 95% bootstrap interval (test examples and seeds resampled)."""
+    header = ["A - B", "scope", "metric", "difference [95% CI]", "reading"]
+    rows = []
+    for c in results["comparisons"]:
+        reading = "within noise" if c["within_noise"] else (f"{c['a']} better" if c["diff"] > 0 else f"{c['b']} better")
+        rows.append([f"{c['a']} - {c['b']}", c["scope"], c["metric"],
+                     f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]", reading])
+    return _table(header, rows)
+
+
+def _pm(stat: dict) -> str:
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def elapsed(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
 
 def write_report(results: dict, out: Path) -> Path:
-    from ..demo import collapse_label, elapsed, format_comparisons, format_runs, format_table
-
     labels = results["data"]["labels"]
     runs = results["runs"]
     summary = results["summary"]
@@ -107,7 +175,6 @@ def anchor_report(warmed: dict, random: dict, out: Path, n_boot: int = 1000) -> 
     """anchors.md: the same demo with the warmed head (``head_warmup: logreg``, the reference = pretrained
     body + warmed head) and with the random head (``none``, the paper's literal step-0 anchor), per method,
     with paired bootstrap differences (same seeds, same test examples)."""
-    from ..demo import _table
     from .stats import paired_bootstrap
 
     refs = np.asarray(warmed["data"]["test_labels"])
@@ -156,14 +223,10 @@ with its random head). For LoRA and PiSSA only the head's starting point changes
     return write_text_atomic(out, text)
 
 
-def _pm(stat: dict) -> str:
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
-
-
-if __name__ == "__main__":  # python -m balora.analysis.demo_report WARMED/results.json RANDOM/results.json OUT.md
+if __name__ == "__main__":  # python -m balora.reports.demo WARMED/results.json RANDOM/results.json OUT.md
     import json
     import sys
 
     if len(sys.argv) != 4:
-        sys.exit("usage: python -m balora.analysis.demo_report WARMED/results.json RANDOM/results.json OUT.md")
+        sys.exit("usage: python -m balora.reports.demo WARMED/results.json RANDOM/results.json OUT.md")
     anchor_report(json.loads(Path(sys.argv[1]).read_text()), json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]))

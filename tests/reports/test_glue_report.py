@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from balora.bench.report import markdown_tables, summarize, wide_table, write_report
+from balora.reports.glue import markdown_tables, summarize, wide_table, write_report
 from balora.bench.runner import RunSpec, read_results
 
 # (method, task, seed) -> headline value. RTE acc 0.60/0.62/0.64: mean 62.00, sample std 2.00;

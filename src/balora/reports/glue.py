@@ -20,17 +20,13 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_write, write_text_atomic
+from ..data.glue import GLUE_TASKS, TABLE_ORDER as TASK_ORDER
+from ..methods import table_order_key
 
 __all__ = ["TASK_ORDER", "main_value", "summarize", "Summary", "markdown_tables", "wide_table", "write_report",
            "plot_summary"]
 
-# The paper's column order (Table 2), then anything else alphabetically.
-TASK_ORDER = ("mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb", "wnli")
-_TASK_LABEL = {"mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "qqp": "QQP",
-               "rte": "RTE", "stsb": "STS-B", "wnli": "WNLI"}
 _METRIC_LABEL = {"accuracy": "Acc", "matthews_correlation": "MCC", "pearson": "Pearson"}
-_METHOD_ORDER = ("full", "bitfit", "houlsby", "pfeiffer", "lora", "lora+reg", "dora", "dora+reg", "loha", "adalora",
-                 "pissa", "pissa+reg", "ba-lora")
 
 
 def model_label(model: str) -> str:
@@ -118,7 +114,7 @@ def _column_order(columns: Iterable[str]) -> list[str]:
 
 
 def _method_order(methods: Iterable[str]) -> list[str]:
-    return sorted(set(methods), key=lambda m: (_METHOD_ORDER.index(m) if m in _METHOD_ORDER else len(_METHOD_ORDER), m))
+    return sorted(set(methods), key=table_order_key)
 
 
 def _params(lo: Any, hi: Any) -> str:
@@ -151,7 +147,7 @@ def wide_table(summary: Summary, model: str, table: str = "glue") -> pd.DataFram
 def _header(col: str, cells: pd.DataFrame) -> str:
     task, _, ood = col.partition("→")
     metric = cells.loc[cells["column"] == col, "metric"].iloc[0]
-    name = _TASK_LABEL.get(task, task) + (f"→{ood}" if ood else "")
+    name = (GLUE_TASKS[task].label if task in GLUE_TASKS else task) + (f"→{ood}" if ood else "")
     return f"{name} ({_METRIC_LABEL.get(metric, metric)})"
 
 

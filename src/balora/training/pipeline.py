@@ -1,0 +1,69 @@
+"""The run pipeline shared by NLU and NLG runs: prepare, train, evaluate, record.
+
+:func:`balora.training.nlu.run_nlu` and :func:`balora.training.nlg.run_nlg` differ only in their data, model
+head and evaluation; the stages around them are here, in the order a run goes through them:
+
+1. :func:`open_run`: the settings are checked (after the caller checked its data), the run folder is created with
+   its record marked ``running``, and marked ``failed`` with the error if anything later raises;
+2. :func:`prepare_method`: the method is put on the loaded model (adapter init seeded so a resume rebuilds it)
+   and a residual init's step-0 adapter is saved (needed to export for the original base);
+3. :func:`train`: the Trainer runs (from the last checkpoint with ``train.resume``);
+4. :func:`save_adapter` and :func:`balora.training.common.finish_run`: the adapter and the run record.
+
+The run folder's file names live in :mod:`balora.run_layout`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..run_layout import save_run_adapters
+from .common import check_runtime, last_checkpoint, mark_failure, peft_extra_kwargs, start_run
+from .run_config import RunConfig
+
+
+@contextlib.contextmanager
+def open_run(cfg: RunConfig, has_eval: bool) -> Iterator[Path]:
+    """Check the settings, create the run folder (record ``running``) and mark it ``failed`` on any error."""
+    check_runtime(cfg, has_eval)
+    run_dir = Path(cfg.train.output_dir)
+    start_run(cfg, run_dir)
+    with mark_failure(run_dir):
+        yield run_dir
+
+
+def prepare_method(cfg: RunConfig, model: Any, n_train: int, run_dir: Path, balora: Any = None) -> Any:
+    """:func:`balora.methods.prepare_model` with the run's method settings; saves a residual init's step-0 adapter.
+
+    ``balora``: the :class:`~balora.config.BALoRAConfig` (default ``cfg.balora_config()``).
+    """
+    import torch
+
+    from ..methods import prepare_model
+    from ..reference import init_modifies_base
+
+    torch.manual_seed(cfg.train.seed)  # the adapter init (and pissa_niter's sketch) is reproducible on resume
+    model = prepare_model(model, cfg.method.name, r=cfg.method.r, alpha=cfg.method.alpha,
+                          target_modules=cfg.method.target_modules, dropout=cfg.method.dropout,
+                          pissa_niter=cfg.method.pissa_niter,
+                          balora=cfg.balora_config() if balora is None else balora,
+                          **peft_extra_kwargs(cfg.method.name, cfg.train.total_steps(n_train)))
+    if getattr(model, "peft_config", None) and init_modifies_base(model.peft_config["default"]):
+        save_run_adapters(model, run_dir, initial=True)
+    return model
+
+
+def train(cfg: RunConfig, trainer: Any, run_dir: Path) -> tuple[list[dict], float]:
+    """Run the Trainer (resuming from the last checkpoint with ``train.resume``): (log history, seconds)."""
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last_checkpoint(run_dir) if cfg.train.resume else None)
+    return list(trainer.state.log_history), time.perf_counter() - start
+
+
+def save_adapter(model: Any, run_dir: Path) -> None:
+    """Save the trained adapter into ``RUN_DIR/adapter`` (a method without one, e.g. full fine-tuning: nothing)."""
+    if getattr(model, "peft_config", None):
+        save_run_adapters(model, run_dir, initial=False)
