@@ -81,10 +81,19 @@ class BALoRAConfig:
         "(logged once).",
         default="hidden",
     )
-    schedule: Literal["constant", "authors"] = help_field(
-        "Lambda schedule: 'constant' (default) or 'authors' (cosine-decaying l1; l2 and l3 off for the "
-        "first 20% of steps, then a 5% linear ramp), as in the authors' code.",
+    schedule: Literal["constant", "authors", "adaptive"] = help_field(
+        "Lambda schedule: 'constant' (default), 'authors' (cosine-decaying l1; l2 and l3 off for the "
+        "first 20% of steps, then a 5% linear ramp), as in the authors' code, or 'adaptive' (beyond the "
+        "paper: each term's weight is rescaled so that its weighted size relative to the task loss stays "
+        "what the configured lambdas gave at the first step; balora.schedules.AdaptiveLambdas).",
         default="constant",
+    )
+    adaptive_beta: float = help_field(
+        "schedule='adaptive': decay of the moving averages of the term magnitudes (0 = last step only).",
+        default=0.9,
+    )
+    adaptive_clip: float = help_field(
+        "schedule='adaptive': each weight stays within [lambda / clip, lambda * clip].", default=10.0
     )
     reference: Literal["auto", "adapter", "disable", "cached", "model"] = help_field(
         "How the pretrained reference is obtained. 'auto': a frozen copy of the initial adapter switched "
@@ -134,7 +143,11 @@ class BALoRAConfig:
             setattr(self, name, float(value))
         _check_choice(self, "svd_estimator", ("randomized", "exact"))
         _check_choice(self, "svd_normalizer", ("sum", "fro"))
-        _check_choice(self, "schedule", ("constant", "authors"))
+        _check_choice(self, "schedule", ("constant", "authors", "adaptive"))
+        if not (isinstance(self.adaptive_beta, (int, float)) and 0 <= self.adaptive_beta < 1):
+            raise ValueError(f"BALoRAConfig.adaptive_beta must be in [0, 1), got {self.adaptive_beta!r}")
+        if not (isinstance(self.adaptive_clip, (int, float)) and self.adaptive_clip >= 1):
+            raise ValueError(f"BALoRAConfig.adaptive_clip must be a number >= 1, got {self.adaptive_clip!r}")
         _check_choice(self, "reference", ("auto", "adapter", "disable", "cached", "model"))
         _check_choice(self, "nlu_regression_features", ("hidden", "skip"))
         _check_choice(self, "nan_policy", ("error", "skip_term"))

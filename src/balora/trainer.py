@@ -39,7 +39,7 @@ from .config import BALoRAConfig
 from .distributed import all_reduce_sum, world_size
 from .objectives import Normalizer, StepContext, make_objective, static_head_check, svd_term
 from .reference import ReferenceSpec, TeacherCache
-from .schedules import lambda_weights
+from .schedules import AdaptiveLambdas, lambda_weights
 
 logger = logging.getLogger(__name__)
 TERMS = ("task", "consistency", "diversity", "svd")
@@ -235,6 +235,7 @@ class BALoRATrainer(Trainer):
         self._norm: Optional[Normalizer] = None
         self._sums: dict[str, torch.Tensor] = {}
         self._weights: dict[str, torch.Tensor] = {}
+        self.adaptive = AdaptiveLambdas(self.balora_config) if self.balora_config.schedule == "adaptive" else None
 
     def train(self, *args: Any, **kwargs: Any):
         """Trainer.train; with several processes, first check that the ranks' PiSSA inits agree (collective: every
@@ -251,6 +252,8 @@ class BALoRATrainer(Trainer):
     def lambdas(self) -> tuple[float, float, float]:
         if not self._regularizes:
             return 0.0, 0.0, 0.0
+        if self.adaptive is not None:
+            return self.adaptive.weights()
         return lambda_weights(self.balora_config, self.state.global_step, self.state.max_steps)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -279,6 +282,8 @@ class BALoRATrainer(Trainer):
         loss, outputs, terms = self.objective(model, inputs, ctx)
         for name, (value, weight) in terms.items():
             self._record(name, value, weight)
+        if self.adaptive is not None:
+            self.adaptive.observe({name: value for name, (value, _) in terms.items()})
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------ logging

@@ -24,7 +24,7 @@ def test_every_command_module_is_in_the_table() -> None:
             if hasattr(importlib.import_module(name), "register"):
                 assert name in listed, f"{name} has register() but is not in balora.cli.main.COMMANDS/BENCH_KINDS"
     commands = cli_main.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert list(commands) == ["demo", "train", "export", "eval", "bench", "report"]
+    assert list(commands) == ["demo", "train", "export", "eval", "bench", "report", "analyze"]
 
 
 @pytest.mark.parametrize("cuda", [False, True])

@@ -10,13 +10,13 @@ import sys
 from typing import Any, Callable, Optional
 
 from ..bench import nlg_cli, overhead_cli
-from . import bench_cmd, demo, eval_cmd, export, report_cmd, train
+from . import analyze, bench_cmd, demo, eval_cmd, export, report_cmd, train
 
 Register = Callable[[Any], Any]  # register(subparsers) adds one sub-command
 
 # `balora COMMAND`, in the order `balora --help` lists them.
 COMMANDS: tuple[Register, ...] = (demo.register, train.register, export.register, eval_cmd.register,
-                                  bench_cmd.register, report_cmd.register)
+                                  bench_cmd.register, report_cmd.register, analyze.register)
 # `balora bench KIND`.
 BENCH_KINDS: tuple[Register, ...] = (bench_cmd.register_nlu, nlg_cli.register, overhead_cli.register)
 

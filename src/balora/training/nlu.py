@@ -48,6 +48,7 @@ class NLUResult:
     adapter_change: float = 0.0  # L2 norm of (trained - initial) trainable weights: was anything learnt?
     adapter_fingerprint: str = ""  # sha256 of the trained weights: do two runs differ?
     head: dict = field(default_factory=dict)  # pooling and head warm-up (what, cost in seconds, probe fit)
+    injection: dict = field(default_factory=dict)  # injected label noise / imbalance (balora.data.noise.inject)
 
 
 def load_nlu_data(cfg: RunConfig) -> NLUData:
@@ -147,6 +148,7 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     for split in ("validation", "test"):
         if cfg.data.eval_limit and split in data.splits and len(data.splits[split]) > cfg.data.eval_limit:
             data.splits[split] = _subsample(data.splits[split], cfg.data.eval_limit, 0, not data.regression)
+    injection = _inject(cfg, data)
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.gguf_file)
     encoded, truncated = tokenize_nlu(data, tokenizer, cfg.model.max_length)
     model = load_base_model(cfg.model.name_or_path, "nlu", data.num_labels, cfg.model.dtype, cfg.model.gguf_file,
@@ -183,7 +185,7 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     log_history, seconds = pipeline.train(cfg, trainer, run_dir)
     result = NLUResult(run_dir=str(run_dir), log_history=log_history, truncated=truncated, train_seconds=seconds,
-                       head=warmup)
+                       head=warmup, injection=injection)
     result.trainable_params, result.total_params = count_parameters(model)
     result.adapter_change, result.adapter_fingerprint = weight_change(model, initial)
     # transformers 5 length-groups (and so shuffles) evaluation batches too when train_sampling_strategy is
@@ -202,8 +204,25 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
         pipeline.save_adapter(model, run_dir)
     finish_run(cfg, run_dir, model, result.metrics, extra={"num_labels": data.num_labels, "label_names": data.label_names,
                                                            "truncated": truncated, "data": data.description or cfg.data.train,
-                                                           "head": warmup})
+                                                           "head": warmup, "injection": injection})
     return result
+
+
+def _inject(cfg: RunConfig, data: NLUData) -> dict:
+    """Injected label noise / class imbalance on the training split only (balora.data.noise), recorded."""
+    d = cfg.data
+    if d.label_noise == 0 and d.imbalance_fraction == 1:
+        return {}
+    if data.regression:
+        raise ValueError("data.label_noise / data.imbalance_fraction need class labels, not a regression target")
+    from ..data.noise import inject
+
+    seed = cfg.train.seed if d.injection_seed is None else d.injection_seed
+    data.splits["train"], record = inject(data.splits["train"], num_classes=data.num_labels,
+                                          label_column=data.label_column, noise=d.label_noise,
+                                          noise_kind=d.label_noise_kind, imbalance_fraction=d.imbalance_fraction,
+                                          imbalance_class=d.imbalance_class, seed=seed)
+    return record
 
 
 def _warm_up_head(cfg: RunConfig, model: Any, train_ds: Any, collator: Any) -> dict:

@@ -124,6 +124,16 @@ class DataConfig:
     format: Optional[str] = help_field("NLG: instruction format (alpaca, metamath, codefeedback, gsm8k, sharegpt, messages, prompt_completion); auto-detected when empty.", default=None)
     train_limit: Optional[int] = help_field("Use at most this many training examples (seeded stratified subsample for NLU).", default=None)
     eval_limit: Optional[int] = help_field("Use at most this many validation/test examples.", default=None)
+    label_noise: float = help_field("NLU: fraction of training labels flipped, exactly round(rate * n) (balora.data.noise; "
+                               "validation/test stay clean). 0 = none.", default=0.0)
+    label_noise_kind: str = help_field("NLU: 'symmetric' (to a uniformly drawn other class) or 'class_dependent' "
+                                  "(class c -> c + 1 mod C, the rate applied within every class).", default="symmetric")
+    imbalance_fraction: float = help_field("NLU: keep this fraction of the minority class's training rows (exactly "
+                                      "round(f * n_min), at least 1); 1 = no subsampling.", default=1.0)
+    imbalance_class: Optional[int] = help_field("NLU: the class subsampled by imbalance_fraction; empty = the least "
+                                           "frequent training class.", default=None)
+    injection_seed: Optional[int] = help_field("Seed of the noise / imbalance draw; empty = train.seed. Recorded with "
+                                          "the run.", default=None)
 
     def __post_init__(self) -> None:
         _check_types(self, "data")
@@ -132,6 +142,12 @@ class DataConfig:
         for name in ("train_limit", "eval_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1 or empty (no limit), got {getattr(self, name)}")
+        if not 0 <= self.label_noise <= 1:
+            raise ValueError(f"data.label_noise must be in [0, 1], got {self.label_noise}")
+        if self.label_noise_kind not in ("symmetric", "class_dependent"):
+            raise ValueError(f"data.label_noise_kind must be symmetric or class_dependent, got {self.label_noise_kind!r}")
+        if not 0 < self.imbalance_fraction <= 1:
+            raise ValueError(f"data.imbalance_fraction must be in (0, 1], got {self.imbalance_fraction}")
         if len(self.text_columns) > 2:
             raise ValueError(f"data.text_columns takes one or two columns, got {self.text_columns}")
 

@@ -1,0 +1,199 @@
+"""Sweeps whose configs are the run config plus grid axes: any :class:`~balora.training.run_config.RunConfig`
+field (``balora.lambda_consistency``, ``method.r``, ``method.name``, ``train.seed``, ``data.label_noise``, ...)
+can be an axis.
+
+A sweep YAML is a run config (sections ``kind``, ``model``, ``data``, ``method``, ``balora``, ``train``) plus a
+``sweep`` section::
+
+    sweep:
+      grid: {method.name: [lora, pissa, ba-lora], train.seed: [0, 1, 2]}   # the cross product
+      variants:                                                             # named sets of overrides,
+        w/o svd: {method.name: ba-lora, balora.lambda_svd: 0}               # each crossed with the grid
+      results: results/my_sweep.jsonl
+      out_dir: runs/my_sweep
+
+Every cell is a fully validated RunConfig (bad values are reported naming the variant and the axis before
+anything runs). The cells run through :func:`balora.bench.runner.run_grid`, so the records are the same
+crash-safe, resumable JSON Lines as ``balora bench nlu`` / ``bench nlg`` (which build their own specs on the same
+runner). A record's key holds the variant, the axis values and a digest of the whole resolved run config, so a
+changed base setting is a new run, not a skipped one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+from .runner import GridSummary, RunSpec, run_grid
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SweepConfig", "Cell", "set_path", "expand", "load_sweep", "run_sweep", "SWEEP_KEYS"]
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class SweepConfig:
+    """A base run config and the axes that vary around it."""
+
+    run: dict = _help("The base run config as a nested mapping (sections of RunConfig).", default_factory=dict)
+    grid: dict = _help("Axes: dotted RunConfig field -> list of values; the sweep is their cross product.",
+                       default_factory=dict)
+    variants: dict = _help("Named sets of dotted overrides ({name: {field: value}}), each crossed with the grid; "
+                           "empty = one unnamed variant.", default_factory=dict)
+    results: str = _help("Results file (JSON Lines, one record per finished run; appended, resumable).",
+                         default="results/sweep.jsonl")
+    out_dir: str = _help("Parent folder of the per-run output folders.", default="runs/sweep")
+    task: str = _help("Task name stored in the records (default: the training data's file stem).", default="")
+    keep_outputs: bool = _help("Keep each finished run's folder (checkpoints, adapters).", default=False)
+    key_extra: dict = _help("Settings outside the run config that change the results (e.g. an analysis's data "
+                            "options); part of every run's key, so changing them is a new run.", default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.grid, Mapping):
+            raise ValueError(f"sweep.grid must be a mapping of field -> list of values, got {self.grid!r}")
+        for axis, values in self.grid.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"sweep.grid.{axis} must be a non-empty list of values, got {values!r}")
+            _check_path(axis, f"sweep.grid.{axis}")
+        if not isinstance(self.variants, Mapping):
+            raise ValueError(f"sweep.variants must be a mapping of name -> overrides, got {self.variants!r}")
+        for name, overrides in self.variants.items():
+            if not isinstance(overrides, Mapping):
+                raise ValueError(f"sweep.variants.{name} must be a mapping of field -> value, got {overrides!r}")
+            for path in overrides:
+                _check_path(path, f"sweep.variants.{name}.{path}")
+
+
+SWEEP_KEYS = {f.name for f in dataclasses.fields(SweepConfig)} - {"run"}
+
+
+@dataclass
+class Cell:
+    """One run of a sweep: its validated config, the variant and axis values that made it, and its RunSpec."""
+
+    config: Any  # RunConfig
+    variant: str
+    axes: dict
+    spec: RunSpec
+
+    @property
+    def label(self) -> str:
+        """Readable name without the seed: the variant and the non-seed axis values."""
+        parts = [self.variant] if self.variant else []
+        parts += [str(v) if k == "method.name" else f"{k.split('.')[-1]}={v}" for k, v in self.axes.items()
+                  if k != "train.seed"]
+        return " ".join(parts) or self.config.method.name
+
+
+def _check_path(path: str, where: str) -> None:
+    from ..config import BALoRAConfig
+    from ..training.run_config import SECTIONS
+
+    if path == "kind":
+        return
+    section, _, name = str(path).partition(".")
+    known = ({f.name for f in dataclasses.fields(BALoRAConfig)} - {"task"} if section == "balora"
+             else {f.name for f in dataclasses.fields(SECTIONS[section])} if section in SECTIONS else None)
+    if known is None:
+        raise ValueError(f"{where}: unknown section {section!r}; expected one of "
+                         f"{', '.join(['balora', *SECTIONS])} (as section.field)")
+    if name not in known:
+        raise ValueError(f"{where}: unknown field {name!r} of section {section!r}; known: {sorted(known)}")
+
+
+def set_path(raw: dict, path: str, value: Any) -> dict:
+    """A copy of the nested mapping ``raw`` with the dotted ``path`` set to ``value``."""
+    out = copy.deepcopy(raw)
+    node = out
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _digest(cfg: Any) -> str:
+    values = cfg.to_dict()
+    values["train"] = {k: v for k, v in values["train"].items() if k not in ("output_dir", "progress", "resume")}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def expand(sweep: SweepConfig) -> list[Cell]:
+    """Every (variant x grid point) cell, validated; a bad value names the variant and axis."""
+    from ..training.run_config import build_config
+
+    variants = dict(sweep.variants) or {"": {}}
+    axes = list(sweep.grid)
+    cells = []
+    for name, overrides in variants.items():
+        for values in itertools.product(*(sweep.grid[a] for a in axes)):
+            raw = copy.deepcopy(sweep.run)
+            point = dict(zip(axes, values))
+            for path, value in {**overrides, **point}.items():
+                raw = set_path(raw, path, value)
+            where = f"sweep cell variant={name!r} " + " ".join(f"{k}={v!r}" for k, v in point.items())
+            try:
+                cfg = build_config(raw, where)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{where}: {err}") from err
+            task = sweep.task or (Path(cfg.data.train).stem if cfg.data.train else "task")
+            hparams = {"variant": name, **{k: v for k, v in point.items() if k != "train.seed"}, "config": _digest(cfg)}
+            if sweep.key_extra:
+                hparams["extra"] = dict(sweep.key_extra)
+            spec = RunSpec(model=cfg.model.name_or_path, method=cfg.method.name, task=task, seed=cfg.train.seed,
+                           hparams=hparams)
+            cells.append(Cell(cfg, name, point, spec))
+    return cells
+
+
+def load_sweep(path: Optional[str], overrides: Optional[list[str]] = None, *, defaults: Optional[dict] = None) -> SweepConfig:
+    """A sweep from a YAML file (run config sections + ``sweep:``), ``--section.key value`` overrides of the base
+    run and ``defaults`` for the sweep section (an analysis's own grid); the file's ``sweep:`` keys win."""
+    from ..config_io import load_yaml
+    from ..training.run_config import merge, parse_overrides
+
+    raw = load_yaml(path) if path else {}
+    sweep_raw = raw.pop("sweep", None) or {}
+    raw.pop("analysis", None)  # read by balora.bench.analyses
+    if not isinstance(sweep_raw, Mapping):
+        raise ValueError(f"{path}: 'sweep' must be a mapping with keys {sorted(SWEEP_KEYS)}")
+    bad = set(sweep_raw) - SWEEP_KEYS
+    if bad:
+        raise ValueError(f"{path}: unknown sweep option(s) {sorted(bad)}; known: {sorted(SWEEP_KEYS)}")
+    run = merge(raw, parse_overrides(overrides or []))
+    return SweepConfig(run=run, **{**(defaults or {}), **sweep_raw})
+
+
+CellFn = Callable[[Cell, Path], Mapping[str, Any]]
+
+
+def run_sweep(sweep: SweepConfig, cell_fn: CellFn, *, progress: bool = True, stop_on_error: bool = False,
+              device: str = "cpu", cells: Optional[list[Cell]] = None) -> GridSummary:
+    """Run every cell not yet recorded in ``sweep.results`` with ``cell_fn(cell, run_dir) -> payload``.
+
+    The record is the runner's (key, model, method, task, seed, hparams, timing, peak memory, versions) plus the
+    payload plus ``variant``, ``label`` and ``axes``.
+    """
+    cells = cells if cells is not None else expand(sweep)
+    by_key = {c.spec.key(): c for c in cells}
+
+    def run_fn(spec: RunSpec, run_dir: Path) -> Mapping[str, Any]:
+        cell = by_key[spec.key()]
+        # RunSpec.slug() (model, method, task, seed) is shared by the variants of one method and seed: one
+        # sub-folder per resolved config keeps kept outputs apart.
+        payload = dict(cell_fn(cell, run_dir / str(spec.hparams["config"])))
+        return {"variant": cell.variant, "label": cell.label, "axes": cell.axes, **payload}
+
+    return run_grid([c.spec for c in cells], run_fn, sweep.results, sweep.out_dir, keep_outputs=sweep.keep_outputs,
+                    progress=progress, stop_on_error=stop_on_error, device=device)
