@@ -9,6 +9,12 @@ import logging
 import sys
 from typing import Any, Callable, Optional
 
+# transformers imports torchao when it is installed (balora's quant/test extras); torchao then warns about each
+# CUDA-only kernel library it cannot load on a CPU machine and torch about its enum registrations. Harmless, and
+# noise on every command: set before the command modules (and through them transformers) are imported.
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
 from ..bench import nlg_cli, overhead_cli
 from . import analyze, bench_cmd, demo, eval_cmd, export, report_cmd, train
 
