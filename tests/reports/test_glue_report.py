@@ -98,3 +98,21 @@ def test_mixed_settings_and_duplicates(results: Path) -> None:
     bad = dict(records[0], metrics={"validation": {"f1": 0.5}})
     with pytest.raises(ValueError, match="run lora/rte/seed 0: no metrics.validation.accuracy"):
         summarize([bad])
+
+
+def test_report_cli_picks_the_table_by_record_kind(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`balora report` on `balora bench nlg` records renders the NLG table (Table 1), not the GLUE one; records
+    written before the ``kind`` field existed are told apart by their task."""
+    import json
+
+    from balora.cli.main import main
+
+    rows = [{"key": f"{m}-0", "method": m, "seed": 0, "task": "gsm8k-train", "model": "tiny", "metric": "accuracy",
+             "scores": {"gsm8k": s / 100}, "n": {"gsm8k": 40}, "wall_seconds": 60.0, "trainable_params": p}
+            for m, s, p in (("base", 2.5, 0), ("lora", 5.0, 1000))]
+    results = tmp_path / "nlg.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(results), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "| Method | GSM8K | n | seeds | wall (min) | #Params |" in out and "GLUE" not in out
+    assert "| lora | 5.0 ± 3.4 | 40 | 1 | 1.0 | 1,000 |" in (tmp_path / "o" / "nlg.md").read_text()

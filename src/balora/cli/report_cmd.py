@@ -21,13 +21,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..reports.glue import markdown_tables, summarize, write_report
+    from ..atomic import write_text_atomic
     from ..bench.runner import read_results
+    from ..reports import markdown_report, record_kind
+    from ..reports.glue import markdown_tables, summarize, write_report
 
     path = Path(args.results)
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} not found")
-    summary = summarize(read_results(path), source=str(path))
+    records = read_results(path)
+    if any(record_kind(r) != "nlu" for r in records):  # NLG (Table 1) or mixed kinds: the table per record kind
+        text = markdown_report(records)
+        if args.preamble:
+            text = Path(args.preamble).read_text().rstrip() + "\n\n" + text
+        target = Path(args.out or path.parent) / f"{args.stem or path.stem}.md"
+        write_text_atomic(target, text + "\n")
+        print(text)
+        print(f"wrote {target}")
+        return 0
+    summary = summarize(records, source=str(path))
     preamble = Path(args.preamble).read_text() if args.preamble else None
     written = write_report(summary, args.out or path.parent, args.stem or path.stem, args.format,
                            plot=not args.no_plot, preamble=preamble)

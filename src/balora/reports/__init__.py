@@ -36,8 +36,13 @@ def register_table(kind: str, render: TableFn) -> None:
 
 
 def record_kind(record: dict) -> str:
-    """The kind of a results record (records from before the field existed are GLUE sweeps)."""
-    return record.get("kind", "nlu")
+    """The kind of a results record. Records from before the field existed: a GLUE task is an ``nlu`` sweep
+    record, anything else (``gsm8k-train``, ...) an ``nlg`` one."""
+    if record.get("kind"):
+        return record["kind"]
+    from ..data.glue import GLUE_TASKS
+
+    return "nlu" if record.get("task") in GLUE_TASKS else "nlg"
 
 
 def markdown_report(records: Iterable[dict]) -> str:
