@@ -13,7 +13,8 @@ from peft import PeftModel  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
 
 from balora import BALoRAConfig, BALoRATrainer, prepare_model  # noqa: E402
-from balora.export import export_adapter, save_run_adapters  # noqa: E402
+from balora.export import export_adapter  # noqa: E402
+from balora.run_layout import save_run_adapters  # noqa: E402
 from balora.quant import (adapted_linears, base_bytes, original_weights, quantization_errors,  # noqa: E402
                           reference_deviation)
 

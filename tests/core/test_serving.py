@@ -12,7 +12,8 @@ from transformers import LlamaForCausalLM
 
 from balora import prepare_model
 from balora.cli.main import main
-from balora.export import export_adapter, save_run_adapters
+from balora.export import export_adapter
+from balora.run_layout import save_run_adapters
 from balora.serving import vllm_adapter_problems
 
 from .tiny import nlg_batch, tiny_llama
