@@ -208,7 +208,7 @@ def test_bench_nlu_end_to_end_minilm(shared_data: Path, tmp_path: Path, capsys: 
     assert record["trainable_params"] > 0 and record["config"]["train"]["max_steps"] == 2
     # Per-example predictions and references of the dev and OOD sets, for paired tests and collapse counts.
     preds, refs = record["predictions"], record["references"]
-    assert set(preds) == set(refs) == {"validation", "sick"} and len(preds["validation"]) == 32
+    assert set(preds) == set(refs) == {"validation", "ood/sick"} and len(preds["validation"]) == 32
     acc = sum(p == r for p, r in zip(preds["validation"], refs["validation"])) / 32
     assert acc == pytest.approx(record["metrics"]["validation"]["accuracy"])
     assert record["prediction_counts"]["validation"] == [preds["validation"].count(c) for c in (0, 1)]
