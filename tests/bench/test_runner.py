@@ -206,7 +206,23 @@ def test_bench_nlu_end_to_end_minilm(shared_data: Path, tmp_path: Path, capsys: 
     assert 0 <= record["metrics"]["validation"]["accuracy"] <= 1
     assert set(record["ood"]) == {"sick"} and set(record["ood_unavailable"]) == {"scitail", "hans"}
     assert record["trainable_params"] > 0 and record["config"]["train"]["max_steps"] == 2
+    # Per-example predictions and references of the dev and OOD sets, for paired tests and collapse counts.
+    preds, refs = record["predictions"], record["references"]
+    assert set(preds) == set(refs) == {"validation", "ood/sick"} and len(preds["validation"]) == 32
+    acc = sum(p == r for p, r in zip(preds["validation"], refs["validation"])) / 32
+    assert acc == pytest.approx(record["metrics"]["validation"]["accuracy"])
+    assert record["prediction_counts"]["validation"] == [preds["validation"].count(c) for c in (0, 1)]
     assert "| lora |" in capsys.readouterr().out
     assert not any((tmp_path / "runs").iterdir())
     assert main(args) == 0  # resumed: nothing left to do
     assert len(read_results(results)) == 1
+
+
+def test_nlu_record_helpers() -> None:
+    import numpy as np
+
+    from balora.bench.nlu import _as_list, _class_counts
+
+    assert _as_list(np.array([1, 0, 1]), regression=False) == [1, 0, 1]
+    assert _as_list(np.array([[0.123456], [2.0]]), regression=True) == [0.1235, 2.0]
+    assert _class_counts([2, 2, 0], 3) == [1, 0, 2]

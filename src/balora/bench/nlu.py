@@ -186,6 +186,8 @@ class ExtraEval:
         self.sets, self.metric_fn, self.regression, self.batch_size = sets, metric_fn, regression, batch_size
         self.collator = DataCollatorWithPadding(tokenizer)
         self.results: dict[str, dict[str, float]] = {}
+        self.predictions: dict[str, Any] = {}  # set name -> per-example predictions (row order)
+        self.references: dict[str, Any] = {}
         # Subclassing at call time keeps transformers out of this module's import.
         self.callback = type("ExtraEvalCallback", (TrainerCallback,), {"on_train_end": self._on_train_end})()
 
@@ -206,7 +208,8 @@ class ExtraEval:
                         refs.append(batch.pop("labels").numpy())
                         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
                         preds.append(logits[:, 0] if self.regression else logits.argmax(-1))
-                self.results[name] = self.metric_fn(np.concatenate(preds), np.concatenate(refs))
+                self.predictions[name], self.references[name] = np.concatenate(preds), np.concatenate(refs)
+                self.results[name] = self.metric_fn(self.predictions[name], self.references[name])
         finally:
             model.train(was_training)
 
@@ -284,6 +287,13 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
                 ood[name[4:]] = values
             else:
                 metrics[name] = values
+        # Per-example dev / OOD predictions (row order of the evaluated set, so runs on the same set pair up for
+        # paired tests) and, for classifiers, the count of each predicted class (a one-class run = collapsed).
+        preds, refs = {main_split: result.predictions.get("test")}, {main_split: result.references.get("test")}
+        preds.update(callback.predictions if callback else {})
+        refs.update(callback.references if callback else {})
+        predictions = {k: _as_list(v, task.is_regression) for k, v in preds.items() if v is not None}
+        references = {k: _as_list(v, task.is_regression) for k, v in refs.items() if v is not None}
         train_loss = next((e["train_loss"] for e in reversed(result.log_history) if "train_loss" in e), None)
         config = run_cfg.to_dict()
         config["train"].pop("output_dir", None)
@@ -291,6 +301,25 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
                 "trainable_params": result.trainable_params, "total_params": result.total_params,
                 "train_seconds": round(result.train_seconds, 3), "train_loss": train_loss,
                 "train_examples": len(data.splits["train"]), "eval_examples": len(data.splits["test"]),
-                "truncated_examples": result.truncated, "head": result.head, "config": config}
+                "truncated_examples": result.truncated, "head": result.head, "config": config,
+                "predictions": predictions, "references": references,
+                "prediction_counts": {} if task.is_regression else
+                {k: _class_counts(v, task.num_labels) for k, v in predictions.items()}}
 
     return run
+
+
+def _as_list(values: Any, regression: bool) -> list:
+    """Predictions as a JSON-friendly list: class ids, or regression scores rounded to 4 decimals."""
+    import numpy as np
+
+    arr = np.asarray(values).reshape(-1)
+    return [round(float(v), 4) for v in arr] if regression else [int(v) for v in arr]
+
+
+def _class_counts(preds: list, num_labels: int) -> list[int]:
+    """How often each class id 0..num_labels-1 was predicted."""
+    counts = [0] * num_labels
+    for p in preds:
+        counts[p] += 1
+    return counts
