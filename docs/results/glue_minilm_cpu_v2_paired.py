@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as sst
 
-from balora.analysis.stats import collapsed, paired_bootstrap
+from balora.reports.stats import collapsed, paired_bootstrap
 from balora.atomic import write_text_atomic
 from balora.bench.runner import read_results
 from balora.evaluation.nlu_metrics import main_metric
