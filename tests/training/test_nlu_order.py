@@ -42,3 +42,24 @@ def test_predictions_stay_in_row_order_with_group_by_length(tmp_path):
     assert np.array_equal(result.references["test"], np.asarray(test["label"]))
     assert result.head["pooling"] == "cls" and result.head["head_warmup"] == "logreg"
     assert result.head["head_warmup_examples"] == 32 and result.head["head_warmup_seconds"] > 0
+
+
+def test_predict_by_length_sorts_batches_and_restores_row_order():
+    from types import SimpleNamespace
+
+    from balora.training.nlu import predict_by_length
+
+    lengths = [3, 9, 1, 5, 9, 2, 7]
+    ds = datasets.Dataset.from_dict({"input_ids": [[i] * n for i, n in enumerate(lengths)], "labels": list(range(7))})
+    seen = []
+
+    class Trainer:
+        def predict(self, dataset):  # logits = (row id, length): tells where each row went
+            seen.append([len(x) for x in dataset["input_ids"]])
+            logits = np.array([[ids[0], len(ids)] for ids in dataset["input_ids"]], dtype=float)
+            return SimpleNamespace(predictions=logits, label_ids=np.asarray(dataset["labels"]))
+
+    logits, labels = predict_by_length(Trainer(), ds)
+    assert seen == [sorted(lengths, reverse=True)]  # predicted longest first
+    assert logits[:, 0].tolist() == list(range(7)) and logits[:, 1].tolist() == lengths
+    assert labels.tolist() == list(range(7))

@@ -250,7 +250,10 @@ def make_cell_fn(kind: str, opts: AnalysisOptions, out: Path,
             raise ValueError(f"analysis {kind} is defined for classification (NLU) runs only")
         result = run_nlg(cfg, None, save_adapter=False)  # evals: cfg.eval, else the data.test shorthand
         steps = max(1, _logged_steps(result.log_history))
-        return {"kind": "analysis", "analysis": kind, "metrics": result.metrics,
+        # The metric the report reads: the first generation benchmark, else the held-out loss (data.validation, or
+        # data.test when it is instruction data); the training loss only when there is nothing held out.
+        split = next((s for s in [*result.evals, "test", "validation", "train"] if s in result.metrics), "")
+        return {"kind": "analysis", "analysis": kind, "metrics": result.metrics, "eval_split": split,
                 "trainable_params": result.trainable_params, "total_params": result.total_params,
                 "train_seconds": round(result.train_seconds, 3), "steps": steps,
                 "step_seconds": round(result.train_seconds / steps, 5), "collapsed": False,

@@ -19,6 +19,9 @@ from .stats import paired_bootstrap
 
 __all__ = ["write_report", "group_records", "paired_rows"]
 
+#: Metrics where a smaller value is the better one (the verdict of a paired difference flips for them).
+LOWER_IS_BETTER = frozenset({"loss", "perplexity", "ece"})
+
 
 def _test_metrics(r: dict) -> dict:
     metrics = r.get("metrics", {})
@@ -156,7 +159,8 @@ def comparisons_table(rows: list[dict]) -> str:
         return "(no paired comparisons: no two variants share seeds)"
     out = []
     for c in rows:
-        verdict = "within noise" if c["within_noise"] else ("A better" if c["diff"] > 0 else "B better")
+        higher = c["metric"] not in LOWER_IS_BETTER
+        verdict = "within noise" if c["within_noise"] else ("A better" if (c["diff"] > 0) == higher else "B better")
         out.append([c["a"], c["b"], c["metric"], f"{c['diff']:+.3f}", f"[{c['low']:+.3f}, {c['high']:+.3f}]",
                     c["seeds"], c["resampled"], verdict])
     return _table(["A", "B", "metric", "A - B", "95% CI", "paired seeds", "bootstrap over", "reading"], out)

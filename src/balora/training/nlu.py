@@ -105,11 +105,18 @@ def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int) -> tuple[Any, i
         enc["labels"] = [float(v) for v in batch[data.label_column]] if data.regression else batch[data.label_column]
         return enc
 
+    # An explicit fingerprint: otherwise datasets hashes `encode` with dill, tokenizer included, on every call
+    # (seconds per run, most of the set-up time of a small run). Never read back from a cache file, which would
+    # also skip `encode` and so the truncation count.
+    import hashlib
+
+    token = "|".join(map(str, (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer),
+                               max_length, data.text_columns, data.label_column, data.regression)))
     out = {}
     for split, ds in data.splits.items():
-        keep = set()
-        enc = ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
-                     desc=f"tokenising {split}")
+        fingerprint = hashlib.sha256(f"{getattr(ds, '_fingerprint', id(ds))}|{token}".encode()).hexdigest()[:16]
+        enc = ds.map(encode, batched=True, remove_columns=list(ds.column_names), desc=f"tokenising {split}",
+                     new_fingerprint=fingerprint, load_from_cache_file=False)
         if split == "train":
             enc = enc.add_column("balora_index", list(range(len(enc))))
         out[split] = enc
@@ -195,11 +202,11 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     for split in ("validation", "test"):
         if split not in encoded:
             continue
-        pred = trainer.predict(encoded[split].remove_columns([c for c in ("balora_index",) if c in encoded[split].column_names]))
-        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        logits, label_ids = predict_by_length(trainer, encoded[split].remove_columns(
+            [c for c in ("balora_index",) if c in encoded[split].column_names]))
         result.predictions[split] = logits.squeeze(-1) if data.regression else logits.argmax(-1)
-        result.references[split] = np.asarray(pred.label_ids)
-        result.metrics[split] = metric_fn(_EvalPrediction(logits, pred.label_ids))
+        result.references[split] = label_ids
+        result.metrics[split] = metric_fn(_EvalPrediction(logits, label_ids))
     if save_adapter:
         pipeline.save_adapter(model, run_dir)
     finish_run(cfg, run_dir, model, result.metrics, extra={"num_labels": data.num_labels, "label_names": data.label_names,
@@ -261,6 +268,21 @@ def weight_change(model: Any, initial: dict[str, torch.Tensor]) -> tuple[float, 
             digest.update(name.encode())
             digest.update(value.numpy().tobytes())
     return total**0.5, digest.hexdigest()
+
+
+def predict_by_length(trainer: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, label ids) of ``dataset`` in its row order, predicted in batches of similar length.
+
+    Trainer pads each evaluation batch to its longest row; sorted by length, a batch holds rows of about the same
+    length and most of the padding (and its compute) goes away. The rows are put back in their order after.
+    """
+    lengths = np.fromiter((len(ids) for ids in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
+    order = np.argsort(-lengths, kind="stable")  # longest first: a too-large batch fails at once
+    pred = trainer.predict(dataset.select(order))
+    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return np.asarray(logits)[inverse], np.asarray(pred.label_ids)[inverse]
 
 
 class _EvalPrediction:
