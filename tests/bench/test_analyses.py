@@ -95,6 +95,13 @@ def test_analysis_end_to_end(setup, kind):
     report = (out / "report.md").read_text()
     assert f"balora analyze {kind} ..." in report and "## Paired comparisons" in report
     assert "| A | B |" in report  # at least one paired comparison was made
+    assert " | ece | " in report  # calibration is compared with an interval too
+    for r in records:  # the top-class probability of every test row, consistent with the recorded ECE
+        conf, correct = np.asarray(r["test_confidences"]), np.equal(r["test_predictions"], r["test_references"])
+        assert conf.shape == (30,) and (conf > 0).all() and (conf <= 1).all()
+        from balora.reports.stats import _ece_rows
+
+        assert abs(_ece_rows(conf[None], correct[None].astype(float))[0] - r["metrics"]["test"]["ece"]) < 1e-5
     assert list(out.glob("*.png"))
     # resumable: a second call runs nothing
     again = run_analysis(kind, write(root, kind, config), out=str(out), progress=False)
@@ -190,7 +197,7 @@ def test_nlg_ablation_end_to_end(tmp_path):
     records = read_results(tmp_path / "out" / "records.jsonl")
     assert not res["summary"].failed and len(records) == 6
     assert {r["label"] for r in records} == {"lora", "ba-lora", "w/o svd"}
-    assert all("accuracy" in r["metrics"]["gsm8k"] for r in records)
+    assert all("accuracy" in r["metrics"]["gsm8k"] and r["eval_split"] == "gsm8k" for r in records)
     ba = next(r for r in records if r["label"] == "ba-lora")
     assert any("loss_svd" in e for e in ba["train_loss"])
     wo = next(r for r in records if r["label"] == "w/o svd")
@@ -231,3 +238,13 @@ def test_cli_lists_all_eight_and_runs_one(setup, capsys):
     assert record["steps"] == 1 and record["method"] == "lora"
     assert f"balora analyze cost --config {root / 'cli.yaml'} --out {out} --train.max_steps 1" in \
         (out / "report.md").read_text()
+
+
+def test_reading_of_a_paired_difference_follows_the_metric_direction():
+    from balora.reports.analysis_report import comparisons_table
+
+    row = {"a": "ba-lora", "b": "lora", "diff": 0.2, "low": 0.1, "high": 0.3, "within_noise": False, "seeds": 2,
+           "resampled": "seeds"}
+    table = comparisons_table([{**row, "metric": "accuracy"}, {**row, "metric": "loss"}, {**row, "metric": "ece"}])
+    readings = [line.rsplit("|", 2)[-2].strip() for line in table.splitlines()[2:]]
+    assert readings == ["A better", "B better", "B better"]  # a higher loss or ECE is worse

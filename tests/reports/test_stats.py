@@ -68,3 +68,26 @@ def test_collapse_and_majority_baseline():
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="shapes differ"):
         paired_bootstrap(np.zeros((2, 5)), np.zeros((3, 5)), np.zeros(5))
+
+
+def test_paired_ece_bootstrap_matches_per_run_ece():
+    from balora.reports.measures import expected_calibration_error
+    from balora.reports.stats import _ece_rows, paired_ece_bootstrap
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    eces, confs, corrects = [], [], []
+    for sharp in (0.5, 3.0):  # two "methods": a flat and an over-confident one
+        logits = rng.normal(size=(2, 200, 3)) * sharp
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        eces.append(np.mean([expected_calibration_error(p, labels) for p in probs]))
+        confs.append(probs.max(-1))
+        corrects.append(probs.argmax(-1) == labels)
+        assert np.allclose(_ece_rows(probs.max(-1), (probs.argmax(-1) == labels).astype(float)),
+                           [expected_calibration_error(p, labels) for p in probs])
+    d = paired_ece_bootstrap(confs[0], corrects[0], confs[1], corrects[1], n_boot=300)
+    assert abs(d.diff - (eces[0] - eces[1])) < 1e-12
+    assert d.low <= d.diff <= d.high and d.n_seeds == 2 and d.n_examples == 200
+    assert not d.within_noise and d.diff < 0  # random-label logits: the sharper method is far worse calibrated
+    same = paired_ece_bootstrap(confs[0], corrects[0], confs[0], corrects[0], n_boot=50)
+    assert same.diff == 0 and same.low == 0 == same.high

@@ -213,6 +213,7 @@ def make_cell_fn(kind: str, opts: AnalysisOptions, out: Path,
             "collapsed": bool(test.get("collapsed", 0.0)),
             "test_predictions": result.predictions[test_split].tolist(),
             "test_references": result.references[test_split].tolist(),
+            "test_confidences": np.round(result.confidences[test_split], 6).tolist(),  # ECE intervals
             "trainable_params": result.trainable_params, "total_params": result.total_params,
             "train_seconds": round(result.train_seconds, 3), "steps": steps,
             "step_seconds": round(result.train_seconds / steps, 5), "injection": result.injection,

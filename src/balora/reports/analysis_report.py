@@ -78,6 +78,18 @@ def compare(a: dict[int, dict], b: dict[int, dict], metric: str, n_boot: int) ->
         d = paired_bootstrap(pa, pb, refs, metric, n_boot=n_boot, num_classes=num)
         return {"diff": d.diff, "low": d.low, "high": d.high, "within_noise": d.within_noise, "seeds": len(seeds),
                 "resampled": "examples and seeds" if d.resample_seeds else "examples"}
+    if metric == "ece" and all("test_confidences" in g[s] for g in (a, b) for s in seeds):
+        from .stats import paired_ece_bootstrap
+
+        def arrays(g: dict[int, dict]) -> tuple[np.ndarray, np.ndarray]:
+            conf = np.stack([np.asarray(g[s]["test_confidences"], float) for s in seeds])
+            correct = np.stack([np.asarray(g[s]["test_predictions"]) == np.asarray(g[s]["test_references"])
+                                for s in seeds])
+            return conf, correct
+
+        d = paired_ece_bootstrap(*arrays(a), *arrays(b), n_boot=n_boot)
+        return {"diff": d.diff, "low": d.low, "high": d.high, "within_noise": d.within_noise, "seeds": len(seeds),
+                "resampled": "examples and seeds" if d.resample_seeds else "examples"}
     va = np.array([_test_metrics(a[s]).get(metric, np.nan) for s in seeds], dtype=float)
     vb = np.array([_test_metrics(b[s]).get(metric, np.nan) for s in seeds], dtype=float)
     if np.isnan(va).any() or np.isnan(vb).any():
@@ -108,7 +120,7 @@ def paired_rows(groups: dict[str, dict[int, dict]], reference: str, metric: str,
         pairs = [(m["ba-lora"], m[base]) for m in by_setting.values() for base in ("lora", "pissa")
                  if "ba-lora" in m and base in m]
     for a, b in pairs:
-        for name in dict.fromkeys([metric, "macro_f1"] if metric == "accuracy" else [metric]):
+        for name in dict.fromkeys([metric, "macro_f1", "ece"] if metric == "accuracy" else [metric]):
             c = compare(groups[a], groups[b], name, n_boot)
             if c is not None:
                 rows.append({"a": a, "b": b, "metric": name, **c})

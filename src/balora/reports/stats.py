@@ -120,6 +120,40 @@ def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, ref: np.ndarray, me
     return PairedDiff(point, low, high, bool(low <= 0 <= high), level, n_boot, bool(resample_seeds and s > 1), s, n)
 
 
+def _ece_rows(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> np.ndarray:
+    """ECE of each row of (R, N) top-class confidences and 0/1 correctness, with the binning of
+    :func:`balora.reports.measures.expected_calibration_error` (equal-width bins, right edges inclusive)."""
+    rows, n = conf.shape
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    gap = np.bincount((which + np.arange(rows)[:, None] * bins).ravel(), weights=(correct - conf).ravel(),
+                      minlength=rows * bins).reshape(rows, bins)
+    return np.abs(gap).sum(1) / n  # sum over bins of share * |accuracy - confidence|
+
+
+def paired_ece_bootstrap(conf_a: np.ndarray, correct_a: np.ndarray, conf_b: np.ndarray, correct_b: np.ndarray, *,
+                         n_boot: int = 2000, level: float = 0.95, resample_seeds: bool = True, seed: int = 0,
+                         bins: int = 15) -> PairedDiff:
+    """Paired bootstrap of ``ECE(A) - ECE(B)`` (each averaged over seeds), the same two-level draw as
+    :func:`paired_bootstrap`; inputs are (S, N) top-class confidences and 0/1 correctness of each method."""
+    ca, cb = np.atleast_2d(np.asarray(conf_a, float)), np.atleast_2d(np.asarray(conf_b, float))
+    ka, kb = np.atleast_2d(np.asarray(correct_a, float)), np.atleast_2d(np.asarray(correct_b, float))
+    if not (ca.shape == cb.shape == ka.shape == kb.shape):
+        raise ValueError(f"paired_ece_bootstrap: shapes differ: {ca.shape}, {ka.shape}, {cb.shape}, {kb.shape}")
+    s, n = ca.shape
+    point = float(_ece_rows(ca, ka, bins).mean() - _ece_rows(cb, kb, bins).mean())
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = rng.integers(0, n, n)
+        pick = rng.integers(0, s, s) if resample_seeds and s > 1 else np.arange(s)
+        diffs[i] = (_ece_rows(ca[pick][:, idx], ka[pick][:, idx], bins).mean()
+                    - _ece_rows(cb[pick][:, idx], kb[pick][:, idx], bins).mean())
+    tail = (1 - level) / 2 * 100
+    low, high = (float(v) for v in np.percentile(diffs, [tail, 100 - tail]))
+    return PairedDiff(point, low, high, bool(low <= 0 <= high), level, n_boot, bool(resample_seeds and s > 1), s, n)
+
+
 def collapsed(pred: np.ndarray) -> bool:
     """True when a run predicts one class for every example."""
     pred = np.asarray(pred).reshape(-1)

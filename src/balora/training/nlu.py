@@ -40,6 +40,7 @@ class NLUResult:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> metric -> value
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
     references: dict[str, np.ndarray] = field(default_factory=dict)
+    confidences: dict[str, np.ndarray] = field(default_factory=dict)  # classification: top-class probability
     log_history: list[dict] = field(default_factory=list)
     trainable_params: int = 0
     total_params: int = 0
@@ -206,6 +207,9 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
             [c for c in ("balora_index",) if c in encoded[split].column_names]))
         result.predictions[split] = logits.squeeze(-1) if data.regression else logits.argmax(-1)
         result.references[split] = label_ids
+        if not data.regression:
+            z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+            result.confidences[split] = torch.softmax(z, -1).max(-1).values.numpy()
         result.metrics[split] = metric_fn(_EvalPrediction(logits, label_ids))
     if save_adapter:
         pipeline.save_adapter(model, run_dir)
