@@ -205,6 +205,19 @@ def test_nlg_ablation_end_to_end(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| lora | ba-lora | accuracy |" in report and "| 2 | seeds |" in report  # NLG: paired over seeds
 
+    # Without a generation benchmark the metric is the held-out loss, paired over examples and seeds.
+    config["data"] = {**config["data"], "test": None, "validation": str(tmp_path / "test.jsonl")}
+    del config["sweep"]["variants"]["w/o svd"]
+    res = run_analysis("ablation", write(tmp_path, "nlg_loss", config), out=str(tmp_path / "loss"), progress=False)
+    records = read_results(tmp_path / "loss" / "records.jsonl")
+    assert not res["summary"].failed and len(records) == 4
+    for r in records:
+        assert r["eval_split"] == "validation" and len(r["test_nll"]) == len(r["test_tokens"]) == len(PROBLEMS)
+        loss = sum(r["test_nll"]) / sum(r["test_tokens"])
+        assert abs(loss - r["metrics"]["validation"]["loss"]) < 1e-4 * max(1.0, loss)
+    report = (tmp_path / "loss" / "report.md").read_text()
+    assert "| lora | ba-lora | loss |" in report and "| 2 | examples and seeds |" in report
+
 
 def test_shipped_analysis_configs_expand(monkeypatch):
     """Every configs/analyses/**.yaml gives valid cells for the analyses it names (packaged model paths stubbed)."""

@@ -254,7 +254,10 @@ def make_cell_fn(kind: str, opts: AnalysisOptions, out: Path,
         # The metric the report reads: the first generation benchmark, else the held-out loss (data.validation, or
         # data.test when it is instruction data); the training loss only when there is nothing held out.
         split = next((s for s in [*result.evals, "test", "validation", "train"] if s in result.metrics), "")
+        per_example = result.heldout_examples.get(split, {})  # held-out loss: paired over examples too
         return {"kind": "analysis", "analysis": kind, "metrics": result.metrics, "eval_split": split,
+                **({"test_nll": [round(v, 5) for v in per_example["nll"]], "test_tokens": per_example["tokens"]}
+                   if per_example else {}),
                 "trainable_params": result.trainable_params, "total_params": result.total_params,
                 "train_seconds": round(result.train_seconds, 3), "steps": steps,
                 "step_seconds": round(result.train_seconds / steps, 5), "collapsed": False,

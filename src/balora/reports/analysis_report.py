@@ -90,6 +90,18 @@ def compare(a: dict[int, dict], b: dict[int, dict], metric: str, n_boot: int) ->
         d = paired_ece_bootstrap(*arrays(a), *arrays(b), n_boot=n_boot)
         return {"diff": d.diff, "low": d.low, "high": d.high, "within_noise": d.within_noise, "seeds": len(seeds),
                 "resampled": "examples and seeds" if d.resample_seeds else "examples"}
+    if metric == "loss" and all("test_nll" in g[s] for g in (a, b) for s in seeds):
+        from .stats import paired_loss_bootstrap
+
+        def loss_arrays(g: dict[int, dict]) -> tuple[np.ndarray, np.ndarray]:
+            if any(g[s]["test_tokens"] != a[seeds[0]]["test_tokens"] for s in seeds):
+                raise ValueError("paired comparison: the two variants were scored on different held-out tokens")
+            return (np.stack([np.asarray(g[s]["test_nll"], float) for s in seeds]),
+                    np.stack([np.asarray(g[s]["test_tokens"], float) for s in seeds]))
+
+        d = paired_loss_bootstrap(*loss_arrays(a), *loss_arrays(b), n_boot=n_boot)
+        return {"diff": d.diff, "low": d.low, "high": d.high, "within_noise": d.within_noise, "seeds": len(seeds),
+                "resampled": "examples and seeds" if d.resample_seeds else "examples"}
     va = np.array([_test_metrics(a[s]).get(metric, np.nan) for s in seeds], dtype=float)
     vb = np.array([_test_metrics(b[s]).get(metric, np.nan) for s in seeds], dtype=float)
     if np.isnan(va).any() or np.isnan(vb).any():

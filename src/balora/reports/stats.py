@@ -131,27 +131,48 @@ def _ece_rows(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> np.ndarr
     return np.abs(gap).sum(1) / n  # sum over bins of share * |accuracy - confidence|
 
 
-def paired_ece_bootstrap(conf_a: np.ndarray, correct_a: np.ndarray, conf_b: np.ndarray, correct_b: np.ndarray, *,
-                         n_boot: int = 2000, level: float = 0.95, resample_seeds: bool = True, seed: int = 0,
-                         bins: int = 15) -> PairedDiff:
-    """Paired bootstrap of ``ECE(A) - ECE(B)`` (each averaged over seeds), the same two-level draw as
-    :func:`paired_bootstrap`; inputs are (S, N) top-class confidences and 0/1 correctness of each method."""
-    ca, cb = np.atleast_2d(np.asarray(conf_a, float)), np.atleast_2d(np.asarray(conf_b, float))
-    ka, kb = np.atleast_2d(np.asarray(correct_a, float)), np.atleast_2d(np.asarray(correct_b, float))
-    if not (ca.shape == cb.shape == ka.shape == kb.shape):
-        raise ValueError(f"paired_ece_bootstrap: shapes differ: {ca.shape}, {ka.shape}, {cb.shape}, {kb.shape}")
-    s, n = ca.shape
-    point = float(_ece_rows(ca, ka, bins).mean() - _ece_rows(cb, kb, bins).mean())
+def paired_rows_bootstrap(row_metric: Callable[..., np.ndarray], arrays_a: tuple, arrays_b: tuple, *,
+                          n_boot: int = 2000, level: float = 0.95, resample_seeds: bool = True,
+                          seed: int = 0) -> PairedDiff:
+    """Paired bootstrap of ``metric(A) - metric(B)`` for metrics of several per-example arrays, with the same
+    two-level (seed x example) draw as :func:`paired_bootstrap`.
+
+    ``arrays_a`` / ``arrays_b``: tuples of (S, N) arrays (row = seed, column = test example, both methods alike);
+    ``row_metric(*arrays)`` returns the (R,) metric of each row, e.g. ECE from confidences and correctness, or a
+    token-weighted loss from per-example NLL sums and token counts.
+    """
+    a = [np.atleast_2d(np.asarray(x, dtype=float)) for x in arrays_a]
+    b = [np.atleast_2d(np.asarray(x, dtype=float)) for x in arrays_b]
+    shapes = {x.shape for x in a + b}
+    if len(shapes) != 1:
+        raise ValueError(f"paired_rows_bootstrap: arrays of different shapes {sorted(shapes)} (expected (seeds, N))")
+    s, n = a[0].shape
+    point = float(row_metric(*a).mean() - row_metric(*b).mean())
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot)
     for i in range(n_boot):
         idx = rng.integers(0, n, n)
         pick = rng.integers(0, s, s) if resample_seeds and s > 1 else np.arange(s)
-        diffs[i] = (_ece_rows(ca[pick][:, idx], ka[pick][:, idx], bins).mean()
-                    - _ece_rows(cb[pick][:, idx], kb[pick][:, idx], bins).mean())
+        diffs[i] = (row_metric(*(x[pick][:, idx] for x in a)).mean()
+                    - row_metric(*(x[pick][:, idx] for x in b)).mean())
     tail = (1 - level) / 2 * 100
     low, high = (float(v) for v in np.percentile(diffs, [tail, 100 - tail]))
     return PairedDiff(point, low, high, bool(low <= 0 <= high), level, n_boot, bool(resample_seeds and s > 1), s, n)
+
+
+def paired_ece_bootstrap(conf_a: np.ndarray, correct_a: np.ndarray, conf_b: np.ndarray, correct_b: np.ndarray, *,
+                         bins: int = 15, **kwargs) -> PairedDiff:
+    """Paired bootstrap of ``ECE(A) - ECE(B)`` from (S, N) top-class confidences and 0/1 correctness."""
+    return paired_rows_bootstrap(lambda conf, correct: _ece_rows(conf, correct, bins), (conf_a, correct_a),
+                                 (conf_b, correct_b), **kwargs)
+
+
+def paired_loss_bootstrap(nll_a: np.ndarray, tokens_a: np.ndarray, nll_b: np.ndarray, tokens_b: np.ndarray,
+                          **kwargs) -> PairedDiff:
+    """Paired bootstrap of the token-weighted held-out loss ``sum(nll) / sum(tokens)``, A - B, from (S, N)
+    per-example NLL sums and response-token counts."""
+    return paired_rows_bootstrap(lambda nll, tok: nll.sum(1) / np.maximum(tok.sum(1), 1), (nll_a, tokens_a),
+                                 (nll_b, tokens_b), **kwargs)
 
 
 def collapsed(pred: np.ndarray) -> bool:

@@ -53,6 +53,7 @@ class NLGResult:
     validation_instruct: Optional[dict] = None
     truncated: int = 0
     evals: dict[str, dict] = field(default_factory=dict)  # task -> evaluate_model summary
+    heldout_examples: dict[str, dict] = field(default_factory=dict)  # split -> {"nll": [...], "tokens": [...]}
 
 
 def evals_from_test(cfg: RunConfig) -> list[EvalOptions]:
@@ -156,7 +157,9 @@ def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path
     record("running")  # a crash during evaluation keeps the training record (then marked failed)
     start = time.perf_counter()
     for split, (ds, _) in held_out.items():
-        result.metrics[split] = heldout_loss(model, ds, collator, cfg.train.eval_batch_size)
+        result.heldout_examples[split] = {}
+        result.metrics[split] = heldout_loss(model, ds, collator, cfg.train.eval_batch_size,
+                                             per_example=result.heldout_examples[split])
     if held_out:
         result.validation_instruct = dataclasses.asdict(held_out[next(iter(held_out))][1])
     for ev in evals:
@@ -179,8 +182,12 @@ def evaluate_generation(model: Any, tokenizer: Any, ev: EvalOptions, out_dir: Un
 
 
 @torch.no_grad()
-def heldout_loss(model: Any, dataset: Any, collator: Any, batch_size: int) -> dict[str, float]:
-    """Token-weighted cross-entropy (and perplexity) on response tokens, without the BA-LoRA terms."""
+def heldout_loss(model: Any, dataset: Any, collator: Any, batch_size: int,
+                 per_example: Optional[dict] = None) -> dict[str, float]:
+    """Token-weighted cross-entropy (and perplexity) on response tokens, without the BA-LoRA terms.
+
+    ``per_example``, when given, receives each example's NLL sum (``nll``) and response-token count (``tokens``),
+    in row order: what a paired bootstrap over examples needs."""
     from torch.utils.data import DataLoader
 
     device = next(model.parameters()).device
@@ -194,9 +201,13 @@ def heldout_loss(model: Any, dataset: Any, collator: Any, batch_size: int) -> di
             logits = model(**batch).logits[:, :-1].float()
             targets = labels[:, 1:]
             nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                    ignore_index=-100, reduction="sum")
-            total += float(nll)
-            count += int((targets != -100).sum())
+                                                    ignore_index=-100, reduction="none").view(targets.shape).sum(1)
+            tokens = (targets != -100).sum(1)
+            total += float(nll.sum())
+            count += int(tokens.sum())
+            if per_example is not None:
+                per_example.setdefault("nll", []).extend(nll.tolist())
+                per_example.setdefault("tokens", []).extend(tokens.tolist())
     finally:
         model.train(was_training)
     if count == 0:
