@@ -116,3 +116,14 @@ def test_report_cli_picks_the_table_by_record_kind(tmp_path: Path, capsys: pytes
     out = capsys.readouterr().out
     assert "| Method | GSM8K | n | seeds | wall (min) | #Params |" in out and "GLUE" not in out
     assert "| lora | 5.0 ± 3.4 | 40 | 1 | 1.0 | 1,000 |" in (tmp_path / "o" / "nlg.md").read_text()
+
+
+def test_report_cli_renders_analysis_records(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`balora report` on `balora analyze` records (the committed noise run): its main table and paired rows."""
+    from balora.cli.main import main
+
+    records = Path(__file__).resolve().parents[2] / "docs" / "results" / "analyses" / "noise" / "records.jsonl"
+    assert main(["report", str(records), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "## Analysis: noise" in out and "| symmetric 40% ba-lora |" in out
+    assert "| symmetric 40% ba-lora | symmetric 40% lora | accuracy |" in out  # paired within the setting

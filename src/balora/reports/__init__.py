@@ -27,7 +27,23 @@ def _nlg(records: list[dict]) -> str:
     return nlg_table(records)
 
 
-TABLES: dict[str, TableFn] = {"nlu": _glue, "nlg": _nlg}
+def _analysis(records: list[dict]) -> str:
+    """`balora analyze` records: per analysis, the main table and ba-lora vs lora / pissa paired within each
+    setting (the analysis's own report.md, written by the command, also compares against its reference)."""
+    from .analysis_report import comparisons_table, group_records, main_table, main_metric, paired_rows
+
+    by: dict[str, list[dict]] = {}
+    for r in records:
+        by.setdefault(r.get("analysis", "analysis"), []).append(r)
+    parts = []
+    for kind, recs in by.items():
+        groups, metric = group_records(recs), main_metric(recs)
+        parts += [f"## Analysis: {kind}", "", main_table(kind, groups, metric), "",
+                  comparisons_table(paired_rows(groups, "", metric, 1000)), ""]
+    return "\n".join(parts)
+
+
+TABLES: dict[str, TableFn] = {"nlu": _glue, "nlg": _nlg, "analysis": _analysis}
 
 
 def register_table(kind: str, render: TableFn) -> None:

@@ -29,7 +29,7 @@ def _test_metrics(r: dict) -> dict:
     return metrics.get(split, {})
 
 
-def _main_metric(records: list[dict]) -> str:
+def main_metric(records: list[dict]) -> str:
     for r in records:
         m = _test_metrics(r)
         if "accuracy" in m:
@@ -366,7 +366,7 @@ def write_report(kind: str, records: list[dict], out: Path, *, description: str 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     groups = group_records(records)
-    metric = _main_metric(records)
+    metric = main_metric(records)
     lines = [f"# Analysis: {kind}", "", description, "", "Command:", "", "```", command or "(not recorded)", "```", ""]
     if not records:
         lines += ["No finished runs yet."]
