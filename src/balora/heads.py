@@ -325,6 +325,24 @@ def head_features(model: nn.Module, dataset: Any, collator: Any, batch_size: int
 PROBE_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
+#: A feature whose spread is under this fraction of the median feature's spread is treated as constant.
+CONSTANT_FEATURE_RATIO = 1e-3
+
+
+def standardise(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(z, mean, std, keep): the features standardised per dimension, over the dimensions ``keep`` that vary.
+
+    A (near-)constant dimension is dropped rather than divided by its spread: mean-pooled all-MiniLM-L6-v2 has
+    dimensions with standard deviations of 1e-32 and 3e-9 across sentences, and a probe fitted on their
+    standardised float noise and folded back into the raw scale (W / std) got weights of 1e7, so that the
+    first update of the body made the logits explode (full fine-tuning: loss 0.24 -> 4,793 after one step).
+    """
+    features = np.asarray(features, dtype=np.float64)
+    mu, sd = features.mean(0), features.std(0)
+    keep = sd > max(1e-12, CONSTANT_FEATURE_RATIO * float(np.median(sd)))
+    return (features[:, keep] - mu[keep]) / sd[keep], mu, sd, keep
+
+
 def choose_c(features: np.ndarray, labels: np.ndarray, seed: int = 0, folds: int = 3) -> float:
     """The probe's C by stratified k-fold cross-validation (log-loss) on the training features."""
     from sklearn.linear_model import LogisticRegressionCV
@@ -334,7 +352,7 @@ def choose_c(features: np.ndarray, labels: np.ndarray, seed: int = 0, folds: int
     folds = min(folds, int(counts[counts > 0].min()))
     if folds < 2:
         return 1.0  # a class with one example: nothing to cross-validate on
-    z = (features - features.mean(0)) / np.where(features.std(0) < 1e-12, 1.0, features.std(0))
+    z, _, _, _ = standardise(features)
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # scikit-learn 1.8 announces parameter and attribute renames
         warnings.simplefilter("ignore", FutureWarning)
@@ -346,17 +364,14 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_labels: int, c
                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Weight (num_labels, H) and bias (num_labels,) of a linear probe on ``features``.
 
-    Classification: multinomial ``LogisticRegression`` (L2, ``C=c``) on standardised features, folded back
-    into the raw feature scale, so ``softmax(W x + b)`` is the probe's probabilities. Two classes get the
+    Classification: multinomial ``LogisticRegression`` (L2, ``C=c``) on standardised features (constant
+    dimensions dropped, :func:`standardise`), folded back into the raw feature scale, so ``softmax(W x + b)`` is the probe's probabilities. Two classes get the
     symmetric two-logit form of the binary solution; a class absent from ``labels`` gets weight 0 and a
     bias 10 below the lowest other bias. Regression (``num_labels == 1``): ``Ridge(alpha=1/c)``.
     """
     from sklearn.linear_model import LogisticRegression, Ridge
 
-    mu = features.mean(0)
-    sd = features.std(0)
-    sd[sd < 1e-12] = 1.0
-    z = (features - mu) / sd
+    z, mu, sd, keep = standardise(features)
     if num_labels == 1:
         reg = Ridge(alpha=1.0 / c).fit(z, labels.astype(np.float64))
         w = np.asarray(reg.coef_, dtype=np.float64).reshape(1, -1)
@@ -371,9 +386,10 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_labels: int, c
         b = np.full(num_labels, intercept.min() - 10.0)
         for row, cls in enumerate(clf.classes_.astype(int)):
             w[cls], b[cls] = coef[row], intercept[row]
-    # Undo the standardisation: W (x - mu) / sd + b = (W / sd) x + (b - (W / sd) mu).
-    w_raw = w / sd
-    return w_raw, b - w_raw @ mu
+    # Undo the standardisation: W (x - mu) / sd + b = (W / sd) x + (b - (W / sd) mu); constant dimensions get 0.
+    w_raw = np.zeros((w.shape[0], features.shape[1]))
+    w_raw[:, keep] = w / sd[keep]
+    return w_raw, b - w_raw[:, keep] @ mu[keep]
 
 
 #: Frozen-feature cache of :func:`warm_up_head` (``cache_key`` -> features, labels), kept for the process:

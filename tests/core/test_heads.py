@@ -79,6 +79,25 @@ def test_fit_linear_head_reproduces_sklearn_probabilities():
     assert (w[2] == 0).all() and ((x @ w.T + b).argmax(1) != 2).all()
 
 
+def test_probe_ignores_constant_feature_dimensions():
+    """Mean-pooled MiniLM has dimensions whose spread across sentences is float noise (1e-32, 3e-9); dividing
+    by it gave probe weights of 1e7 and logits that exploded at the first update. Such dimensions get weight 0,
+    and the probe on the others is unchanged."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 200)
+    informative = rng.normal(size=(200, 6)) + np.eye(3)[y] @ rng.normal(size=(3, 6))
+    constant = 0.7 + rng.normal(size=(200, 2)) * np.array([1e-9, 1e-32])  # noise-level spread
+    x = np.concatenate([informative[:, :3], constant, informative[:, 3:]], axis=1)
+    w, b = fit_linear_head(x, y, 3, c=0.5)
+    w_ref, b_ref = fit_linear_head(informative, y, 3, c=0.5)
+    assert (w[:, 3:5] == 0).all() and np.abs(w).max() < 10
+    np.testing.assert_allclose(x @ w.T + b, informative @ w_ref.T + b_ref, atol=1e-8)
+    # a small shift of the constant dimensions (what training does to them) moves no logit
+    shifted = x.copy()
+    shifted[:, 3:5] += 1e-3
+    np.testing.assert_allclose(shifted @ w.T + b, x @ w.T + b, atol=1e-12)
+
+
 class _Rows(torch.utils.data.Dataset):
     """A minimal tokenised dataset with the column API warm_up_head uses."""
 
