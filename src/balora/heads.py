@@ -340,6 +340,9 @@ def standardise(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     features = np.asarray(features, dtype=np.float64)
     mu, sd = features.mean(0), features.std(0)
     keep = sd > max(1e-12, CONSTANT_FEATURE_RATIO * float(np.median(sd)))
+    if not keep.any():  # nothing varies (a degenerate toy input): centre only, never divide by noise
+        keep[:] = True
+        sd = np.ones_like(sd)
     return (features[:, keep] - mu[keep]) / sd[keep], mu, sd, keep
 
 
