@@ -283,6 +283,13 @@ def head_linear(model: nn.Module) -> nn.Linear:
     raise ValueError(f"head_warmup: {type(model).__name__} has no linear 'classifier' / 'score' head to warm up")
 
 
+def length_order(dataset: Any, longest_first: bool = False) -> np.ndarray:
+    """Row indices of a tokenised ``dataset`` sorted by ``input_ids`` length (stable): batches taken in this order
+    pad little. ``np.argsort(order)`` puts results back in row order."""
+    lengths = np.fromiter((len(ids) for ids in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
+    return np.argsort(-lengths if longest_first else lengths, kind="stable")
+
+
 @torch.no_grad()
 def head_features(model: nn.Module, dataset: Any, collator: Any, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Inputs of the final head layer for every row of a tokenised ``dataset`` (eval mode, no grad), and labels."""
@@ -300,7 +307,7 @@ def head_features(model: nn.Module, dataset: Any, collator: Any, batch_size: int
     # In length order (batches pad to their longest row: much less padding), put back in row order below.
     order = np.arange(len(rows))
     if "input_ids" in keep and hasattr(rows, "select"):
-        order = np.argsort([len(ids) for ids in rows["input_ids"]], kind="stable")
+        order = length_order(rows)
         rows = rows.select(order)
     try:
         loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collator)
@@ -313,8 +320,7 @@ def head_features(model: nn.Module, dataset: Any, collator: Any, batch_size: int
     feats = torch.cat(captured)
     if feats.dim() == 3:  # decoder classifiers apply the head to every position: take the last real token
         raise ValueError("head_warmup: the head sees per-token features; use model.pooling: last")
-    back = np.empty_like(order)
-    back[order] = np.arange(len(order))
+    back = np.argsort(order)
     return feats.numpy().astype(np.float64)[back], torch.cat(labels).numpy()[back]
 
 

@@ -114,12 +114,10 @@ def _check_path(path: str, where: str) -> None:
 
 def set_path(raw: dict, path: str, value: Any) -> dict:
     """A copy of the nested mapping ``raw`` with the dotted ``path`` set to ``value``."""
+    from ..training.run_config import set_dotted
+
     out = copy.deepcopy(raw)
-    node = out
-    parts = path.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
+    set_dotted(out, path, value)
     return out
 
 

@@ -63,6 +63,12 @@ def _seed_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) ->
     return float(d.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
+def _row(d: Any) -> dict:
+    """A comparison row from a :class:`balora.reports.stats.PairedDiff` resampled over test examples."""
+    return {"diff": d.diff, "low": d.low, "high": d.high, "within_noise": d.within_noise, "seeds": d.n_seeds,
+            "resampled": "examples and seeds" if d.resample_seeds else "examples"}
+
+
 def compare(a: dict[int, dict], b: dict[int, dict], metric: str, n_boot: int) -> Optional[dict]:
     """Paired difference metric(a) - metric(b) on the shared seeds, or None when they share none."""
     seeds = sorted(set(a) & set(b))
@@ -75,9 +81,7 @@ def compare(a: dict[int, dict], b: dict[int, dict], metric: str, n_boot: int) ->
         pa = np.stack([np.asarray(a[s]["test_predictions"]) for s in seeds])
         pb = np.stack([np.asarray(b[s]["test_predictions"]) for s in seeds])
         num = max(int(a[seeds[0]].get("num_labels") or 0), int(max(pa.max(), pb.max(), refs.max())) + 1)
-        d = paired_bootstrap(pa, pb, refs, metric, n_boot=n_boot, num_classes=num)
-        return {"diff": d.diff, "low": d.low, "high": d.high, "within_noise": d.within_noise, "seeds": len(seeds),
-                "resampled": "examples and seeds" if d.resample_seeds else "examples"}
+        return _row(paired_bootstrap(pa, pb, refs, metric, n_boot=n_boot, num_classes=num))
     if metric == "ece" and all("test_confidences" in g[s] for g in (a, b) for s in seeds):
         from .stats import paired_ece_bootstrap
 
@@ -87,9 +91,7 @@ def compare(a: dict[int, dict], b: dict[int, dict], metric: str, n_boot: int) ->
                                 for s in seeds])
             return conf, correct
 
-        d = paired_ece_bootstrap(*arrays(a), *arrays(b), n_boot=n_boot)
-        return {"diff": d.diff, "low": d.low, "high": d.high, "within_noise": d.within_noise, "seeds": len(seeds),
-                "resampled": "examples and seeds" if d.resample_seeds else "examples"}
+        return _row(paired_ece_bootstrap(*arrays(a), *arrays(b), n_boot=n_boot))
     if metric == "loss" and all("test_nll" in g[s] for g in (a, b) for s in seeds):
         from .stats import paired_loss_bootstrap
 
@@ -99,9 +101,7 @@ def compare(a: dict[int, dict], b: dict[int, dict], metric: str, n_boot: int) ->
             return (np.stack([np.asarray(g[s]["test_nll"], float) for s in seeds]),
                     np.stack([np.asarray(g[s]["test_tokens"], float) for s in seeds]))
 
-        d = paired_loss_bootstrap(*loss_arrays(a), *loss_arrays(b), n_boot=n_boot)
-        return {"diff": d.diff, "low": d.low, "high": d.high, "within_noise": d.within_noise, "seeds": len(seeds),
-                "resampled": "examples and seeds" if d.resample_seeds else "examples"}
+        return _row(paired_loss_bootstrap(*loss_arrays(a), *loss_arrays(b), n_boot=n_boot))
     va = np.array([_test_metrics(a[s]).get(metric, np.nan) for s in seeds], dtype=float)
     vb = np.array([_test_metrics(b[s]).get(metric, np.nan) for s in seeds], dtype=float)
     if np.isnan(va).any() or np.isnan(vb).any():

@@ -100,24 +100,9 @@ def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, ref: np.ndarray, me
     if a.shape != b.shape or a.shape[1] != ref.shape[0]:
         raise ValueError(f"paired_bootstrap: shapes differ: A {a.shape}, B {b.shape}, ref {ref.shape} "
                          "(expected (seeds, N), (seeds, N), (N,))")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    s, n = a.shape
-    rows = _rows_metric(metric, num_classes)
-    refs = np.broadcast_to(ref, a.shape)
-    point = float(rows(a, refs).mean() - rows(b, refs).mean())
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for i in range(n_boot):
-        idx = rng.integers(0, n, n)
-        seeds = rng.integers(0, s, s) if resample_seeds and s > 1 else np.arange(s)
-        r = np.broadcast_to(ref[idx], (s, n))
-        diffs[i] = rows(a[seeds][:, idx], r).mean() - rows(b[seeds][:, idx], r).mean()
-    tail = (1 - level) / 2 * 100
-    low, high = (float(v) for v in np.percentile(diffs, [tail, 100 - tail]))
-    return PairedDiff(point, low, high, bool(low <= 0 <= high), level, n_boot, bool(resample_seeds and s > 1), s, n)
+    refs = np.broadcast_to(ref, a.shape)  # the same row for every seed: a seed draw leaves it unchanged
+    return paired_rows_bootstrap(_rows_metric(metric, num_classes), (a, refs), (b, refs), n_boot=n_boot,
+                                 level=level, resample_seeds=resample_seeds, seed=seed)
 
 
 def _ece_rows(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> np.ndarray:
@@ -141,11 +126,15 @@ def paired_rows_bootstrap(row_metric: Callable[..., np.ndarray], arrays_a: tuple
     ``row_metric(*arrays)`` returns the (R,) metric of each row, e.g. ECE from confidences and correctness, or a
     token-weighted loss from per-example NLL sums and token counts.
     """
-    a = [np.atleast_2d(np.asarray(x, dtype=float)) for x in arrays_a]
-    b = [np.atleast_2d(np.asarray(x, dtype=float)) for x in arrays_b]
+    a = [np.atleast_2d(np.asarray(x)) for x in arrays_a]
+    b = [np.atleast_2d(np.asarray(x)) for x in arrays_b]
     shapes = {x.shape for x in a + b}
     if len(shapes) != 1:
         raise ValueError(f"paired_rows_bootstrap: arrays of different shapes {sorted(shapes)} (expected (seeds, N))")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     s, n = a[0].shape
     point = float(row_metric(*a).mean() - row_metric(*b).mean())
     rng = np.random.default_rng(seed)

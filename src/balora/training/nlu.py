@@ -280,13 +280,13 @@ def predict_by_length(trainer: Any, dataset: Any) -> tuple[np.ndarray, np.ndarra
     Trainer pads each evaluation batch to its longest row; sorted by length, a batch holds rows of about the same
     length and most of the padding (and its compute) goes away. The rows are put back in their order after.
     """
-    lengths = np.fromiter((len(ids) for ids in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
-    order = np.argsort(-lengths, kind="stable")  # longest first: a too-large batch fails at once
+    from ..heads import length_order
+
+    order = length_order(dataset, longest_first=True)  # a too-large batch fails at once
     pred = trainer.predict(dataset.select(order))
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return np.asarray(logits)[inverse], np.asarray(pred.label_ids)[inverse]
+    back = np.argsort(order)
+    return np.asarray(logits)[back], np.asarray(pred.label_ids)[back]
 
 
 class _EvalPrediction:

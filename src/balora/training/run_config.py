@@ -351,13 +351,17 @@ def parse_overrides(items: list[str]) -> dict:
                 raise ValueError(f"override {item!r} has no value")
             key, value = item[2:], items[i + 1]
             i += 2
-        parsed = parse_yaml(value) if value != "" else ""
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = parsed
+        set_dotted(out, key, parse_yaml(value) if value != "" else "")
     return out
+
+
+def set_dotted(mapping: dict, path: str, value: Any) -> None:
+    """Set ``mapping["a"]["b"] = value`` for the dotted ``path`` "a.b", in place, creating missing levels."""
+    node = mapping
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
 
 
 def merge(base: dict, extra: dict) -> dict:
