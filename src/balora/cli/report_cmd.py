@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", nargs="+", default=["md", "csv"], choices=["md", "csv"], help="table formats")
     p.add_argument("--no-plot", action="store_true", help="skip the bar plot")
     p.add_argument("--preamble", help="Markdown file whose text goes above the tables in <stem>.md")
+    p.add_argument("--paired", action="store_true",
+                   help="also write <stem>_paired.md: per task and evaluation set, paired differences between "
+                        "methods (bootstrap over test examples and seeds; t interval over seeds), collapse counts, "
+                        "runs above the constant baseline and wall times (NLU records with per-example predictions)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws of --paired")
     p.set_defaults(func=run)
 
 
@@ -44,5 +49,11 @@ def run(args: argparse.Namespace) -> int:
     written = write_report(summary, args.out or path.parent, args.stem or path.stem, args.format,
                            plot=not args.no_plot, preamble=preamble)
     print(markdown_tables(summary))
+    if args.paired:
+        from ..reports.bench_paired import paired_page
+
+        target = Path(args.out or path.parent) / f"{args.stem or path.stem}_paired.md"
+        write_text_atomic(target, paired_page([(path.name, records)], n_boot=args.n_boot))
+        written.append(target)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
