@@ -200,7 +200,7 @@ def _merge_into(adapter_dir: Path, target: Path, record: dict, base: Optional[st
 
     kind = record.get("task_kind", "nlu")
     spec = read_head_spec(adapter_dir) if kind == "nlu" else None
-    extra = {"pooling": spec["pooling"]} if spec else {}
+    extra = {"pooling": spec["pooling"], "pair_encoding": spec["pair_encoding"]} if spec else {}
     if spec and record.get("num_labels") is None:
         record = {**record, "num_labels": spec["num_labels"]}
     model = load_base_model(base, kind, num_labels=record.get("num_labels"), **extra)

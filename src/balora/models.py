@@ -31,7 +31,8 @@ def load_tokenizer(name_or_path: str, gguf_file: Optional[str] = None, padding_s
 def load_base_model(name_or_path: str, kind: str, num_labels: Optional[int] = None,
                     dtype: Union[str, torch.dtype] = "float32",
                     gguf_file: Optional[str] = None, pad_token_id: Optional[int] = None,
-                    problem_type: Optional[str] = None, pooling: str = "auto") -> Any:
+                    problem_type: Optional[str] = None, pooling: str = "auto",
+                    pair_encoding: Optional[str] = None) -> Any:
     """A sequence classifier (kind ``nlu``; ``pooling``, see :mod:`balora.heads`) or ``AutoModelForCausalLM`` (``nlg``).
 
     ``dtype``: a name in :data:`DTYPES`, ``"auto"`` (the checkpoint's) or a ``torch.dtype``.
@@ -52,7 +53,8 @@ def load_base_model(name_or_path: str, kind: str, num_labels: Optional[int] = No
             raise ValueError("num_labels is needed for a sequence-classification model")
         from .heads import load_classifier
 
-        model = load_classifier(name_or_path, num_labels, pooling, problem_type=problem_type, **kwargs)
+        model = load_classifier(name_or_path, num_labels, pooling, problem_type=problem_type,
+                                pair_encoding=pair_encoding, **kwargs)
         if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = pad_token_id  # decoder classifiers find the last real token with it
     elif kind == "nlg":

@@ -24,7 +24,7 @@ __all__ = ["NLUBenchConfig", "TASK_HPARAMS", "load_bench_config", "nlu_specs", "
 
 # Settings that may differ per task (the per_task section) and that make a run's result differ.
 TASK_HPARAMS = ("epochs", "max_steps", "batch_size", "lr", "warmup_ratio", "weight_decay", "alpha", "max_length",
-                "train_limit", "eval_limit", "pooling", "head_warmup")
+                "train_limit", "eval_limit", "pooling", "head_warmup", "pair_encoding")
 
 
 @dataclass
@@ -56,6 +56,9 @@ class NLUBenchConfig:
     max_length: int = help_field("Maximum tokens per example.", default=128)
     pooling: str = help_field("Classifier pooling: auto (sentence-transformers folders -> mean, else the model's own head), "
                          "cls, mean or last (see balora.heads).", default="auto")
+    pair_encoding: str = help_field("Sentence pairs: cross (one input) or siamese (each sentence alone, head on "
+                                    "(u, v, |u - v|, u * v); see balora.heads). Recorded in a run's settings only "
+                                    "when siamese, so cross runs keep their keys.", default="cross")
     head_warmup: str = help_field("Head warm start before the adapters train: logreg (linear probe on frozen features) "
                              "or none (random head).", default="logreg")
     train_limit: Optional[int] = help_field("Use at most this many training examples (seeded stratified subsample).",
@@ -92,9 +95,9 @@ class NLUBenchConfig:
         i, _, n = str(self.shard).partition("/")
         if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
             raise ValueError(f"shard must be 'i/n' with 0 <= i < n, got {self.shard!r}")
-        from ..heads import HEAD_WARMUPS, POOLINGS
+        from ..heads import HEAD_WARMUPS, PAIR_ENCODINGS, POOLINGS
 
-        for name, allowed in (("pooling", POOLINGS), ("head_warmup", HEAD_WARMUPS)):
+        for name, allowed in (("pooling", POOLINGS), ("head_warmup", HEAD_WARMUPS), ("pair_encoding", PAIR_ENCODINGS)):
             values = [getattr(self, name)] + [v[name] for v in (self.per_task or {}).values()
                                               if isinstance(v, Mapping) and name in v]
             for value in values:
@@ -118,6 +121,8 @@ class NLUBenchConfig:
                              f"text lost the number): pass --lr or set per_task.{task}.lr")
         if values["alpha"] is None:
             values["alpha"] = self.r
+        if values["pair_encoding"] == "cross":  # the default, absent from run keys written before it existed
+            del values["pair_encoding"]
         return values
 
 
@@ -180,11 +185,14 @@ class ExtraEval:
     ``on_train_end``; the results land in ``self.results`` (set name -> metrics).
     """
 
-    def __init__(self, sets: Mapping[str, Any], metric_fn: Any, regression: bool, batch_size: int, tokenizer: Any):
-        from transformers import DataCollatorWithPadding, TrainerCallback
+    def __init__(self, sets: Mapping[str, Any], metric_fn: Any, regression: bool, batch_size: int, tokenizer: Any,
+                 pair_encoding: str = "cross"):
+        from transformers import TrainerCallback
+
+        from ..training.nlu import nlu_collator
 
         self.sets, self.metric_fn, self.regression, self.batch_size = sets, metric_fn, regression, batch_size
-        self.collator = DataCollatorWithPadding(tokenizer)
+        self.collator = nlu_collator(tokenizer, pair_encoding)
         self.results: dict[str, dict[str, float]] = {}
         self.predictions: dict[str, Any] = {}  # set name -> per-example predictions (row order)
         self.references: dict[str, Any] = {}
@@ -261,13 +269,14 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
             tokenizer = load_tokenizer(spec.model, None)
             extra_data = NLUData(datasets.DatasetDict(extras), list(task.text_columns), "label", data.num_labels,
                                  data.label_names, data.regression)
-            encoded, _ = tokenize_nlu(extra_data, tokenizer, hp["max_length"])
+            encoded, _ = tokenize_nlu(extra_data, tokenizer, hp["max_length"], hp.get("pair_encoding", "cross"))
             callback = ExtraEval(encoded, lambda p, r: compute_glue_metrics(task.name, p, r), task.is_regression,
-                                 cfg.eval_batch_size, tokenizer)
+                                 cfg.eval_batch_size, tokenizer, hp.get("pair_encoding", "cross"))
             extra_callbacks = [callback.callback]
         run_cfg = build_config({
             "kind": "nlu",
-            "model": {"name_or_path": spec.model, "max_length": hp["max_length"], "pooling": hp.get("pooling", "auto")},
+            "model": {"name_or_path": spec.model, "max_length": hp["max_length"], "pooling": hp.get("pooling", "auto"),
+                      "pair_encoding": hp.get("pair_encoding", "cross")},
             "data": {"train": f"glue:{task.name}", "text_columns": list(task.text_columns),
                      "train_limit": hp["train_limit"], "eval_limit": hp["eval_limit"]},
             "method": {"name": spec.method, "r": hp["r"], "alpha": hp["alpha"], "target_modules": hp["target_modules"],

@@ -31,6 +31,7 @@ _NLU_FLAGS = {
     "--max-length": ("max_length", dict(type=int)),
     "--pooling": ("pooling", dict(choices=["auto", "cls", "mean", "last"])),
     "--head-warmup": ("head_warmup", dict(choices=["logreg", "none"])),
+    "--pair-encoding": ("pair_encoding", dict(choices=["cross", "siamese"])),
     "--ood-root": ("ood_root", {}),
     "--results": ("results", {}),
     "--out-dir": ("out_dir", {}),

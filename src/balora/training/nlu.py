@@ -93,16 +93,37 @@ def describe_labels(dd: Any, text_columns: list[str], label_column: str = "label
                    description, dict(where or {}))
 
 
-def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int) -> tuple[Any, int]:
-    """Tokenised splits (model columns + labels; ``balora_index`` on train) and the count of truncated rows."""
+def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int, pair_encoding: str = "cross") -> tuple[Any, int]:
+    """Tokenised splits (model columns + labels; ``balora_index`` on train) and the count of truncated rows.
+
+    ``pair_encoding`` siamese (two text columns): each sentence is tokenised alone, the second into
+    ``input_ids_b`` / ``attention_mask_b`` (balora.heads); a row counts as truncated when either sentence is."""
+    from ..heads import PAIR_ENCODINGS, SECOND_SUFFIX
+
+    if pair_encoding not in PAIR_ENCODINGS:
+        raise ValueError(f"pair_encoding must be one of {', '.join(PAIR_ENCODINGS)}, got {pair_encoding!r}")
+    siamese = pair_encoding == "siamese"
+    if siamese and len(data.text_columns) != 2:
+        raise ValueError(f"model.pair_encoding siamese needs two text columns (sentence pairs), got "
+                         f"{data.text_columns}")
     truncated = 0
 
     def encode(batch: dict) -> dict:
         nonlocal truncated
         texts = [batch[c] for c in data.text_columns]
-        enc = tokenizer(*texts, truncation=True, max_length=max_length)
-        full = tokenizer(*texts, truncation=False)["input_ids"]
-        truncated += sum(len(f) > max_length for f in full)
+        if siamese:
+            enc = tokenizer(texts[0], truncation=True, max_length=max_length)
+            second = tokenizer(texts[1], truncation=True, max_length=max_length)
+            for key in ("input_ids", "attention_mask"):
+                enc[key + SECOND_SUFFIX] = second[key]
+            enc.pop("token_type_ids", None)  # one segment each: the body's default (zeros)
+            full = [max(len(a), len(b)) for a, b in zip(tokenizer(texts[0], truncation=False)["input_ids"],
+                                                        tokenizer(texts[1], truncation=False)["input_ids"])]
+            truncated += sum(n > max_length for n in full)
+        else:
+            enc = tokenizer(*texts, truncation=True, max_length=max_length)
+            full = tokenizer(*texts, truncation=False)["input_ids"]
+            truncated += sum(len(f) > max_length for f in full)
         enc["labels"] = [float(v) for v in batch[data.label_column]] if data.regression else batch[data.label_column]
         return enc
 
@@ -112,7 +133,8 @@ def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int) -> tuple[Any, i
     import hashlib
 
     token = "|".join(map(str, (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer),
-                               max_length, data.text_columns, data.label_column, data.regression)))
+                               max_length, data.text_columns, data.label_column, data.regression)
+                           + (("siamese",) if siamese else ())))
     out = {}
     for split, ds in data.splits.items():
         fingerprint = hashlib.sha256(f"{getattr(ds, '_fingerprint', id(ds))}|{token}".encode()).hexdigest()[:16]
@@ -124,6 +146,36 @@ def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int) -> tuple[Any, i
     if truncated:
         logger.warning("%d examples were longer than max_length=%d tokens and were truncated", truncated, max_length)
     return out, truncated
+
+
+class PairCollator:
+    """Pads a siamese batch (balora.heads): the first sentences and the second ones (``input_ids_b`` /
+    ``attention_mask_b``) each to their own longest row, with ``DataCollatorWithPadding``."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from transformers import DataCollatorWithPadding
+
+        from ..heads import SECOND_SUFFIX
+
+        self.pad, self.suffix = DataCollatorWithPadding(tokenizer), SECOND_SUFFIX
+
+    def __call__(self, features: list[dict]) -> dict:
+        first, second = [], []
+        for row in features:
+            row = dict(row)
+            second.append({key: row.pop(key + self.suffix) for key in ("input_ids", "attention_mask")})
+            first.append(row)
+        batch, padded = self.pad(first), self.pad(second)
+        for key in ("input_ids", "attention_mask"):
+            batch[key + self.suffix] = padded[key]
+        return batch
+
+
+def nlu_collator(tokenizer: Any, pair_encoding: str = "cross") -> Any:
+    """The batch collator of tokenize_nlu's output: padding, per sentence for siamese pairs."""
+    from transformers import DataCollatorWithPadding
+
+    return PairCollator(tokenizer) if pair_encoding == "siamese" else DataCollatorWithPadding(tokenizer)
 
 
 def run_nlu(cfg: RunConfig, data: Optional[NLUData] = None, *, compute_metrics: Optional[Callable] = None,
@@ -145,7 +197,7 @@ def run_nlu(cfg: RunConfig, data: Optional[NLUData] = None, *, compute_metrics: 
 
 def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: Optional[Callable],
              extra_callbacks: Optional[list], save_adapter: bool) -> NLUResult:
-    from transformers import DataCollatorWithPadding, set_seed
+    from transformers import set_seed
 
     from ..baselines.params import count_parameters
     from ..models import load_base_model, load_tokenizer
@@ -158,14 +210,14 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
             data.splits[split] = _subsample(data.splits[split], cfg.data.eval_limit, 0, not data.regression)
     injection = _inject(cfg, data)
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.gguf_file)
-    encoded, truncated = tokenize_nlu(data, tokenizer, cfg.model.max_length)
+    encoded, truncated = tokenize_nlu(data, tokenizer, cfg.model.max_length, cfg.model.pair_encoding)
     model = load_base_model(cfg.model.name_or_path, "nlu", data.num_labels, cfg.model.dtype, cfg.model.gguf_file,
                             pad_token_id=tokenizer.pad_token_id,
                             problem_type="regression" if data.regression else "single_label_classification",
-                            pooling=cfg.model.pooling)
+                            pooling=cfg.model.pooling, pair_encoding=cfg.model.pair_encoding)
     from ..reference import has_dropout
 
-    collator = DataCollatorWithPadding(tokenizer)
+    collator = nlu_collator(tokenizer, cfg.model.pair_encoding)
     # LP-FT warm start before prepare_model, so peft's frozen copy of the head (the reference's) is the warmed one.
     warmup = _warm_up_head(cfg, model, encoded["train"], collator)
     balora_cfg = cfg.balora_config()

@@ -100,13 +100,19 @@ class ModelConfig:
                          "cls (the checkpoint's own *ForSequenceClassification head), mean (masked mean of the last "
                          "hidden states + linear head) or last (last non-pad token + linear head); see balora.heads.",
                          default="auto")
+    pair_encoding: str = help_field("NLU sentence pairs: cross (both sentences in one input, the usual way) or siamese "
+                               "(each sentence encoded alone, head on (u, v, |u - v|, u * v), as Sentence-BERT; for "
+                               "bi-encoder checkpoints such as all-MiniLM-L6-v2); see balora.heads.", default="cross")
 
     def __post_init__(self) -> None:
-        from ..heads import POOLINGS
+        from ..heads import PAIR_ENCODINGS, POOLINGS
 
         _check_types(self, "model")
         if self.pooling not in POOLINGS:
             raise ValueError(f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"model.pair_encoding must be one of {', '.join(PAIR_ENCODINGS)}, "
+                             f"got {self.pair_encoding!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.max_length < 8:
