@@ -168,11 +168,12 @@ def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         write_text_atomic(tmp / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True))
         head_spec = adapter / HEAD_SPEC
-        pooling = None
+        pooling, pair_encoding = None, "cross"
         if head_spec.is_file():  # the pooled head's description travels with the adapter
             shutil.copyfile(head_spec, tmp / HEAD_SPEC)
-            pooling = json.loads(head_spec.read_text()).get("pooling")
-        card = model_card(record, config, merged=merge, datasets=datasets, pooling=pooling)
+            spec = json.loads(head_spec.read_text())
+            pooling, pair_encoding = spec.get("pooling"), spec.get("pair_encoding", "cross")
+        card = model_card(record, config, merged=merge, datasets=datasets, pooling=pooling, pair_encoding=pair_encoding)
         if push_ready:
             validate_card(card)
             write_json_atomic(tmp / RUN_RECORD, record)
@@ -257,7 +258,7 @@ def card_metadata(record: dict, adapter_config: dict, datasets: Optional[list[st
 
 
 def model_card(record: dict, adapter_config: dict, merged: bool = False, datasets: Optional[list[str]] = None,
-               pooling: Optional[str] = None) -> str:
+               pooling: Optional[str] = None, pair_encoding: str = "cross") -> str:
     """README.md in the Hugging Face model card format: YAML metadata (library_name, base_model, tags, datasets,
     model-index metrics), then method, data, settings and metrics of the run."""
     meta = card_metadata(record, adapter_config, datasets)
@@ -277,9 +278,15 @@ def model_card(record: dict, adapter_config: dict, merged: bool = False, dataset
            else "") + "." + (" `merged/` holds the full merged model." if merged else ""), "",
     ]
     if pooling:
+        siamese = pair_encoding == "siamese"
         lines += [f"The classifier pools the last hidden states with **{pooling}** pooling (`balora_head.json`), not "
-                  "the checkpoint's own head: load the base with `balora.heads.load_classifier(base, num_labels, "
-                  f"pooling='{pooling}')` before `PeftModel.from_pretrained`"
+                  "the checkpoint's own head"
+                  + (", and encodes the two sentences of a pair separately (**siamese**: the head sees "
+                     "(u, v, |u - v|, u * v); inputs `input_ids`/`attention_mask` and `input_ids_b`/`attention_mask_b`)"
+                     if siamese else "")
+                  + ": load the base with `balora.heads.load_classifier(base, num_labels, "
+                  f"pooling='{pooling}'" + (", pair_encoding='siamese'" if siamese else "")
+                  + ")` before `PeftModel.from_pretrained`"
                   + (" (`merged/` loads with `load_classifier(merged_dir, num_labels)`)." if merged else "."), ""]
     if quant:
         lines += [f"Trained on a {quant}-quantised residual base (QPiSSA): on the full-precision original the adapter "

@@ -135,6 +135,7 @@ def test_exported_siamese_adapter_reproduces_the_finetuned_model(tmp_path):
                                                      "num_labels": 3, "metrics": {}}))
     out = export_adapter(run, tmp_path / "export", merge=True)
     assert json.loads((out / "balora_head.json").read_text())["pair_encoding"] == "siamese"
+    assert "pair_encoding='siamese'" in (out / "README.md").read_text()  # the card says how to load it
     torch.manual_seed(1)
     original = load_classifier(str(base), 3, "mean", pair_encoding="siamese").eval()
     with torch.no_grad():
