@@ -25,6 +25,8 @@ import torch
 
 def encode(model, tok, first: list[str], second: list[str] | None, max_length: int, batch: int = 64) -> np.ndarray:
     """Mean-pooled last hidden states, computed in length-sorted batches, returned in input order."""
+    from balora.heads import pool
+
     lengths = [len(a) + (len(second[i]) if second else 0) for i, a in enumerate(first)]
     order = np.argsort(lengths)
     out = np.zeros((len(first), model.config.hidden_size), np.float32)
@@ -35,8 +37,7 @@ def encode(model, tok, first: list[str], second: list[str] | None, max_length: i
         enc = tok(a, b, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         with torch.no_grad():
             hidden = model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        out[idx] = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+        out[idx] = pool(hidden, enc["attention_mask"], "mean").numpy()
     return out
 
 

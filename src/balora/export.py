@@ -167,13 +167,13 @@ def export_adapter(run_dir: str | os.PathLike, out_dir: str | os.PathLike, merge
             config["base_model_name_or_path"] = base_model
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         write_text_atomic(tmp / ADAPTER_CONFIG, json.dumps(config, indent=2, sort_keys=True))
-        head_spec = adapter / HEAD_SPEC
-        pooling, pair_encoding = None, "cross"
-        if head_spec.is_file():  # the pooled head's description travels with the adapter
-            shutil.copyfile(head_spec, tmp / HEAD_SPEC)
-            spec = json.loads(head_spec.read_text())
-            pooling, pair_encoding = spec.get("pooling"), spec.get("pair_encoding", "cross")
-        card = model_card(record, config, merged=merge, datasets=datasets, pooling=pooling, pair_encoding=pair_encoding)
+        from .heads import read_head_spec
+
+        head = read_head_spec(adapter)
+        if head is not None:  # the pooled head's description travels with the adapter
+            shutil.copyfile(adapter / HEAD_SPEC, tmp / HEAD_SPEC)
+        card = model_card(record, config, merged=merge, datasets=datasets, pooling=head["pooling"] if head else None,
+                          pair_encoding=head["pair_encoding"] if head else "cross")
         if push_ready:
             validate_card(card)
             write_json_atomic(tmp / RUN_RECORD, record)

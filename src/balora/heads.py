@@ -56,6 +56,13 @@ POOLINGS = ("auto", "cls", "mean", "last")
 HEAD_WARMUPS = ("none", "logreg")
 PAIR_ENCODINGS = ("cross", "siamese")
 SECOND_SUFFIX = "_b"  # siamese: the second sentence's input_ids_b / attention_mask_b
+
+
+def check_pair_encoding(value: str, name: str = "pair_encoding") -> str:
+    """``value`` if it is one of :data:`PAIR_ENCODINGS`, else a ValueError naming ``name`` and the value."""
+    if value not in PAIR_ENCODINGS:
+        raise ValueError(f"{name} must be one of {', '.join(PAIR_ENCODINGS)}, got {value!r}")
+    return value
 HEAD_SPEC = "balora_head.json"
 HEAD_WEIGHTS = "balora_head.safetensors"
 _FORMAT = 1
@@ -87,8 +94,7 @@ class PooledClassifier(nn.Module):
         super().__init__()
         if pooling not in ("mean", "last", "cls"):
             raise ValueError(f"PooledClassifier pooling must be mean, last or cls, got {pooling!r}")
-        if pair_encoding not in PAIR_ENCODINGS:
-            raise ValueError(f"pair_encoding must be one of {', '.join(PAIR_ENCODINGS)}, got {pair_encoding!r}")
+        check_pair_encoding(pair_encoding)
         if num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {num_labels}")
         self.body = body
@@ -186,9 +192,7 @@ def read_head_spec(folder: str | Path) -> Optional[dict]:
     if not isinstance(spec, dict) or spec.get("pooling") not in ("mean", "last", "cls"):
         raise ValueError(f"{path}: expected an object with 'pooling' in mean/last/cls, got {spec!r:.200}")
     spec.setdefault("pair_encoding", "cross")  # written before siamese heads existed
-    if spec["pair_encoding"] not in PAIR_ENCODINGS:
-        raise ValueError(f"{path}: 'pair_encoding' must be one of {', '.join(PAIR_ENCODINGS)}, "
-                         f"got {spec['pair_encoding']!r}")
+    check_pair_encoding(spec["pair_encoding"], f"{path}: 'pair_encoding'")
     return spec
 
 
@@ -295,8 +299,7 @@ def load_classifier(name_or_path: str, num_labels: int, pooling: str = "auto", d
         folder = Path(name_or_path).expanduser()
         spec = read_head_spec(folder) if folder.is_dir() else None
         pair_encoding = spec["pair_encoding"] if spec else "cross"
-    if pair_encoding not in PAIR_ENCODINGS:
-        raise ValueError(f"model.pair_encoding must be one of {', '.join(PAIR_ENCODINGS)}; got {pair_encoding!r}")
+    check_pair_encoding(pair_encoding, "model.pair_encoding")
     resolved = resolve_pooling(name_or_path, pooling)
     if resolved in ("mean", "last") or pair_encoding == "siamese":
         return load_pooled_classifier(name_or_path, resolved, num_labels, dtype, problem_type, pair_encoding,

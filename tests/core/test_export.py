@@ -14,17 +14,7 @@ from balora.export import export_adapter
 from balora.run_layout import save_run_adapters
 from balora.heads import load_classifier
 
-from .tiny import nlu_batch, tiny_bert
-
-
-def _train_few_steps(model, batch, steps=3):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        model(**batch).loss.backward()
-        opt.step()
-    return model.eval()
+from .tiny import nlu_batch, tiny_bert, train_few_steps
 
 
 @pytest.mark.parametrize("method,pooling", [("ba-lora", "cls"), ("lora", "cls"), ("dora+reg", "cls"),
@@ -40,7 +30,7 @@ def test_exported_adapter_reproduces_finetuned_logits_on_original_base(tmp_path,
     model = prepare_model(load_classifier(str(base_dir), 3, pooling), method, r=4)
     if method == "ba-lora":
         save_run_adapters(model, run, initial=True)
-    _train_few_steps(model, batch)
+    train_few_steps(model, batch)
     with torch.no_grad():
         tuned = model(**batch).logits
     save_run_adapters(model, run, initial=False)

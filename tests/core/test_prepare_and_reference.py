@@ -9,7 +9,7 @@ from balora import BALoRAConfig, prepare_model
 from balora.methods import parse_method
 from balora.reference import REFERENCE_ADAPTER, reference_mode
 
-from .tiny import nlg_batch, nlu_batch, tiny_bert, tiny_llama
+from .tiny import nlg_batch, nlu_batch, tiny_bert, tiny_llama, train_few_steps
 
 
 @pytest.mark.parametrize("factory,batch", [(tiny_bert, nlu_batch), (tiny_llama, nlg_batch)])
@@ -47,13 +47,7 @@ def test_reference_stays_original_after_training_steps():
     with torch.no_grad():
         original = model(**inputs).logits
     pm = prepare_model(model, "ba-lora", r=4)
-    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
-    pm.train()
-    for _ in range(3):
-        opt.zero_grad()
-        pm(**inputs).loss.backward()
-        opt.step()
-    pm.eval()
+    train_few_steps(pm, inputs, steps=3, lr=1e-2)
     with torch.no_grad():
         moved = pm(**inputs).logits
         with reference_mode(pm, pm.balora.reference) as ref:

@@ -16,7 +16,7 @@ from balora.export import export_adapter
 from balora.run_layout import save_run_adapters
 from balora.serving import vllm_adapter_problems
 
-from .tiny import nlg_batch, tiny_llama
+from .tiny import nlg_batch, tiny_llama, train_few_steps
 
 HUB_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 METRICS = {"test_accuracy": 0.5, "validation_loss": 1.25}
@@ -32,13 +32,7 @@ def _run(tmp_path, method="ba-lora", r=4):
     if method == "ba-lora":
         save_run_adapters(model, run, initial=True)
     batch = nlg_batch()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    model.train()
-    for _ in range(2):
-        opt.zero_grad()
-        model(**batch).loss.backward()
-        opt.step()
-    model.eval()
+    train_few_steps(model, batch, steps=2)
     with torch.no_grad():
         tuned = model(**batch).logits
     save_run_adapters(model, run, initial=False)

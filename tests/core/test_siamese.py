@@ -20,7 +20,7 @@ from balora.run_layout import save_run_adapters
 from balora.training.nlu import PairCollator, describe_labels, run_nlu, tokenize_nlu
 from balora.training.run_config import build_config
 
-from .tiny import nlu_batch, tiny_bert
+from .tiny import nlu_batch, tiny_bert, train_few_steps
 
 WORDS = "the a cat dog sat ran on under mat log big small red blue it is not".split()
 
@@ -122,12 +122,7 @@ def test_exported_siamese_adapter_reproduces_the_finetuned_model(tmp_path):
     torch.manual_seed(0)
     model = prepare_model(load_classifier(str(base), 3, "mean", pair_encoding="siamese"), "ba-lora", r=4)
     save_run_adapters(model, run, initial=True)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    for _ in range(3):
-        opt.zero_grad()
-        model(**batch).loss.backward()
-        opt.step()
-    model.eval()
+    train_few_steps(model, batch)
     with torch.no_grad():
         tuned = model(**batch).logits
     save_run_adapters(model, run, initial=False)

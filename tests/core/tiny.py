@@ -40,3 +40,14 @@ def nlg_batch(b: int = 3, t: int = 12, vocab: int = 96, seed: int = 1) -> dict:
     att = torch.ones(b, t, dtype=torch.long)
     att[0, -2:] = 0
     return {"input_ids": ids, "attention_mask": att, "labels": labels}
+
+
+def train_few_steps(model, batch: dict, steps: int = 3, lr: float = 2e-2):
+    """A few AdamW steps on the trainable parameters with ``batch``; returns the model in eval mode."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step()
+    return model.eval()

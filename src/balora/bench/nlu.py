@@ -240,6 +240,7 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
     def run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         task = get_task(spec.task)
         hp = spec.hparams
+        pair_encoding = hp.get("pair_encoding", "cross")  # absent from the keys of cross runs (task_hparams)
         if task.name not in glue_cache:
             glue_cache[task.name] = load_glue(task.name, cfg.glue_dir or "nyu-mll/glue")
         dd = glue_cache[task.name]
@@ -269,14 +270,14 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
             tokenizer = load_tokenizer(spec.model, None)
             extra_data = NLUData(datasets.DatasetDict(extras), list(task.text_columns), "label", data.num_labels,
                                  data.label_names, data.regression)
-            encoded, _ = tokenize_nlu(extra_data, tokenizer, hp["max_length"], hp.get("pair_encoding", "cross"))
+            encoded, _ = tokenize_nlu(extra_data, tokenizer, hp["max_length"], pair_encoding)
             callback = ExtraEval(encoded, lambda p, r: compute_glue_metrics(task.name, p, r), task.is_regression,
-                                 cfg.eval_batch_size, tokenizer, hp.get("pair_encoding", "cross"))
+                                 cfg.eval_batch_size, tokenizer, pair_encoding)
             extra_callbacks = [callback.callback]
         run_cfg = build_config({
             "kind": "nlu",
             "model": {"name_or_path": spec.model, "max_length": hp["max_length"], "pooling": hp.get("pooling", "auto"),
-                      "pair_encoding": hp.get("pair_encoding", "cross")},
+                      "pair_encoding": pair_encoding},
             "data": {"train": f"glue:{task.name}", "text_columns": list(task.text_columns),
                      "train_limit": hp["train_limit"], "eval_limit": hp["eval_limit"]},
             "method": {"name": spec.method, "r": hp["r"], "alpha": hp["alpha"], "target_modules": hp["target_modules"],

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from ..methods import table_order_key
-from .stats import collapsed, paired_bootstrap
+from .stats import accuracy, collapsed, paired_bootstrap
 
 __all__ = ["METRIC_FN", "constant_baseline", "is_collapsed", "paired_page", "t_interval"]
 
@@ -31,10 +31,6 @@ __all__ = ["METRIC_FN", "constant_baseline", "is_collapsed", "paired_page", "t_i
 # Vectorisable numpy versions of the GLUE main metrics: the bootstrap calls them n_boot x seeds times, and
 # scikit-learn's per-call input validation would make that minutes. Same definitions as
 # balora.evaluation.nlu_metrics (binary F1 of class 1, MCC, Pearson); tests check them against scikit-learn/scipy.
-def _acc(p: np.ndarray, r: np.ndarray) -> float:
-    return float(np.mean(p == r))
-
-
 def _f1(p: np.ndarray, r: np.ndarray) -> float:
     tp = float(np.sum((p == 1) & (r == 1)))
     denom = float(np.sum(p == 1) + np.sum(r == 1))
@@ -55,7 +51,7 @@ def _pearson(p: np.ndarray, r: np.ndarray) -> float:
 
 
 METRIC_FN: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": _acc, "f1": _f1, "matthews_correlation": _mcc, "pearson": _pearson}
+    "accuracy": accuracy, "f1": _f1, "matthews_correlation": _mcc, "pearson": _pearson}
 _TASK_ORDER = ("rte", "mrpc", "cola", "stsb", "sst2", "qnli")
 
 

@@ -98,11 +98,9 @@ def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int, pair_encoding: 
 
     ``pair_encoding`` siamese (two text columns): each sentence is tokenised alone, the second into
     ``input_ids_b`` / ``attention_mask_b`` (balora.heads); a row counts as truncated when either sentence is."""
-    from ..heads import PAIR_ENCODINGS, SECOND_SUFFIX
+    from ..heads import SECOND_SUFFIX, check_pair_encoding
 
-    if pair_encoding not in PAIR_ENCODINGS:
-        raise ValueError(f"pair_encoding must be one of {', '.join(PAIR_ENCODINGS)}, got {pair_encoding!r}")
-    siamese = pair_encoding == "siamese"
+    siamese = check_pair_encoding(pair_encoding) == "siamese"
     if siamese and len(data.text_columns) != 2:
         raise ValueError(f"model.pair_encoding siamese needs two text columns (sentence pairs), got "
                          f"{data.text_columns}")

@@ -105,14 +105,12 @@ class ModelConfig:
                                "bi-encoder checkpoints such as all-MiniLM-L6-v2); see balora.heads.", default="cross")
 
     def __post_init__(self) -> None:
-        from ..heads import PAIR_ENCODINGS, POOLINGS
+        from ..heads import POOLINGS, check_pair_encoding
 
         _check_types(self, "model")
         if self.pooling not in POOLINGS:
             raise ValueError(f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
-        if self.pair_encoding not in PAIR_ENCODINGS:
-            raise ValueError(f"model.pair_encoding must be one of {', '.join(PAIR_ENCODINGS)}, "
-                             f"got {self.pair_encoding!r}")
+        check_pair_encoding(self.pair_encoding, "model.pair_encoding")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.max_length < 8:
