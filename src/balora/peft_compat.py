@@ -48,3 +48,14 @@ def activate_adapter(layer: nn.Module, name: str) -> None:
 def disable_adapters(layer: nn.Module) -> None:
     """The layer computes its base function; ``requires_grad`` is left alone."""
     setattr(layer, DISABLE_ADAPTERS_ATTR, True)
+
+
+def drop_hf_quantizer(model: nn.Module) -> nn.Module:
+    """Forget how a dequantised checkpoint (e.g. GGUF) was quantised, so that it saves and trains as the plain
+    float model it now is. transformers keeps the loader's quantizer on the model (``hf_quantizer``, set by
+    ``from_pretrained``) and its settings in ``config.quantization_config``; ``save_pretrained`` would
+    otherwise write the quantisation settings back."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
