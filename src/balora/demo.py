@@ -196,7 +196,7 @@ def linear_probe_predictions(cfg: DemoConfig, model_path: str, train: Any, test:
     import torch
     from transformers import DataCollatorWithPadding
 
-    from .heads import head_features, warm_up_head
+    from .training.head_warmup import head_features, warm_up_head
     from .models import load_base_model, load_tokenizer
     from .training.nlu import describe_labels, tokenize_nlu
 
@@ -210,7 +210,7 @@ def linear_probe_predictions(cfg: DemoConfig, model_path: str, train: Any, test:
     key = (model_path, None, "float32", info_pooling, encoded["train"]._fingerprint)
     warm_up_head(model, encoded["train"], collator, cfg.head_warmup, 128, cache_key=key)
     features, _ = head_features(model, encoded["test"], collator, 128)
-    from .heads import head_linear
+    from .pooling import head_linear
 
     head = head_linear(model)
     logits = features @ head.weight.detach().double().numpy().T + head.bias.detach().double().numpy()

@@ -51,7 +51,7 @@ def load_base_model(name_or_path: str, kind: str, num_labels: Optional[int] = No
     if kind == "nlu":
         if num_labels is None:
             raise ValueError("num_labels is needed for a sequence-classification model")
-        from .heads import load_classifier
+        from .classifier_loading import load_classifier
 
         model = load_classifier(name_or_path, num_labels, pooling, problem_type=problem_type,
                                 pair_encoding=pair_encoding, **kwargs)

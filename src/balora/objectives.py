@@ -34,6 +34,7 @@ from . import regularizers as R
 from .config import BALoRAConfig
 from .distributed import all_reduce_sum, gather_rows, is_distributed
 from .fused import FusedTerms, OutputFactor, fused_lm_terms
+from .pooling import head_rows, hook_head_inputs
 from .reference import ReferenceSpec, RngState, has_dropout
 
 logger = logging.getLogger(__name__)
@@ -462,25 +463,12 @@ class FusedNLGObjective(NLGObjective):
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def head_input_hook(model, sink: list):
-    """Capture the input of the classification head (peft's modules_to_save wrapper or the bare head)."""
-    for name in ("classifier", "score"):
-        for mod_name, module in model.named_modules():
-            if mod_name.split(".")[-1] == name:
-                return module.register_forward_pre_hook(lambda m, args: sink.append(args[0]))
-    raise ValueError("regression features: no 'classifier' or 'score' head found to hook")
+head_input_hook = hook_head_inputs  # (model, sink): the input of the head's final layer (balora.pooling)
 
 
 def pool(features: torch.Tensor, inputs: dict) -> torch.Tensor:
-    """Head inputs are (N, H) for encoders; decoder classifiers see (N, T, H): take the last real token."""
-    if features.dim() == 2:
-        return features
-    if features.dim() == 3 and "attention_mask" in inputs:
-        last = inputs["attention_mask"].sum(1).long() - 1
-        return features[torch.arange(features.shape[0], device=features.device), last]
-    if features.dim() == 3:
-        return features[:, -1]
-    return features.flatten(1)
+    """One row per example of the head's input (balora.pooling.head_rows)."""
+    return head_rows(features, inputs.get("attention_mask"))
 
 
 def make_objective(task: str, cfg: BALoRAConfig, reference: Optional[ReferenceSpec], regularized: bool,

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification
 from balora import prepare_model
 from balora.export import export_adapter
 from balora.run_layout import save_run_adapters
-from balora.heads import load_classifier
+from balora.classifier_loading import load_classifier
 
 from .tiny import nlu_batch, tiny_bert, train_few_steps
 

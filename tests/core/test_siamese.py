@@ -15,7 +15,8 @@ from transformers import BertTokenizerFast
 
 from balora import prepare_model
 from balora.export import export_adapter
-from balora.heads import PooledClassifier, load_classifier, pool
+from balora.classifier_loading import load_classifier
+from balora.heads import PooledClassifier, pool
 from balora.run_layout import save_run_adapters
 from balora.training.nlu import PairCollator, describe_labels, run_nlu, tokenize_nlu
 from balora.training.run_config import build_config

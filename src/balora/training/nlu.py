@@ -288,8 +288,9 @@ def _inject(cfg: RunConfig, data: NLUData) -> dict:
 
 def _warm_up_head(cfg: RunConfig, model: Any, train_ds: Any, collator: Any) -> dict:
     """The head's pooling and, unless ``method.head_warmup`` is none (or the method trains no head), its
-    linear-probe warm start (:func:`balora.heads.warm_up_head`) on the training set."""
-    from ..heads import PooledClassifier, warm_up_head
+    linear-probe warm start (:func:`balora.training.head_warmup.warm_up_head`) on the training set."""
+    from ..heads import PooledClassifier
+    from .head_warmup import warm_up_head
 
     info: dict[str, Any] = {"pooling": model.pooling if isinstance(model, PooledClassifier) else "cls"}
     if cfg.method.head_warmup == "none":
@@ -330,7 +331,7 @@ def predict_by_length(trainer: Any, dataset: Any) -> tuple[np.ndarray, np.ndarra
     Trainer pads each evaluation batch to its longest row; sorted by length, a batch holds rows of about the same
     length and most of the padding (and its compute) goes away. The rows are put back in their order after.
     """
-    from ..heads import length_order
+    from ..data.order import length_order
 
     order = length_order(dataset, longest_first=True)  # a too-large batch fails at once
     pred = trainer.predict(dataset.select(order))
