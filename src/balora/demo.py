@@ -196,8 +196,9 @@ def linear_probe_predictions(cfg: DemoConfig, model_path: str, train: Any, test:
     import torch
     from transformers import DataCollatorWithPadding
 
-    from .training.head_warmup import head_features, warm_up_head
     from .models import load_base_model, load_tokenizer
+    from .peft_compat import dataset_fingerprint
+    from .training.head_warmup import head_features, warm_up_head
     from .training.nlu import describe_labels, tokenize_nlu
 
     tokenizer = load_tokenizer(model_path)
@@ -207,7 +208,7 @@ def linear_probe_predictions(cfg: DemoConfig, model_path: str, train: Any, test:
     model = load_base_model(model_path, "nlu", k, pooling=cfg.pooling)
     collator = DataCollatorWithPadding(tokenizer)
     info_pooling = getattr(model, "pooling", "cls")
-    key = (model_path, None, "float32", info_pooling, encoded["train"]._fingerprint)
+    key = (model_path, None, "float32", info_pooling, dataset_fingerprint(encoded["train"]))
     warm_up_head(model, encoded["train"], collator, cfg.head_warmup, 128, cache_key=key)
     features, _ = head_features(model, encoded["test"], collator, 128)
     from .pooling import head_linear

@@ -29,6 +29,8 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from .peft_compat import tensor_version
+
 
 @dataclass
 class FusedTerms:
@@ -291,7 +293,8 @@ class OutputFactor:
         self._r: Optional[torch.Tensor] = None
 
     def r_factor(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        key = (weight.data_ptr(), weight._version, tuple(weight.shape), None if bias is None else bias._version)
+        key = (weight.data_ptr(), tensor_version(weight), tuple(weight.shape),
+               None if bias is None else tensor_version(bias))
         if self._key != key or self._r is None:
             w = weight.detach().float()
             if bias is not None:

@@ -1,17 +1,20 @@
-"""The only place balora touches peft internals: the per-layer adapter switch of the reference pass.
+"""The only place balora touches library internals (names starting with ``_`` in peft, transformers, torch,
+datasets); ``tests/test_private_access.py`` fails on such access anywhere else.
 
-peft's public ``set_adapter()`` / ``disable_adapter()`` also flip ``requires_grad`` on adapter weights,
-which is fragile inside a training step (optimizer state, DDP's reducer). The reference pass therefore
-sets two per-layer attributes of peft's ``BaseTunerLayer`` / ``AuxiliaryTrainingWrapper`` directly and
-restores them on exit. peft documents them only through read-only properties (``active_adapters``,
-``disable_adapters``); ``tests/core/test_peft_compat.py`` pins that writing them is what those properties
-read, and pyproject.toml bounds peft to the tested range (0.14 <= peft < 0.22; tested with 0.21.2).
+peft's per-layer adapter switch of the reference pass: peft's public ``set_adapter()`` / ``disable_adapter()``
+also flip ``requires_grad`` on adapter weights, which is fragile inside a training step (optimizer state, DDP's
+reducer). The reference pass therefore sets two per-layer attributes of peft's ``BaseTunerLayer`` /
+``AuxiliaryTrainingWrapper`` directly and restores them on exit. peft documents them only through read-only
+properties (``active_adapters``, ``disable_adapters``); ``tests/core/test_peft_compat.py`` pins that writing them
+is what those properties read, and pyproject.toml bounds peft to the tested range (0.14 <= peft < 0.22; tested
+with 0.21.2).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
+import torch
 from torch import nn
 
 ACTIVE_ADAPTER_ATTR = "_active_adapter"
@@ -59,3 +62,29 @@ def drop_hf_quantizer(model: nn.Module) -> nn.Module:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return model
+
+
+def tensor_version(tensor: torch.Tensor) -> int:
+    """torch's counter of in-place changes of ``tensor`` (autograd's ``_version``; torch has no public accessor):
+    a cache keyed on it notices that a weight was overwritten in place."""
+    return tensor._version
+
+
+def torch_dispatch_mode() -> type:
+    """torch's ``TorchDispatchMode``: the documented extension point that sees every ATen call, in a private module."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    return TorchDispatchMode
+
+
+def tree_leaves(tree: Any) -> list:
+    """The leaves of nested lists / tuples / dicts, as torch flattens an op's arguments (``torch.utils._pytree``)."""
+    from torch.utils._pytree import tree_leaves as leaves
+
+    return leaves(tree)
+
+
+def dataset_fingerprint(dataset: Any, default: Any = None) -> Any:
+    """The fingerprint ``datasets`` gives a dataset's content and transforms (only held privately), or ``default``
+    for an object without one."""
+    return getattr(dataset, "_fingerprint", default)

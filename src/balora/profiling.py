@@ -107,21 +107,20 @@ def record_tensors() -> Iterator[list[TensorEvent]]:
     dtype: the basis of the device-placement checks, which can then assert that a training
     step creates nothing on another device than the model's, or no fp32 copy of a low-precision matrix.
 
-    Uses ``torch.utils._python_dispatch.TorchDispatchMode`` (the documented extension point for
+    Uses torch's ``TorchDispatchMode`` (through :mod:`balora.peft_compat`; the documented extension point for
     intercepting ATen calls; there is no public hook that sees every allocation) and is slow: for checks,
     never inside timed code.
     """
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
+    from .peft_compat import torch_dispatch_mode, tree_leaves
 
     events: list[TensorEvent] = []
 
-    class _Recorder(TorchDispatchMode):
+    class _Recorder(torch_dispatch_mode()):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            ins = tuple((t.dtype, tuple(t.shape)) for t in tree_flatten((args, kwargs or {}))[0]
+            ins = tuple((t.dtype, tuple(t.shape)) for t in tree_leaves((args, kwargs or {}))
                         if isinstance(t, torch.Tensor))
-            for t in tree_flatten(out)[0]:
+            for t in tree_leaves(out):
                 if isinstance(t, torch.Tensor):
                     events.append(TensorEvent(str(func), str(t.device), t.dtype, tuple(t.shape), ins))
             return out

@@ -130,12 +130,14 @@ def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int, pair_encoding: 
     # also skip `encode` and so the truncation count.
     import hashlib
 
+    from ..peft_compat import dataset_fingerprint
+
     token = "|".join(map(str, (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer),
                                max_length, data.text_columns, data.label_column, data.regression)
                            + (("siamese",) if siamese else ())))
     out = {}
     for split, ds in data.splits.items():
-        fingerprint = hashlib.sha256(f"{getattr(ds, '_fingerprint', id(ds))}|{token}".encode()).hexdigest()[:16]
+        fingerprint = hashlib.sha256(f"{dataset_fingerprint(ds, id(ds))}|{token}".encode()).hexdigest()[:16]
         enc = ds.map(encode, batched=True, remove_columns=list(ds.column_names), desc=f"tokenising {split}",
                      new_fingerprint=fingerprint, load_from_cache_file=False)
         if split == "train":
@@ -290,6 +292,7 @@ def _warm_up_head(cfg: RunConfig, model: Any, train_ds: Any, collator: Any) -> d
     """The head's pooling and, unless ``method.head_warmup`` is none (or the method trains no head), its
     linear-probe warm start (:func:`balora.training.head_warmup.warm_up_head`) on the training set."""
     from ..heads import PooledClassifier
+    from ..peft_compat import dataset_fingerprint
     from .head_warmup import warm_up_head
 
     info: dict[str, Any] = {"pooling": model.pooling if isinstance(model, PooledClassifier) else "cls"}
@@ -301,7 +304,7 @@ def _warm_up_head(cfg: RunConfig, model: Any, train_ds: Any, collator: Any) -> d
     model.to(device)
     # Features depend on the frozen base, the pooling and the tokenised data only (not on the seed): runs of a
     # grid in one process (balora demo) share them. The dataset fingerprint covers data and tokenisation.
-    fingerprint = getattr(train_ds, "_fingerprint", None)
+    fingerprint = dataset_fingerprint(train_ds)
     key = (cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.dtype, info["pooling"], fingerprint) if fingerprint else None
     info.update(warm_up_head(model, train_ds, collator, cfg.method.head_warmup, cfg.train.eval_batch_size,
                              cache_key=key))
