@@ -72,7 +72,7 @@ def use_fused_nlg(setting: "bool | str", device: "torch.device | str | None" = N
 
     ``"auto"`` picks the fused path on every device: on CPU it is measured faster and leaner than full
     logits (docs/overhead.md); on CUDA, with its matmuls in the compute dtype and no per-step fp32 copy
-    of the output layer, it avoids the unfused path's full-logit memory (1.4x PiSSA's peak in issue 15)
+    of the output layer, it avoids the unfused path's full-logit memory (measured on a GPU at 1.4x PiSSA's peak)
     at about the cost of the HF full-logits CE. ``scripts/gpu_check.sh`` measures both on a GPU
     (``ba-lora`` vs ``ba-lora-unfused``) so this choice can be revisited per device from numbers.
     """
@@ -89,7 +89,7 @@ class _FusedLMLoss(torch.autograd.Function):
     # entropy and the KL use batched dot products instead of (n, V) products; the logit gradient
     # p * (1/N + l2/M (log p + H) + l1/M) - l1/M q - onehot/N is assembled in place in the buffer of the
     # fp32 logits (no longer needed), so a chunk makes ~10 passes over (n, V) memory instead of ~25.
-    # Precision (issue 15): the two vocabulary matmuls (logits = H W^T, grad_H = G W) run in the compute
+    # Precision: the two vocabulary matmuls (logits = H W^T, grad_H = G W) run in the compute
     # dtype (bf16 on a bf16 model: tensor cores, fp32 accumulation on CUDA), everything vocabulary-wise
     # after them (log-softmax, log-sum-exp, KL, entropy, the logit gradient) on the fp32 upcast of the
     # chunk's logits; sums are fp32 device tensors (no host synchronisation: no .item(), no tensor truth
@@ -188,7 +188,7 @@ class _FusedLMLoss(torch.autograd.Function):
 
 @dataclass
 class TeacherTopK:
-    """A teacher's distributions kept as their top-k tokens (opt-in teacher reuse, issue 15.3).
+    """A teacher's distributions kept as their top-k tokens (opt-in teacher reuse).
 
     ``indices`` (M, k) are token ids, ``logprobs`` (M, k) the teacher's log-probabilities of them at the
     KL temperature (fp32), ``log_tail`` (M,) the log of the mass of every other token (computed from the

@@ -1,4 +1,4 @@
-"""The paper's analyses as sweeps (issue 12): ablation, adapters, rank, lambda, geometry, noise, cost, adaptive.
+"""The paper's analyses as sweeps: ablation, adapters, rank, lambda, geometry, noise, cost, adaptive.
 
 Each analysis is a default ``sweep:`` section (grid axes and named variants, :mod:`balora.bench.sweep`) around the
 user's run config, a per-run function that records what the report needs (test predictions for the paired

@@ -1,4 +1,4 @@
-"""`balora analyze KIND`: the paper's analyses (issue 12) as resumable sweeps with a report and plots."""
+"""`balora analyze KIND`: the paper's analyses as resumable sweeps with a report and plots."""
 
 from __future__ import annotations
 
