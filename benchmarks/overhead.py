@@ -45,7 +45,7 @@ from balora.models import DTYPES, load_base_model
 from balora.profiling import measure, tensors_mb
 
 SETTINGS_FILE = Path(__file__).resolve().parent / "overhead_targets.yaml"
-METHODS = ("lora", "pissa", "ba-lora")
+METHODS = ("lora", "pissa", "ba-lora")  # the default; a setting's ``methods`` may add ba-lora-unfused
 BASE = "pissa"  # BA-LoRA is PiSSA plus the regularisers: the ratio that says what they cost
 Batch = dict[str, torch.Tensor]
 Log = Callable[[str], None]
@@ -101,10 +101,15 @@ class Variant:
 
 
 def prepared(load: Callable[[], torch.nn.Module], kind: str, method: str, r: int, seed: int = 0) -> torch.nn.Module:
+    """A fresh copy from ``load`` with ``method``'s adapters; ``ba-lora-unfused`` is BA-LoRA on full logits
+    (``fused_nlg=False``), the straightforward implementation the fused NLG path replaces."""
     model = load()
     torch.manual_seed(seed)
-    extra = {"balora": BALoRAConfig(task=kind)} if method == "ba-lora" else {}
-    return prepare_model(model, method, r=r, pissa_niter=4 if kind == "nlg" else None, **extra)
+    extra = {}
+    if method.startswith("ba-lora"):
+        extra["balora"] = BALoRAConfig(task=kind, **({"fused_nlg": False} if method == "ba-lora-unfused" else {}))
+    return prepare_model(model, method.removesuffix("-unfused"), r=r, pissa_niter=4 if kind == "nlg" else None,
+                         **extra)
 
 
 def measure_setting(load: Callable[[], torch.nn.Module], kind: str, batch: int, seq_len: int, r: int,
@@ -151,12 +156,12 @@ def format_result(name: str, result: dict[str, Any]) -> str:
     """The side-by-side table: step time and peak memory of each method, and both as ratios to PiSSA."""
     by = {r["variant"]: r for r in result["rows"]}
     base = by.get(BASE)
-    head = f"{'method':<10}{'step ms':>10}{'peak MiB':>11}{'time / ' + BASE:>15}{'memory / ' + BASE:>17}"
+    head = f"{'method':<16}{'step ms':>10}{'peak MiB':>11}{'time / ' + BASE:>15}{'memory / ' + BASE:>17}"
     lines = [f"-- {name} --", head, "-" * len(head)]
     for r in result["rows"]:
         t = r["step_ms"] / base["step_ms"] if base else float("nan")
         mem = r["peak_mb"] / base["peak_mb"] if base else float("nan")
-        lines.append(f"{r['variant']:<10}{r['step_ms']:>10.1f}{r['peak_mb']:>11.1f}{t:>15.3f}{mem:>17.3f}")
+        lines.append(f"{r['variant']:<16}{r['step_ms']:>10.1f}{r['peak_mb']:>11.1f}{t:>15.3f}{mem:>17.3f}")
     lines += [f"  target {m['pair']:<16} {m['metric']:<9} {m['value']:.3f}x <= {m['target']:.2f}x  "
               f"{'met' if m['met'] else 'MISSED'}" for m in result["targets"]]
     return "\n".join(lines)
@@ -236,7 +241,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         start = time.perf_counter()
         result = measure_setting(load, setting["kind"], setting["batch"], setting["seq_len"], setting["r"],
                                  args.steps, args.rounds, args.warmup, setting.get("targets"),
-                                 log=lambda msg: print(msg, flush=True))
+                                 tuple(setting.get("methods", METHODS)), log=lambda msg: print(msg, flush=True))
         results["settings"][name] = {"setting": setting, **result, "seconds": time.perf_counter() - start}
         print(format_result(name, result), flush=True)
         if setting["device"] == "cuda":
