@@ -9,7 +9,8 @@ captures (balora.training.capture). :func:`head_rows` makes them one row per exa
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -86,4 +87,28 @@ def hook_head_inputs(model: nn.Module, sink: list) -> HeadHooks:
     return HeadHooks(model, sink)
 
 
-__all__ = ["HEAD_NAMES", "pool", "head_rows", "head_layers", "head_linear", "hook_head_inputs", "HeadHooks"]
+@contextlib.contextmanager
+def reading_head_inputs(model: nn.Module) -> Iterator[Callable[[dict], tuple[Any, torch.Tensor]]]:
+    """``run(batch) -> (output, rows)``: ``model`` in eval mode without gradients on a batch (moved to the model's
+    device), and the head's input as float CPU rows (:func:`head_rows`). Hooks and training mode restored on exit."""
+    captured: list[torch.Tensor] = []
+    hook = hook_head_inputs(model, captured)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+
+    def run(batch: dict) -> tuple[Any, torch.Tensor]:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.no_grad():
+            out = model(**batch)
+        return out, head_rows(captured.pop(), batch.get("attention_mask")).detach().float().cpu()
+
+    try:
+        yield run
+    finally:
+        hook.remove()
+        model.train(was_training)
+
+
+__all__ = ["HEAD_NAMES", "pool", "head_rows", "head_layers", "head_linear", "hook_head_inputs", "HeadHooks",
+           "reading_head_inputs"]

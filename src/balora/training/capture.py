@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ..pooling import head_rows, hook_head_inputs
+from ..pooling import reading_head_inputs
 
 __all__ = ["FeatureCapture"]
 
@@ -36,14 +36,9 @@ class FeatureCapture(TrainerCallback):
     def capture(self, model: torch.nn.Module, tokenizer: Any, step: int) -> None:
         if step in self.captured:
             return
-        captured: list[torch.Tensor] = []
         feats: list[torch.Tensor] = []
-        hook = hook_head_inputs(model, captured)
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
         preds = []
-        try:
+        with reading_head_inputs(model) as run:
             for i in range(0, len(self.texts), self.batch_size):
                 chunk = self.texts[i:i + self.batch_size]
                 if chunk and isinstance(chunk[0], (tuple, list)):
@@ -53,13 +48,9 @@ class FeatureCapture(TrainerCallback):
                     enc = tokenizer(list(chunk), truncation=True, max_length=self.max_length, padding=True,
                                     return_tensors="pt")
                 enc.pop("token_type_ids", None) if "token_type_ids" not in _forward_args(model) else None
-                enc = {k: v.to(device) for k, v in enc.items()}
-                out = model(**enc)
+                out, rows = run(enc)
                 preds.append(out.logits.argmax(-1).cpu())
-                feats.append(head_rows(captured.pop(), enc.get("attention_mask")).detach().float().cpu())
-        finally:
-            hook.remove()
-            model.train(was_training)
+                feats.append(rows)
         x = torch.cat(feats)
         self.captured[step] = {"features": x.numpy(), "pred": torch.cat(preds).numpy(), "labels": self.labels}
 

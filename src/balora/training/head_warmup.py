@@ -21,7 +21,7 @@ from torch import nn
 
 from ..data.order import length_order
 from ..heads import HEAD_WARMUPS
-from ..pooling import head_linear, head_rows, hook_head_inputs
+from ..pooling import head_linear, reading_head_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +30,7 @@ def head_features(model: nn.Module, dataset: Any, collator: Any, batch_size: int
     """Inputs of the final head layer for every row of a tokenised ``dataset`` (eval mode, no grad), and labels."""
     from torch.utils.data import DataLoader
 
-    captured: list[torch.Tensor] = []
     features: list[torch.Tensor] = []
-    hook = hook_head_inputs(model, captured)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     labels = []
     keep = [c for c in dataset.column_names if c not in ("balora_index",)]
     rows = dataset.select_columns(keep)
@@ -44,16 +39,10 @@ def head_features(model: nn.Module, dataset: Any, collator: Any, batch_size: int
     if "input_ids" in keep and hasattr(rows, "select"):
         order = length_order(rows)
         rows = rows.select(order)
-    try:
-        loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collator)
-        for batch in loader:
+    with reading_head_inputs(model) as run:
+        for batch in DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collator):
             labels.append(batch.pop("labels").cpu())
-            batch = {k: v.to(device) for k, v in batch.items()}
-            model(**batch)
-            features.append(head_rows(captured.pop(), batch.get("attention_mask")).detach().float().cpu())
-    finally:
-        hook.remove()
-        model.train(was_training)
+            features.append(run(batch)[1])
     feats = torch.cat(features)
     back = np.argsort(order)
     return feats.numpy().astype(np.float64)[back], torch.cat(labels).numpy()[back]
