@@ -81,13 +81,13 @@ def make_batch(model: torch.nn.Module, kind: str, batch: int, seq_len: int, seed
 class Variant:
     """One method on its own copy of the model: AdamW on its trainable parameters, the trainer's loss."""
 
-    def __init__(self, method: str, model: torch.nn.Module, batch: Batch) -> None:
+    def __init__(self, method: str, model: torch.nn.Module, batch: Batch, folder: str) -> None:
         self.method, self.model, self.batch = method, model.train(), batch
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         on_cuda = next(model.parameters()).device.type == "cuda"
         # use_cpu follows the model: Trainer would otherwise move a CPU model to a visible GPU
         args = TrainingArguments(
-            output_dir=tempfile.mkdtemp(prefix="balora-overhead-"), report_to=[], use_cpu=not on_cuda,
+            output_dir=folder, report_to=[], use_cpu=not on_cuda,
             save_strategy="no", disable_tqdm=True, per_device_train_batch_size=batch["input_ids"].shape[0])
         self.trainer = BALoRATrainer(model=model, args=args)
         self.trainer.state.max_steps = 1000  # the lambda schedules read it; no training loop runs
@@ -119,8 +119,17 @@ def measure_setting(load: Callable[[], torch.nn.Module], kind: str, batch: int, 
     """Time and memory of every method on models from ``load`` (fresh copy each): rows, ratios, targets."""
     models = [prepared(load, kind, m, r) for m in methods]
     data = make_batch(models[0], kind, batch, seq_len)
-    variants = [Variant(m, model, data) for m, model in zip(methods, models)]
-    del models
+    with tempfile.TemporaryDirectory(prefix="balora-overhead-") as folder:  # the trainers' (unused) output_dir
+        variants = [Variant(m, model, data, folder) for m, model in zip(methods, models)]
+        del models
+        result = _measure(variants, steps, rounds, warmup, targets, log)
+        del variants  # free the copies before the next setting builds its own
+    gc.collect()
+    return result
+
+
+def _measure(variants: list[Variant], steps: int, rounds: int, warmup: int,
+             targets: Optional[dict[str, dict[str, float]]], log: Log) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     for v in variants:
         for _ in range(warmup):  # also creates AdamW's state, so that it counts as the variant's own
@@ -147,8 +156,6 @@ def measure_setting(load: Callable[[], torch.nn.Module], kind: str, batch: int, 
     marks = [{"pair": pair, "metric": metric, "value": ratios[pair][metric], "target": limit,
               "met": ratios[pair][metric] <= limit}
              for pair, limits in (targets or {}).items() if pair in ratios for metric, limit in limits.items()]
-    del variants
-    gc.collect()
     return {"rows": list(rows.values()), "ratios": ratios, "targets": marks}
 
 
