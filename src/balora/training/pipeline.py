@@ -27,12 +27,19 @@ from .run_config import RunConfig
 
 @contextlib.contextmanager
 def open_run(cfg: RunConfig, has_eval: bool) -> Iterator[Path]:
-    """Check the settings, create the run folder (record ``running``) and mark it ``failed`` on any error."""
+    """Check the settings, create the run folder (record ``running``) and mark it ``failed`` on any error.
+
+    The folder's lock is held for the whole run (:func:`balora.run_layout.hold_run_dir`): a second training into
+    it fails at once, and so does one into a folder holding a completed run (see
+    :func:`balora.training.common.start_run`).
+    """
+    from ..run_layout import hold_run_dir
+
     check_runtime(cfg, has_eval)
-    run_dir = Path(cfg.train.output_dir)
-    start_run(cfg, run_dir)
-    with mark_failure(run_dir):
-        yield run_dir
+    with hold_run_dir(cfg.train.output_dir) as run_dir:
+        start_run(cfg, run_dir)
+        with mark_failure(run_dir):
+            yield run_dir
 
 
 def prepare_method(cfg: RunConfig, model: Any, n_train: int, run_dir: Path, balora: Any = None) -> Any:

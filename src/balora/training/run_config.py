@@ -204,6 +204,7 @@ class TrainConfig:
     tensorboard: bool = help_field("Also log to TensorBoard under output_dir/tb.", default=False)
     progress: bool = help_field("Show progress bars.", default=True)
     resume: bool = help_field("Resume from the last checkpoint in output_dir when there is one.", default=False)
+    overwrite: bool = help_field("Train afresh into an output_dir that holds a completed run, removing its record, adapters and checkpoints first (without it such a folder is refused).", default=False)
     cached_reference_epochs: float = help_field("NLU: use cached per-example teacher logits (balora.reference='cached') when training for at least this many epochs and the model has no active dropout (a cache cannot replay the student's dropout masks, docs/method.md); 0 = never switch automatically.", default=2.0)
 
     def __post_init__(self) -> None:
