@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import shlex
@@ -114,7 +115,8 @@ def check(argv: list[str]) -> Optional[str]:
     if flag is None:
         return None
     out, err = io.StringIO(), io.StringIO()
-    cwd = Path.cwd()
+    cwd, root = Path.cwd(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         os.chdir(REPO)  # the README's relative paths (configs/...) are relative to the repository
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
@@ -123,6 +125,7 @@ def check(argv: list[str]) -> Optional[str]:
         rc = exc.code
     finally:
         os.chdir(cwd)
+        root.handlers[:], root.level = handlers, level  # main() configures logging for a process of its own
     if rc == 0:
         return None
     message = err.getvalue().strip() or f"exit code {rc}"
