@@ -1,6 +1,6 @@
 """BALoRAConfig: the options of the BA-LoRA method (the regularisers and the reference).
 
-Defaults follow ../docs/METHOD.md section 4 (the values the authors published). Every field carries
+Defaults follow docs/method.md section 4 (the values the authors published). Every field carries
 its help text once, in ``metadata["help"]``; the CLI and the docs read it from there.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 
 from ._fields import help_field
 
-# Per-task defaults (METHOD.md section 4): (lambda_consistency, lambda_diversity, lambda_svd, svd_top_k)
+# Per-task defaults (docs/method.md section 4): (lambda_consistency, lambda_diversity, lambda_svd, svd_top_k)
 TASK_DEFAULTS: dict[str, tuple[float, float, float, int]] = {
     "nlu": (0.15, 0.03, 0.03, 5),
     "nlg": (0.025, 0.005, 0.005, 10),
@@ -39,7 +39,7 @@ FORMULAS: dict[str, dict[str, Any]] = {
 class BALoRAConfig:
     """Configuration of the BA-LoRA regularisers.
 
-    ``None`` for a lambda or ``svd_top_k`` means "the default for this task" (METHOD.md section 4).
+    ``None`` for a lambda or ``svd_top_k`` means "the default for this task" (docs/method.md section 4).
     """
 
     task: Literal["nlu", "nlg"] = help_field(

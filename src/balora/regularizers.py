@@ -1,4 +1,4 @@
-"""The BA-LoRA regularisers as pure tensor functions (METHOD.md sections 2 and 3).
+"""The BA-LoRA regularisers as pure tensor functions (docs/method.md sections 2 and 3).
 
 Every function returns the scalar that is ADDED to the loss, already signed: the NLG diversity term
 (minus the entropy) and both SVD terms (minus the top-k share) are negative quantities; the NLU
