@@ -187,3 +187,11 @@ def test_eva_that_does_not_converge_stops_with_an_error(monkeypatch):
     monkeypatch.setattr(inits, "EVA_MAX_PASSES", 0)
     with pytest.raises(RuntimeError, match="did not converge"):
         _prepare(tiny_bert(), "eva", nlu_batch)
+
+
+def test_corda_without_peft_corda_module_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft.tuners.lora.corda", None)  # as when its `import attr` fails
+    with pytest.raises(ImportError, match="method 'corda' needs the attrs package"):
+        prepare_model(tiny_bert(), "corda", r=4, init_batches=[nlu_batch()])
