@@ -109,7 +109,7 @@ def init_adapter(model: nn.Module, config: Any, method: str, batches: Optional[S
     if method == "lora-ga":
         _preprocess_loraga(model, config, batches)
         return get_peft_model(model, config)
-    peft_model = get_peft_model(model, config)
+    peft_model = get_peft_model(model, config, low_cpu_mem_usage=True)  # peft's advice: EVA fills the adapter
     _eva_init(peft_model, batches)
     return peft_model
 
@@ -257,8 +257,10 @@ def _eva_init(peft_model: nn.Module, batches: list[dict]) -> None:
                                "pooler) needs batches of at least r * eva_config.rho sequences")
         return model(**inputs)
 
+    # Every rank draws the same seeded batches, so gathering them across ranks would only repeat them.
     initialize_lora_eva_weights(peft_model, dataloader=batches, forward_fn=forward,
-                                prepare_layer_inputs_fn=_eva_layer_inputs, show_progress_bar=False)
+                                prepare_layer_inputs_fn=_eva_layer_inputs, gather_distributed_inputs=False,
+                                show_progress_bar=False)
 
 
 def _eva_layer_inputs(layer_input: Any, model_input: Any, layer_name: str) -> torch.Tensor:
