@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 REFERENCE_ADAPTER = "balora_reference"
 # Initialisations that move part of the pretrained weight into the adapter (the base becomes a residual).
-_RESIDUAL_INITS = ("pissa", "olora", "corda", "eva", "loftq")
+# Not EVA: it sets A from activations and B = 0, the base stays W (the disabled adapter is the reference).
+_RESIDUAL_INITS = ("pissa", "olora", "corda", "lora_ga", "loftq")
 MODES = ("adapter", "disable", "model", "cached")
 
 
