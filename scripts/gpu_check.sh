@@ -23,7 +23,8 @@ while (($#)); do
   case "$1" in
     --out) out="$2"; shift 2 ;;
     --out=*) out="${1#--out=}"; shift ;;
-    --*) bench_args+=("$1"); [[ $# -gt 1 && "$2" != --* ]] && { bench_args+=("$2"); shift; }; shift ;;
+    --*=*) bench_args+=("$1"); shift ;;
+    --*) bench_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;  # every option of the benchmark takes one
     *) bench_args+=("$1"); named=1; shift ;;
   esac
 done

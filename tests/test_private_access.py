@@ -9,7 +9,8 @@ Every other module under src/balora is read with ``ast`` and may not
   ``super()._method()``, ``getattr(layer, "_active_adapter")``). An attribute of an object whose type cannot
   be read from the source counts: it may be a library object.
 
-Dunder names, and the documented ``_replace`` / ``_asdict`` / ``_fields`` / ``_make`` of named tuples, are public.
+Dunder names, and the documented ``_replace`` / ``_asdict`` / ``_fields`` / ``_make`` of named tuples, are public;
+``_balora*`` names are balora's own marks (set on a module by balora itself).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ PENDING = {"trainer.py": "private Trainer / trainer state access, being moved by
 
 
 def _private(name: str) -> bool:
-    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+    return (name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+            and not name.startswith("_balora"))
 
 
 def _root(node: ast.expr) -> ast.expr:
@@ -157,6 +159,7 @@ class Own:
     def __init__(self):
         self._x = 1
         _CACHE._y = type(self).__name__
+        urlsplit("x")._balora_mark = True
 
     @classmethod
     def make(cls):

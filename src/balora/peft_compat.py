@@ -88,3 +88,14 @@ def dataset_fingerprint(dataset: Any, default: Any = None) -> Any:
     """The fingerprint ``datasets`` gives a dataset's content and transforms (only held privately), or ``default``
     for an object without one."""
     return getattr(dataset, "_fingerprint", default)
+
+
+def resolve_all_linear(peft_config: object, model: nn.Module) -> object:
+    """``peft_config`` with ``target_modules="all-linear"`` replaced by the module names ``get_peft_model`` picks.
+
+    peft's CorDA and LoRA-GA preprocessors run before ``get_peft_model`` and need the names; peft resolves the
+    shorthand only inside ``get_peft_model`` (``tuners_utils._maybe_include_all_linear_layers``, private).
+    """
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+    return _maybe_include_all_linear_layers(peft_config, model)
