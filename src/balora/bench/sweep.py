@@ -97,17 +97,16 @@ class Cell:
 
 
 def _check_path(path: str, where: str) -> None:
-    from ..config import BALoRAConfig
-    from ..training.run_config import SECTIONS
+    from ..training.run_config import REGULARIZERS, SECTIONS, canonical_path, regularizer_fields
 
     if path == "kind":
         return
-    section, _, name = str(path).partition(".")
-    known = ({f.name for f in dataclasses.fields(BALoRAConfig)} - {"task"} if section == "balora"
+    section, _, name = canonical_path(path).partition(".")  # a former section name (balora.x) is still read
+    known = (regularizer_fields() if section == REGULARIZERS
              else {f.name for f in dataclasses.fields(SECTIONS[section])} if section in SECTIONS else None)
     if known is None:
         raise ValueError(f"{where}: unknown section {section!r}; expected one of "
-                         f"{', '.join(['balora', *SECTIONS])} (as section.field)")
+                         f"{', '.join([REGULARIZERS, *SECTIONS])} (as section.field)")
     if name not in known:
         raise ValueError(f"{where}: unknown field {name!r} of section {section!r}; known: {sorted(known)}")
 

@@ -46,14 +46,14 @@ from ..trainer import BALoRATrainer
 class BALoRASFTTrainer(BALoRATrainer, SFTTrainer):
     """``trl.SFTTrainer`` whose training loss is BA-LoRA's.
 
-    Use as SFTTrainer, with a model from :func:`balora.prepare_model` (``method="ba-lora"`` or any
-    ``+reg`` / baseline method)::
+    Use as SFTTrainer, with a model and its objective from :func:`balora.prepare_model` (``method="ba-lora"`` or
+    any ``+reg`` / baseline method)::
 
-        model = balora.prepare_model(AutoModelForCausalLM.from_pretrained(path), "ba-lora", r=8)
-        trainer = BALoRASFTTrainer(model=model, args=SFTConfig(..., packing=True), train_dataset=ds,
-                                   processing_class=tokenizer)
+        prepared = balora.prepare_model(AutoModelForCausalLM.from_pretrained(path), "ba-lora", r=8)
+        trainer = BALoRASFTTrainer(model=prepared.model, objective=prepared.objective(),
+                                   args=SFTConfig(..., packing=True), train_dataset=ds, processing_class=tokenizer)
 
-    Extra arguments are BALoRATrainer's (``balora_config``, ``reference``).
+    The extra argument is BALoRATrainer's ``objective``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -1,8 +1,9 @@
 """RunConfig: everything one training run needs, as dataclasses with one help text per field.
 
-Loadable from YAML (sections ``model``, ``data``, ``method``, ``balora``, ``train``) and overridable on the
-command line with ``--section.key value`` (values parsed as YAML scalars: ``--train.epochs 3``,
-``--method.target_modules '[query, value]'``).
+Loadable from YAML (sections ``model``, ``data``, ``method``, ``regularizers``, ``train``, ``eval``) and overridable
+on the command line with ``--section.key value`` (values parsed as YAML scalars: ``--train.epochs 3``,
+``--method.target_modules '[query, value]'``). The regulariser section is a :class:`~balora.config.BALoRAConfig`,
+built and checked once here; its former name ``balora`` is still read (:data:`SECTION_ALIASES`).
 """
 
 from __future__ import annotations
@@ -171,6 +172,11 @@ class MethodConfig:
                              "the adapters train (LP-FT): 'logreg' (scikit-learn logistic regression; ridge for "
                              "regression) or 'none' (random head). The consistency term's reference then uses the "
                              "warmed head. Its cost is recorded as head_warmup_seconds.", default="logreg")
+    quantize: Optional[str] = help_field("Quantise the frozen base of the adapted layers after the adapter init (torchao, "
+                                         "balora.quant): int8 or int4; with a PiSSA init this is QPiSSA (only the residual "
+                                         "is quantised). lora and pissa methods (and their +reg, ba-lora) only; empty = "
+                                         "no quantisation.", default=None)
+    quantize_group_size: int = help_field("Group size of int4 quantisation.", default=128)
 
     def __post_init__(self) -> None:
         from ..heads import HEAD_WARMUPS
@@ -178,7 +184,14 @@ class MethodConfig:
         _check_types(self, "method")
         from ..methods import parse_method
 
-        parse_method(self.name)
+        base_method, _ = parse_method(self.name)
+        if self.quantize is not None and self.quantize not in ("int8", "int4"):
+            raise ValueError(f"method.quantize must be int8, int4 or empty, got {self.quantize!r}")
+        if self.quantize is not None and base_method not in ("lora", "pissa"):
+            raise ValueError(f"method.quantize is offered for the lora and pissa methods (and their +reg, ba-lora), "
+                             f"not for method.name {self.name!r}")
+        if self.quantize_group_size < 1:
+            raise ValueError(f"method.quantize_group_size must be >= 1, got {self.quantize_group_size}")
         if self.head_warmup not in HEAD_WARMUPS:
             raise ValueError(f"method.head_warmup must be one of {', '.join(HEAD_WARMUPS)}, got {self.head_warmup!r}")
         if self.r < 1:
@@ -210,7 +223,7 @@ class TrainConfig:
     progress: bool = help_field("Show progress bars.", default=True)
     resume: bool = help_field("Resume from the last checkpoint in output_dir when there is one.", default=False)
     overwrite: bool = help_field("Train afresh into an output_dir that holds a completed run, removing its record, adapters and checkpoints first (without it such a folder is refused).", default=False)
-    cached_reference_epochs: float = help_field("NLU: use cached per-example teacher logits (balora.reference='cached') when training for at least this many epochs and the model has no active dropout (a cache cannot replay the student's dropout masks, docs/method.md); 0 = never switch automatically.", default=2.0)
+    cached_reference_epochs: float = help_field("NLU: use cached per-example teacher logits (regularizers.reference='cached') when training for at least this many epochs and the model has no active dropout (a cache cannot replay the student's dropout masks, docs/method.md); 0 = never switch automatically.", default=2.0)
 
     def __post_init__(self) -> None:
         _check_types(self, "train")
@@ -274,7 +287,9 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data."})
     method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "Adapter method."})
-    balora: dict = field(default_factory=dict, metadata={"help": "BALoRAConfig fields (see balora.config)."})
+    regularizers: Optional[BALoRAConfig] = field(default=None, metadata={
+        "help": "The BA-LoRA regularisers and the reference (BALoRAConfig, see balora.config; its task is kind). "
+                "Empty = the defaults of the task."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation and logging."})
     eval: list = field(default_factory=list, metadata={"help": "NLG: generation benchmarks run after training, "
                        "a list of {task, data, limit, batch_size, max_new_tokens} (see EvalOptions)."})
@@ -284,9 +299,11 @@ class RunConfig:
             raise ValueError(f"kind must be 'nlu' or 'nlg', got {self.kind!r}")
         if self.kind not in ("nlu", "nlg"):
             raise ValueError(f"kind must be 'nlu' or 'nlg', got {self.kind!r}")
-
-    def balora_config(self) -> BALoRAConfig:
-        return BALoRAConfig(task=self.kind, **self.balora)
+        if self.regularizers is None:
+            self.regularizers = BALoRAConfig(task=self.kind)
+        elif self.regularizers.task != self.kind:
+            raise ValueError(f"regularizers.task is {self.regularizers.task!r} but kind is {self.kind!r}: "
+                             "the regularisers' task is the run's kind")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -310,21 +327,36 @@ def parse_eval_section(raw: Any, source: str = "<config>") -> list[EvalOptions]:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}
+REGULARIZERS = "regularizers"
+# Former section names, still read from YAML files, --section.key overrides and sweep paths.
+SECTION_ALIASES = {"balora": REGULARIZERS}
+
+
+def canonical_path(path: str) -> str:
+    """``"balora.lambda_svd"`` -> ``"regularizers.lambda_svd"`` (a section's former name); others unchanged."""
+    section, dot, rest = str(path).partition(".")
+    return SECTION_ALIASES.get(section, section) + dot + rest
+
+
+def regularizer_fields() -> set[str]:
+    """The keys of the ``regularizers`` section: BALoRAConfig's fields but ``task`` (which is the run's kind)."""
+    return {f.name for f in dataclasses.fields(BALoRAConfig)} - {"task"}
 
 
 def build_config(raw: dict, source: str = "<config>") -> RunConfig:
     """RunConfig from a nested dict; unknown sections/keys are errors naming the source and the key."""
-    raw = dict(raw or {})
+    raw = _canonical_sections(dict(raw or {}), source)
     kwargs: dict[str, Any] = {}
+    regularizers: Optional[dict] = None
     for key, value in raw.items():
         if key == "kind":
             kwargs["kind"] = value
-        elif key == "balora":
-            known = {f.name for f in dataclasses.fields(BALoRAConfig)} - {"task"}
+        elif key == REGULARIZERS:
+            known = regularizer_fields()
             bad = set(value or {}) - known
             if bad:
-                raise ValueError(f"{source}: unknown balora option(s) {sorted(bad)}; known: {sorted(known)}")
-            kwargs["balora"] = check_field_types(BALoRAConfig, dict(value or {}), "balora")
+                raise ValueError(f"{source}: unknown {REGULARIZERS} option(s) {sorted(bad)}; known: {sorted(known)}")
+            regularizers = check_field_types(BALoRAConfig, dict(value or {}), REGULARIZERS)
         elif key == "eval":
             kwargs["eval"] = parse_eval_section(value, source)
         elif key in SECTIONS:
@@ -338,10 +370,30 @@ def build_config(raw: dict, source: str = "<config>") -> RunConfig:
             except TypeError as err:
                 raise ValueError(f"{source}: section {key}: {err}") from err
         else:
-            raise ValueError(f"{source}: unknown section {key!r}; expected kind, model, data, method, balora, train, eval")
-    cfg = RunConfig(**kwargs)
-    cfg.balora_config()  # validate early, naming the bad field
-    return cfg
+            raise ValueError(f"{source}: unknown section {key!r}; expected kind, model, data, method, "
+                             f"{REGULARIZERS}, train, eval")
+    kind = kwargs.get("kind", "nlu")
+    if regularizers is not None and kind in ("nlu", "nlg"):  # a bad kind is named by RunConfig below
+        try:
+            kwargs[REGULARIZERS] = BALoRAConfig(task=kind, **regularizers)
+        except ValueError as err:
+            raise ValueError(f"{source}: section {REGULARIZERS}: {err}") from err
+    return RunConfig(**kwargs)
+
+
+def _canonical_sections(raw: dict, source: str) -> dict:
+    """Rename former section names (:data:`SECTION_ALIASES`); a section given under both names is merged in the
+    order given (so ``--balora.x`` overrides a file's ``regularizers:`` and the reverse)."""
+    out: dict = {}
+    for key, value in raw.items():
+        name = SECTION_ALIASES.get(key, key)
+        if name in out and isinstance(out[name], dict) and isinstance(value, dict):
+            out[name] = merge(out[name], value)
+        elif name in out and out[name] is not None and value is not None:
+            raise ValueError(f"{source}: section {name!r} given twice (also under its former name); keep one")
+        else:
+            out[name] = value if name not in out or value is not None else out[name]
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict:
