@@ -121,7 +121,7 @@ def set_path(raw: dict, path: str, value: Any) -> dict:
 
 
 def _digest(cfg: Any) -> str:
-    values = cfg.to_dict()
+    values = cfg.identity()  # stable across config versions: old records keep their keys
     values["train"] = {k: v for k, v in values["train"].items() if k not in ("output_dir", "progress", "resume", "overwrite")}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

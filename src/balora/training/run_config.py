@@ -304,6 +304,23 @@ class RunConfig:
         elif self.regularizers.task != self.kind:
             raise ValueError(f"regularizers.task is {self.regularizers.task!r} but kind is {self.kind!r}: "
                              "the regularisers' task is the run's kind")
+        self.regularizers_given: Optional[tuple[str, ...]] = None  # build_config: the regulariser keys given
+
+    def identity(self) -> dict:
+        """The settings that identify a run, in the form sweep records have always been keyed by (so a sweep resumes,
+        and its report regenerates, from records written before): :meth:`to_dict` with the regulariser options as
+        given (not their defaults) under the section's former name ``balora``, and ``method.quantize`` /
+        ``quantize_group_size`` only when quantising."""
+        values = self.to_dict()
+        reg = values.pop(REGULARIZERS)
+        given = self.regularizers_given
+        if given is None:  # built in code: the options that differ from the task's defaults
+            default = BALoRAConfig(task=self.kind).to_dict()
+            given = tuple(k for k in reg if k != "task" and reg[k] != default[k])
+        values["balora"] = {k: reg[k] for k in given}
+        if values["method"]["quantize"] is None:
+            del values["method"]["quantize"], values["method"]["quantize_group_size"]
+        return values
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -378,7 +395,9 @@ def build_config(raw: dict, source: str = "<config>") -> RunConfig:
             kwargs[REGULARIZERS] = BALoRAConfig(task=kind, **regularizers)
         except ValueError as err:
             raise ValueError(f"{source}: section {REGULARIZERS}: {err}") from err
-    return RunConfig(**kwargs)
+    cfg = RunConfig(**kwargs)
+    cfg.regularizers_given = tuple(regularizers or ())
+    return cfg
 
 
 def _canonical_sections(raw: dict, source: str) -> dict:
