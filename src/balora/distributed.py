@@ -1,4 +1,4 @@
-"""Batch-statistic terms under DDP: gather rows from every rank with gradients flowing.
+"""Batch-statistic terms under DDP (gather rows from every rank with gradients flowing) and the step's item counts.
 
 The covariance and SVD terms are statistics of the whole batch. Under ``torchrun`` / ``accelerate
 launch`` each rank sees only its shard, so with ``BALoRAConfig.gather_batch_statistics`` the rows are

@@ -18,6 +18,9 @@ computed once): the singular values of ``Z`` are those of the small ``M x d`` ma
 ``||Z||_F = ||H R^T||_F``; a bias is handled by appending it as an extra column (``[H, 1] [W, b]^T``).
 A randomised estimate on the small factor has the same distribution as one on ``Z``, because
 ``Q^T Omega`` is again Gaussian for a Gaussian sketch ``Omega``.
+
+Also here: :func:`svd_term` (the SVD term on that small factor) and the checks that the fused path applies to a
+model (:func:`static_head_check` before a forward pass, :func:`measured_head_check` on the first one).
 """
 
 from __future__ import annotations

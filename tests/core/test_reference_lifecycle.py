@@ -63,10 +63,7 @@ def test_cached_reference_is_refused_for_nlg_with_a_clear_message():
         prepared.objective(cached)
 
 
-@pytest.mark.parametrize("regression", [False, True])
-def test_balora_train_with_reference_cached_from_the_config(tmp_path, regression):
-    from balora.cli.main import main
-
+def _tiny_run(tmp_path, regression, regularizers, train):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     folder = tmp_path / "tiny-bert"
@@ -82,10 +79,42 @@ def test_balora_train_with_reference_cached_from_the_config(tmp_path, regression
     run_dir = tmp_path / "run"
     config = {"kind": "nlu", "model": {"name_or_path": str(folder), "max_length": 16},
               "data": {"train": str(tmp_path / "train.csv"), "text_columns": ["text"]},
-              "method": {"name": "ba-lora", "r": 4}, "regularizers": {"reference": "cached"},
+              "method": {"name": "ba-lora", "r": 4}, "regularizers": regularizers,
               "train": {"output_dir": str(run_dir), "batch_size": 8, "lr": 1e-2, "logging_steps": 1,
-                        "progress": False, "save_steps": 0, "max_steps": 3}}
+                        "progress": False, "save_steps": 0, **train}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
-    assert main(["train", "--config", str(tmp_path / "cfg.yaml")]) == 0
+    return tmp_path / "cfg.yaml", run_dir
+
+
+def _count_fills(monkeypatch) -> list:
+    filled = []
+    fill = ReferenceSpec.fill
+
+    def counted(self, *args, **kwargs):
+        filled.append(self.mode)
+        return fill(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReferenceSpec, "fill", counted)
+    return filled
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_balora_train_with_reference_cached_from_the_config(tmp_path, regression, monkeypatch):
+    from balora.cli.main import main
+
+    filled = _count_fills(monkeypatch)
+    cfg, run_dir = _tiny_run(tmp_path, regression, {"reference": "cached"}, {"max_steps": 3})
+    assert main(["train", "--config", str(cfg)]) == 0
     record = json.loads((run_dir / "balora_run.json").read_text())
-    assert record["method"] == "ba-lora"
+    assert record["method"] == "ba-lora" and record["regularizers"]["reference"] == "cached"
+    assert filled == ["cached"]  # filled once, before training
+
+
+@pytest.mark.parametrize("epochs,cached", [(2.0, True), (1.0, False)])
+def test_a_long_nlu_run_switches_to_the_cache_by_itself(tmp_path, monkeypatch, epochs, cached):
+    from balora.cli.main import main
+
+    filled = _count_fills(monkeypatch)
+    cfg, _ = _tiny_run(tmp_path, False, {}, {"epochs": epochs, "cached_reference_epochs": 2.0})
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert filled == (["cached"] if cached else [])
