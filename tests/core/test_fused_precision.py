@@ -1,4 +1,4 @@
-"""The fused NLG terms in low precision and their device/dtype placement (issue 15).
+"""The fused NLG terms in low precision and their device/dtype placement.
 
 The fused path must run its vocabulary matmuls in the model's dtype (no per-step fp32 copy of the output
 layer), keep every tensor on the model's device, and still match the reference formulas within the

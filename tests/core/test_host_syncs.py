@@ -1,4 +1,4 @@
-"""Issue 15 / 11.1: the trainer and objectives read no tensor on the host per micro-batch (term values stay
+"""The trainer and objectives read no tensor on the host per micro-batch (term values stay
 on the device until a log; NaN checks happen once per optimizer step)."""
 
 from __future__ import annotations
