@@ -1,4 +1,4 @@
-"""The only place balora touches peft and transformers internals (private attributes, per-layer adapter containers).
+"""The only place balora touches peft, transformers and trl internals (private attributes, per-layer containers).
 
 The per-layer adapter switch of the reference pass:
 
@@ -10,7 +10,7 @@ restores them on exit. peft documents them only through read-only properties (``
 read, and pyproject.toml bounds peft to the tested range (0.14 <= peft < 0.22; tested with 0.21.2).
 
 Also here: copying one LoRA adapter's weights into another (the reference copy), the adapters' dropout modules,
-Trainer's kept input columns and a GGUF model's quantizer.
+Trainer's kept input columns, a GGUF model's quantizer and trl SFTTrainer's token count.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 import torch
-
 from torch import nn
 
 ACTIVE_ADAPTER_ATTR = "_active_adapter"
@@ -113,3 +112,10 @@ def drop_quantizer(model: nn.Module) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+
+
+def add_sft_tokens(trainer: Any, total: int) -> None:
+    """Add ``total`` input tokens (over all ranks) to trl SFTTrainer's ``num_tokens`` log, as its own compute_loss
+    keeps it (private counters: trl has no public hook)."""
+    trainer._total_train_tokens += total // trainer._tp_size
+    trainer._metrics["train"]["num_tokens"] = [trainer._total_train_tokens]

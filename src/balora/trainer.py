@@ -38,7 +38,6 @@ from transformers import Trainer, TrainerCallback
 from . import peft_compat
 from . import regularizers as R
 from .distributed import Normalizer, all_reduce_sum, world_size
-from .fused import svd_term
 from .objectives import Objective, StepContext, make_objective
 from .schedules import AdaptiveLambdas, lambda_weights
 
@@ -292,9 +291,6 @@ class BALoRATrainer(Trainer):
             self._weights.clear()
             self.guard.skipped.clear()
         super().log(logs, *args, **kwargs)
-
-
-_svd_term = svd_term  # used by balora.bench.overhead_settings
 
 
 __all__ = ["BALoRATrainer", "TermGuard", "AdaLoraCallback", "TERMS"]

@@ -130,7 +130,7 @@ def test_models_and_batches_are_built_on_the_requested_device_and_dtype():
 def test_trainer_follows_the_model_device_and_a_step_reports_transient_memory():
     batch = nlg_batch(512, 2, 12)
     (variant,) = nlg_variants(config_loader("tiny-nlg"), batch, r=4, pissa_niter=None, which=("ba-lora",))
-    trainer = make_trainer(variant.model)
+    trainer = make_trainer(variant.model, variant.objective)
     assert trainer.args.device.type == "cpu"  # use_cpu follows the model, not torch.cuda.is_available()
     seconds, cpu, step_mb, process_mb, loss = timed_step(variant)
     assert seconds > 0 and cpu > 0 and math.isfinite(step_mb) and process_mb > 0

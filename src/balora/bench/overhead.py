@@ -40,7 +40,6 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..atomic import write_json_atomic
-from ..config import BALoRAConfig
 from ..methods import prepare_model
 from ..profiling import measure
 from ..reference import ReferenceSpec, TeacherCache, reference_outputs
@@ -64,6 +63,7 @@ class Variant:
     step_mb: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
     static_mb: float = 0.0
+    objective: Optional[Any] = None  # the trainer's loss component (its reference and regulariser settings)
     notes: str = ""
 
     @property
@@ -132,8 +132,7 @@ def static_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float
     return total / 2**20
 
 
-def make_trainer(model: torch.nn.Module, balora_config: Optional[BALoRAConfig] = None,
-                 teacher_cache: Optional[TeacherCache] = None) -> BALoRATrainer:
+def make_trainer(model: torch.nn.Module, objective: Optional[Any] = None) -> BALoRATrainer:
     """A BALoRATrainer used only for its ``compute_loss`` (no dataset, no logging)."""
     from transformers import TrainingArguments
 
@@ -142,7 +141,7 @@ def make_trainer(model: torch.nn.Module, balora_config: Optional[BALoRAConfig] =
     args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="balora-bench-"), report_to=[],
                              use_cpu=not _is_cuda(model_device(model)), save_strategy="no", disable_tqdm=True,
                              per_device_train_batch_size=1)
-    trainer = BALoRATrainer(model=model, args=args, balora_config=balora_config, teacher_cache=teacher_cache)
+    trainer = BALoRATrainer(model=model, args=args, objective=objective)
     trainer.state.max_steps = 1000
     return trainer
 
@@ -153,16 +152,17 @@ def trainer_loss(trainer: BALoRATrainer) -> StepFn:
     return fn
 
 
-def build_variant(name: str, model: torch.nn.Module, batch: Batch, lr: float = 1e-4,
-                  loss_fn: Optional[StepFn] = None, balora_config: Optional[BALoRAConfig] = None,
-                  teacher_cache: Optional[TeacherCache] = None, notes: str = "") -> Variant:
-    """Wrap a prepared model: AdamW on its trainable parameters and the trainer's compute_loss."""
+def build_variant(name: str, prepared: Any, batch: Batch, lr: float = 1e-4, loss_fn: Optional[StepFn] = None,
+                  reference: Optional[ReferenceSpec] = None, notes: str = "") -> Variant:
+    """Wrap a prepare_model result: AdamW on its trainable parameters and the trainer's compute_loss with its
+    objective (on ``reference``, e.g. a filled cache, instead of the prepared one)."""
+    model, objective = prepared.model, prepared.objective(reference)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     if loss_fn is None:
-        loss_fn = trainer_loss(make_trainer(model, balora_config, teacher_cache))
-    return Variant(name, model, optimizer, loss_fn, batch, notes=notes)
+        loss_fn = trainer_loss(make_trainer(model, objective))
+    return Variant(name, model, optimizer, loss_fn, batch, notes=notes, objective=objective)
 
 
 def timed_step(v: Variant) -> tuple[float, float, float, float, torch.Tensor]:
@@ -308,17 +308,16 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return write_json_atomic(path, payload, default=str)
 
 
-def use_cached_reference(model: torch.nn.Module, batches: list[Batch]) -> TeacherCache:
-    """Fill a TeacherCache with the reference logits of every example (indexed by ``balora_index``) and
-    switch ``model`` to ``reference='cached'``, as :func:`balora.training.nlu.run_nlu` does."""
+def use_cached_reference(prepared: Any, batches: list[Batch]) -> ReferenceSpec:
+    """The cached reference of a prepare_model result: a TeacherCache filled with the reference logits of every
+    example (indexed by ``balora_index``), as :func:`balora.training.nlu.run_nlu` fills it."""
     cache = TeacherCache()
-    spec = model.balora.reference
+    model, spec = prepared.model, prepared.reference
     size = sum(int(b["balora_index"].numel()) for b in batches)
     for b in batches:
         inputs = {k: v for k, v in b.items() if k not in ("labels", "balora_index")}
         cache.put("logits", b["balora_index"], reference_outputs(model, spec, **inputs)["logits"], size)
-    model.balora.reference = ReferenceSpec(mode="cached", adapter_name=spec.adapter_name)
-    return cache
+    return ReferenceSpec(mode="cached", adapter_name=spec.adapter_name, cache=cache)
 
 
 __all__ = ["Variant", "model_device", "timed_step", "ratio_table", "format_ratio_table", "mark_targets",

@@ -144,7 +144,7 @@ def hf_loader(path: str, kind: str, num_labels: int = 2, seed: int = 0, device: 
     return load
 
 
-def _prepared(load: Loader, method: str, r: int, seed: int = 0, **kw: Any) -> torch.nn.Module:
+def _prepared(load: Loader, method: str, r: int, seed: int = 0, **kw: Any) -> Any:
     model = load()
     torch.manual_seed(seed)
     return prepare_model(model, method, r=r, **kw)
@@ -161,12 +161,12 @@ def nlu_variants(load: Loader, batch: Batch, r: int = 8, which: tuple[str, ...] 
         elif name == "ba-lora":
             out.append(build_variant(name, _prepared(load, "ba-lora", r), batch, notes="reference: adapter switch"))
         elif name == "ba-lora-cached":
-            model = _prepared(load, "ba-lora", r)
+            prepared = _prepared(load, "ba-lora", r)
             start = time.perf_counter()
-            cache = use_cached_reference(model, [batch])
+            cached = use_cached_reference(prepared, [batch])
             fill = time.perf_counter() - start
-            out.append(build_variant(name, model, batch, teacher_cache=cache,
-                                     notes=f"TeacherCache filled once: {fill:.3f} s for {len(cache)} examples"))
+            out.append(build_variant(name, prepared, batch, reference=cached,
+                                     notes=f"TeacherCache filled once: {fill:.3f} s for {len(cached.cache)} examples"))
         else:
             raise ValueError(f"unknown NLU variant {name!r}")
     return out
@@ -201,8 +201,8 @@ def nlg_variants(load: Loader, batch: Batch, r: int = 8, pissa_niter: Optional[i
             fused = name == "ba-lora"
             cfg = BALoRAConfig(task="nlg", fused_nlg="auto" if fused else False, svd_estimator="randomized",
                                chunk_size=chunk_size)
-            model = _prepared(load, "ba-lora", r, pissa_niter=pissa_niter, balora=cfg)
-            out.append(build_variant(name, model, batch, notes="fused (default)" if fused else
+            prepared = _prepared(load, "ba-lora", r, pissa_niter=pissa_niter, config=cfg)
+            out.append(build_variant(name, prepared, batch, notes="fused (default)" if fused else
                                      "unfused: full logits, reference formulas, randomized SVD"))
         else:
             raise ValueError(f"unknown NLG variant {name!r}")
@@ -221,7 +221,7 @@ def nlu_breakdown(variant: Variant, repeats: int = 3) -> dict[str, float]:
     model, batch = variant.model, variant.batch
     dev = model_device(model)
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "balora_index")}
-    spec = model.balora.reference
+    spec = variant.objective.reference
     out: dict[str, float] = {}
     if spec.mode != "cached":
         def teacher() -> None:
@@ -232,7 +232,7 @@ def nlu_breakdown(variant: Variant, repeats: int = 3) -> dict[str, float]:
         logits = model(**inputs)["logits"].detach()
         ref_logits = logits + 0.01 * torch.randn_like(logits)
     z = logits.clone().requires_grad_(True)
-    k = model.balora.balora.svd_top_k
+    k = variant.objective.cfg.svd_top_k
     out["consistency"] = time_op(_fwd_bwd(lambda: R.nlu_consistency(z, ref_logits)), repeats, dev)
     out["diversity"] = time_op(_fwd_bwd(lambda: R.nlu_diversity(z)), repeats, dev)
     out["svd"] = time_op(_fwd_bwd(lambda: R.nlu_svd(z, k)), repeats, dev)
@@ -244,8 +244,8 @@ def nlg_breakdown(variant: Variant, repeats: int = 2, unfused: bool = True) -> d
     fused (from hidden states) and, with ``unfused``, the reference formulas on full logits."""
     model, batch = variant.model, variant.batch
     dev = model_device(model)
-    cfg: BALoRAConfig = model.balora.balora
-    spec = model.balora.reference
+    cfg: BALoRAConfig = variant.objective.cfg
+    spec = variant.objective.reference
     mask = R.shifted_label_mask(batch["labels"])
     fwd = {k: v for k, v in batch.items() if k != "labels"}
     head = model.get_output_embeddings()

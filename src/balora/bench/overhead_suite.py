@@ -140,10 +140,11 @@ def check_reference(model_name: str, device: str, dtype: str, layers: int = 2) -
     fwd = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         original = model(**fwd).logits.float()
-    model = prepare_model(model, "ba-lora", r=16, pissa_niter=4, balora=BALoRAConfig(task="nlg"))
+    prepared = prepare_model(model, "ba-lora", r=16, pissa_niter=4, config=BALoRAConfig(task="nlg"))
+    model = prepared.model
     with torch.no_grad():
         student = model(**fwd).logits.float()
-        with reference_mode(model, model.balora.reference) as ref:
+        with reference_mode(model, prepared.reference) as ref:
             reference = ref(**fwd).logits.float()
     out = {"reference_vs_original": _rel(reference, original), "student_at_init_vs_original": _rel(student, original),
            "tolerance": tol}
@@ -195,9 +196,9 @@ def check_training_step(model_name: str, device: str, dtype: str, layers: int = 
     out: dict[str, Any] = {}
     for fused in ("auto", False):
         cfg = BALoRAConfig(task="nlg", fused_nlg=fused, svd_estimator="exact")
-        model = prepare_model(load(), "ba-lora", r=16, pissa_niter=4, balora=cfg)
-        model.train()
-        trainer = make_trainer(model)
+        prepared = prepare_model(load(), "ba-lora", r=16, pissa_niter=4, config=cfg)
+        model = prepared.model.train()
+        trainer = make_trainer(model, prepared.objective())
         with torch.no_grad():
             losses[str(fused)] = float(trainer.compute_loss(model, batch))
         if fused == "auto":

@@ -40,6 +40,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("balora.integrations.trl needs TRL: pip install 'balora[trl]'") from err
 
+from ..peft_compat import add_sft_tokens
 from ..trainer import BALoRATrainer
 
 
@@ -87,9 +88,7 @@ class BALoRASFTTrainer(BALoRATrainer, SFTTrainer):
             local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
         else:
             local = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
-        total = self.accelerator.gather_for_metrics(local.reshape(1)).sum().item()
-        self._total_train_tokens += total // self._tp_size
-        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        add_sft_tokens(self, self.accelerator.gather_for_metrics(local.reshape(1)).sum().item())
 
 
 __all__ = ["BALoRASFTTrainer"]

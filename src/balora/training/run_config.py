@@ -11,84 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from .._fields import help_field
 from ..config import BALoRAConfig
 from ..config_io import load_yaml, parse_yaml
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        return " or ".join("empty" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        return f"a list of {_type_name(item)}" if item is not Any else "a list"
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping", list: "a list"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """``(ok, value)``: whether ``value`` fits the annotation ``tp`` (an int is accepted, as a float, for a float)."""
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        for arg in typing.get_args(tp):
-            ok, out = _coerce(value, arg)
-            if ok:
-                return True, out
-        return False, value
-    if tp is type(None):
-        return value is None, value
-    if origin is typing.Literal:
-        return value in typing.get_args(tp), value
-    if tp is Any:
-        return True, value
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, list):
-            return False, value
-        checked = [_coerce(v, item) for v in value]
-        return all(ok for ok, _ in checked), [v for _, v in checked]
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        return False, value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if isinstance(tp, type):
-        return isinstance(value, tp), value
-    return True, value
-
-
-def check_field_types(cls: Any, values: dict, section: str) -> dict:
-    """Check (and lightly coerce: int -> float) ``values`` against the annotations of dataclass ``cls``.
-
-    The one place where a config value of the wrong type is reported, naming ``section.field``, the value and the
-    expected type (YAML and ``--section.key value`` overrides both arrive here), before any range check compares it.
-    """
-    hints = typing.get_type_hints(cls)
-    out = dict(values)
-    for name, value in values.items():
-        if name not in hints:
-            continue
-        ok, coerced = _coerce(value, hints[name])
-        if not ok:
-            raise ValueError(f"{section}.{name} must be {_type_name(hints[name])}, got {value!r} "
-                             f"({type(value).__name__})")
-        out[name] = coerced
-    return out
-
-
-def _check_types(obj: Any, section: str) -> None:
-    """Dataclass __post_init__ hook: :func:`check_field_types` on the instance's own fields."""
-    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    for name, value in check_field_types(type(obj), values, section).items():
-        object.__setattr__(obj, name, value)
+from .field_types import check_field_types, check_types
 
 
 @dataclass
@@ -108,7 +37,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from ..heads import POOLINGS, check_pair_encoding
 
-        _check_types(self, "model")
+        check_types(self, "model")
         if self.pooling not in POOLINGS:
             raise ValueError(f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         check_pair_encoding(self.pair_encoding, "model.pair_encoding")
@@ -141,7 +70,7 @@ class DataConfig:
                                           "the run.", default=None)
 
     def __post_init__(self) -> None:
-        _check_types(self, "data")
+        check_types(self, "data")
         if self.task_type not in ("auto", "classification", "regression"):
             raise ValueError(f"data.task_type must be auto, classification or regression, got {self.task_type!r}")
         for name in ("train_limit", "eval_limit"):
@@ -181,7 +110,7 @@ class MethodConfig:
     def __post_init__(self) -> None:
         from ..heads import HEAD_WARMUPS
 
-        _check_types(self, "method")
+        check_types(self, "method")
         from ..methods import parse_method
 
         base_method, _ = parse_method(self.name)
@@ -226,7 +155,7 @@ class TrainConfig:
     cached_reference_epochs: float = help_field("NLU: use cached per-example teacher logits (regularizers.reference='cached') when training for at least this many epochs and the model has no active dropout (a cache cannot replay the student's dropout masks, docs/method.md); 0 = never switch automatically.", default=2.0)
 
     def __post_init__(self) -> None:
-        _check_types(self, "train")
+        check_types(self, "train")
         for name in ("batch_size", "eval_batch_size", "grad_accum", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -266,7 +195,7 @@ class EvalOptions:
     max_new_tokens: int = help_field("Maximum generated tokens per problem.", default=512)
 
     def __post_init__(self) -> None:
-        _check_types(self, "eval")
+        check_types(self, "eval")
         from ..evaluation.tasks import TASKS
 
         if self.task not in TASKS:
