@@ -38,7 +38,7 @@ import torch
 from torch.utils.benchmark import Timer
 from transformers import TrainingArguments
 
-from balora import BALoRAConfig, BALoRATrainer, prepare_model
+from balora import BALoRAConfig, BALoRATrainer, PreparedModel, prepare_model
 from balora.atomic import write_json_atomic
 from balora.config_io import load_yaml
 from balora.models import DTYPES, load_base_model
@@ -81,7 +81,8 @@ def make_batch(model: torch.nn.Module, kind: str, batch: int, seq_len: int, seed
 class Variant:
     """One method on its own copy of the model: AdamW on its trainable parameters, the trainer's loss."""
 
-    def __init__(self, method: str, model: torch.nn.Module, batch: Batch, folder: str) -> None:
+    def __init__(self, method: str, prepared: PreparedModel, batch: Batch, folder: str) -> None:
+        model = prepared.model
         self.method, self.model, self.batch = method, model.train(), batch
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         on_cuda = next(model.parameters()).device.type == "cuda"
@@ -89,7 +90,7 @@ class Variant:
         args = TrainingArguments(
             output_dir=folder, report_to=[], use_cpu=not on_cuda,
             save_strategy="no", disable_tqdm=True, per_device_train_batch_size=batch["input_ids"].shape[0])
-        self.trainer = BALoRATrainer(model=model, args=args)
+        self.trainer = BALoRATrainer(model=model, args=args, objective=prepared.objective())
         self.trainer.state.max_steps = 1000  # the lambda schedules read it; no training loop runs
         self.blocks: list[float] = []  # seconds per step, one entry per timed block
 
@@ -100,14 +101,14 @@ class Variant:
         self.optimizer.step()
 
 
-def prepared(load: Callable[[], torch.nn.Module], kind: str, method: str, r: int, seed: int = 0) -> torch.nn.Module:
+def prepared(load: Callable[[], torch.nn.Module], kind: str, method: str, r: int, seed: int = 0) -> PreparedModel:
     """A fresh copy from ``load`` with ``method``'s adapters; ``ba-lora-unfused`` is BA-LoRA on full logits
     (``fused_nlg=False``), the straightforward implementation the fused NLG path replaces."""
     model = load()
     torch.manual_seed(seed)
     extra = {}
     if method.startswith("ba-lora"):
-        extra["balora"] = BALoRAConfig(task=kind, **({"fused_nlg": False} if method == "ba-lora-unfused" else {}))
+        extra["config"] = BALoRAConfig(task=kind, **({"fused_nlg": False} if method == "ba-lora-unfused" else {}))
     return prepare_model(model, method.removesuffix("-unfused"), r=r, pissa_niter=4 if kind == "nlg" else None,
                          **extra)
 
@@ -118,7 +119,7 @@ def measure_setting(load: Callable[[], torch.nn.Module], kind: str, batch: int, 
                     log: Log = print) -> dict[str, Any]:
     """Time and memory of every method on models from ``load`` (fresh copy each): rows, ratios, targets."""
     models = [prepared(load, kind, m, r) for m in methods]
-    data = make_batch(models[0], kind, batch, seq_len)
+    data = make_batch(models[0].model, kind, batch, seq_len)
     with tempfile.TemporaryDirectory(prefix="balora-overhead-") as folder:  # the trainers' (unused) output_dir
         variants = [Variant(m, model, data, folder) for m, model in zip(methods, models)]
         del models

@@ -297,8 +297,9 @@ def model_card(record: dict, adapter_config: dict, merged: bool = False, dataset
     lines += ["## Method", f"- method: `{method}`",
               f"- adapter: r = {adapter_config.get('r')}, alpha = {adapter_config.get('lora_alpha')}, "
               f"targets = {targets}"]
-    if record.get("balora"):
-        lines.append("- regularisers: " + ", ".join(f"{k} = {v}" for k, v in record["balora"].items()
+    regularizers = record.get("regularizers") or record.get("balora")  # "balora": the key of earlier run records
+    if regularizers:
+        lines.append("- regularisers: " + ", ".join(f"{k} = {v}" for k, v in regularizers.items()
                                                     if k.startswith(("lambda_", "svd_", "temperature", "schedule", "reference"))))
     lines += ["", "## Data", f"- {record.get('data', 'unknown')}"]
     if datasets:

@@ -8,6 +8,9 @@ reducer). The reference pass therefore sets two per-layer attributes of peft's `
 properties (``active_adapters``, ``disable_adapters``); ``tests/core/test_peft_compat.py`` pins that writing them
 is what those properties read, and pyproject.toml bounds peft to the tested range (0.14 <= peft < 0.22; tested
 with 0.21.2).
+
+Also here: copying one LoRA adapter's weights into another (the reference copy), the adapters' dropout modules,
+Trainer's kept input columns, a GGUF model's quantizer and trl SFTTrainer's token count.
 """
 
 from __future__ import annotations
@@ -99,3 +102,49 @@ def resolve_all_linear(peft_config: object, model: nn.Module) -> object:
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
 
     return _maybe_include_all_linear_layers(peft_config, model)
+
+
+@torch.no_grad()
+def copy_lora_adapter(model: nn.Module, source: str, target: str) -> int:
+    """Copy LoRA adapter ``source``'s A, B and scaling into adapter ``target`` in every layer holding both; the
+    number of layers copied."""
+    from peft.tuners.lora import LoraLayer
+
+    copied = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and source in module.lora_A and target in module.lora_A:
+            module.lora_A[target].weight.copy_(module.lora_A[source].weight)
+            module.lora_B[target].weight.copy_(module.lora_B[source].weight)
+            module.scaling[target] = module.scaling[source]
+            copied += 1
+    return copied
+
+
+def adapter_dropouts(model: nn.Module, adapter_name: str) -> Iterator[Any]:
+    """The dropout entries of ``adapter_name`` in every tuner layer (LoRA's ``lora_dropout``, LoHa's ``rank_dropout``
+    and ``module_dropout``): a dropout module or a rate."""
+    for layer in adapter_layers(model):
+        for attr in ("lora_dropout", "rank_dropout", "module_dropout"):
+            container = getattr(layer, attr, None)
+            if isinstance(container, (nn.ModuleDict, dict)) and adapter_name in container:
+                yield container[adapter_name]
+
+
+def keep_input_column(trainer: Any, column: str) -> None:
+    """Keep ``column`` in the batches of ``trainer`` under ``remove_unused_columns=True`` (which keeps only the
+    model's forward arguments). Trainer has no public hook: its signature-column list is extended."""
+    original = trainer._set_signature_columns_if_needed
+
+    def with_column() -> None:
+        original()
+        if trainer._signature_columns is not None and column not in trainer._signature_columns:
+            trainer._signature_columns = [*trainer._signature_columns, column]
+
+    trainer._set_signature_columns_if_needed = with_column
+
+
+def add_sft_tokens(trainer: Any, total: int) -> None:
+    """Add ``total`` input tokens (over all ranks) to trl SFTTrainer's ``num_tokens`` log, as its own compute_loss
+    keeps it (private counters: trl has no public hook)."""
+    trainer._total_train_tokens += total // trainer._tp_size
+    trainer._metrics["train"]["num_tokens"] = [trainer._total_train_tokens]

@@ -25,7 +25,7 @@ def test_grid_times_variants_and_every_field_is_applied(tmp_path):
     assert len(cells) == 8
     nosvd = [c for c in cells if c.variant == "no svd"]
     assert {(c.config.method.r, c.config.train.seed) for c in nosvd} == {(2, 0), (2, 1), (4, 0), (4, 1)}
-    assert all(c.config.balora_config().lambda_svd == 0.0 and c.config.data.label_noise == 0.2 for c in nosvd)
+    assert all(c.config.regularizers.lambda_svd == 0.0 and c.config.data.label_noise == 0.2 for c in nosvd)
     assert {c.label for c in cells} == {"plain r=2", "plain r=4", "no svd r=2", "no svd r=4"}
     assert len({c.spec.key() for c in cells}) == 8
     assert set_path({"a": {"b": 1}}, "a.c", 2) == {"a": {"b": 1, "c": 2}}

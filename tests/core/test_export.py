@@ -27,7 +27,7 @@ def test_exported_adapter_reproduces_finetuned_logits_on_original_base(tmp_path,
     run = tmp_path / "run"
     run.mkdir()
     torch.manual_seed(0)
-    model = prepare_model(load_classifier(str(base_dir), 3, pooling), method, r=4)
+    model = prepare_model(load_classifier(str(base_dir), 3, pooling), method, r=4).model
     if method == "ba-lora":
         save_run_adapters(model, run, initial=True)
     train_few_steps(model, batch)

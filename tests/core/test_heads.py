@@ -148,14 +148,15 @@ def test_warm_start_fits_the_head_and_becomes_the_consistency_reference(tmp_path
     # The probe is better than chance on its own training rows (48 random rows, 32-d features: separable).
     assert (warmed.argmax(-1) == batch["labels"]).float().mean() > 0.6
     assert info["train_accuracy"] == pytest.approx(float((warmed.argmax(-1) == batch["labels"]).float().mean()))
-    peft_model = prepare_model(model, "ba-lora", r=4)
+    prepared = prepare_model(model, "ba-lora", r=4)
+    peft_model = prepared.model
     with torch.no_grad():  # move the trained copy of head and adapters away from step 0
         for name, p in peft_model.named_parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
         peft_model.eval()
         tuned = peft_model(**inputs).logits
-        with reference_mode(peft_model, peft_model.balora.reference) as ref:
+        with reference_mode(peft_model, prepared.reference) as ref:
             reference = ref(**inputs).logits
     assert (tuned - warmed).abs().max() > 1e-3
     torch.testing.assert_close(reference, warmed, atol=1e-5, rtol=1e-5)  # pretrained body + warmed head
@@ -164,7 +165,7 @@ def test_warm_start_fits_the_head_and_becomes_the_consistency_reference(tmp_path
 def test_pooled_classifier_trains_only_adapters_and_head_under_peft(tmp_path):
     base = tmp_path / "base"
     tiny_bert().bert.save_pretrained(base)
-    model = prepare_model(load_classifier(str(base), 3, "mean"), "lora", r=4)
+    model = prepare_model(load_classifier(str(base), 3, "mean"), "lora", r=4).model
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "classifier.modules_to_save" in n for n in trainable)
     assert any("classifier.modules_to_save" in n for n in trainable)
@@ -250,7 +251,7 @@ def test_a_roberta_head_is_regularised_on_its_pooled_features_not_on_a_token():
     """RobertaForSequenceClassification's head is dense -> tanh -> out_proj on the <s> token: the regression terms
     must act on what out_proj receives (the pooled feature), for the student and for the reference pass, which
     runs peft's frozen original copy of the head."""
-    model = prepare_model(_tiny_roberta(), "lora", r=4)
+    model = prepare_model(_tiny_roberta(), "lora", r=4).model
     batch = nlu_batch(n=4, t=9, num_labels=1)
     batch["attention_mask"][0, -3:] = 0  # right padding in the first row
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -307,4 +308,4 @@ def test_head_linear_names_the_layer_the_probe_fits():
     with pytest.raises(ValueError, match="no 'classifier' / 'score' head"):
         head_linear(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="expected one linear head layer"):
-        head_linear(prepare_model(tiny_bert(), "lora", r=4))  # peft holds two copies: not an unwrapped model
+        head_linear(prepare_model(tiny_bert(), "lora", r=4).model)  # peft holds two copies: not an unwrapped model

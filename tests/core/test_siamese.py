@@ -121,7 +121,7 @@ def test_exported_siamese_adapter_reproduces_the_finetuned_model(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     torch.manual_seed(0)
-    model = prepare_model(load_classifier(str(base), 3, "mean", pair_encoding="siamese"), "ba-lora", r=4)
+    model = prepare_model(load_classifier(str(base), 3, "mean", pair_encoding="siamese"), "ba-lora", r=4).model
     save_run_adapters(model, run, initial=True)
     train_few_steps(model, batch)
     with torch.no_grad():

@@ -97,17 +97,16 @@ class Cell:
 
 
 def _check_path(path: str, where: str) -> None:
-    from ..config import BALoRAConfig
-    from ..training.run_config import SECTIONS
+    from ..training.run_config import REGULARIZERS, SECTIONS, canonical_path, regularizer_fields
 
     if path == "kind":
         return
-    section, _, name = str(path).partition(".")
-    known = ({f.name for f in dataclasses.fields(BALoRAConfig)} - {"task"} if section == "balora"
+    section, _, name = canonical_path(path).partition(".")  # a former section name (balora.x) is still read
+    known = (regularizer_fields() if section == REGULARIZERS
              else {f.name for f in dataclasses.fields(SECTIONS[section])} if section in SECTIONS else None)
     if known is None:
         raise ValueError(f"{where}: unknown section {section!r}; expected one of "
-                         f"{', '.join(['balora', *SECTIONS])} (as section.field)")
+                         f"{', '.join([REGULARIZERS, *SECTIONS])} (as section.field)")
     if name not in known:
         raise ValueError(f"{where}: unknown field {name!r} of section {section!r}; known: {sorted(known)}")
 
@@ -122,7 +121,7 @@ def set_path(raw: dict, path: str, value: Any) -> dict:
 
 
 def _digest(cfg: Any) -> str:
-    values = cfg.to_dict()
+    values = cfg.identity()  # stable across config versions: old records keep their keys
     values["train"] = {k: v for k, v in values["train"].items() if k not in ("output_dir", "progress", "resume", "overwrite")}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
