@@ -9,12 +9,9 @@ computing ``(loss, outputs, terms)`` for a micro-batch.
 
 :func:`make_objective` chooses one, once, from the regulariser settings (a :class:`~balora.config.BALoRAConfig`, or
 none: the task loss alone), the pretrained reference and the model; :meth:`balora.methods.PreparedModel.objective`
-calls it. Every method goes through them (baselines with all lambdas 0), so every method is normalised the same way.
-The trainer keeps the lambda schedule, the NaN policy (:class:`balora.trainer.TermGuard`, passed in the
-:class:`StepContext`) and the logging.
-
-Normalisation over micro-batches and ranks: :class:`balora.distributed.Normalizer` (docs/method.md, "Averaging
-over micro-batches and ranks").
+calls it. Every method goes through them (baselines with all lambdas 0), so every method is normalised the same way
+(:class:`balora.distributed.Normalizer`). The trainer keeps the lambda schedule, the NaN policy
+(:class:`balora.trainer.TermGuard`, passed in the :class:`StepContext`) and the logging.
 """
 
 from __future__ import annotations
@@ -139,6 +136,14 @@ class NLUObjective(Objective):
     name = "nlu"
     row_name = "logits"
 
+    constant_terms: tuple[str, ...] = ()  # terms that cannot train on this head (skipped; said once at start-up)
+
+    def consistency(self, z: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """The formula's form: T^2 KL of softened class distributions, else (and on feature rows) normalised MSE."""
+        if self.cfg.nlu_consistency == "kl" and self.row_name == "logits":
+            return R.nlu_consistency_kl(z, ref, self.cfg.temperature)
+        return R.nlu_consistency(z, ref)
+
     def student(self, model, unwrapped, inputs: dict) -> tuple[Any, torch.Tensor]:
         outputs = model(**inputs)
         return outputs, outputs.get("logits") if hasattr(outputs, "get") else None
@@ -164,8 +169,9 @@ class NLUObjective(Objective):
             return total, outputs, terms
         ref = self.reference_rows(ctx.unwrapped, inputs, ctx, rng) if l1 else None
         zg, gathered = _gather(z, cfg) if (l2 or l3) else (z, False)
-        values = self.compute(ctx, consistency=lambda: R.nlu_consistency(z, ref),
-                              diversity=lambda: R.nlu_diversity(zg), svd=lambda: R.nlu_svd(zg, cfg.svd_top_k))
+        fns = dict(consistency=lambda: self.consistency(z, ref), diversity=lambda: R.nlu_diversity(zg),
+                   svd=lambda: R.nlu_svd(zg, cfg.svd_top_k, cfg.svd_clip_k))
+        values = self.compute(ctx, **{k: f for k, f in fns.items() if k not in self.constant_terms})
         kept = ctx.guard.keep_finite({k: v for k, v in values.items() if v is not None})
         stat_w = ctx.norm.stat_share(zg.shape[0], "rows", gathered)
         total = add_terms(total, terms, kept, (("consistency", l1, w), ("diversity", l2, stat_w), ("svd", l3, stat_w)))
@@ -373,9 +379,17 @@ def make_objective(model: torch.nn.Module, cfg: Optional[BALoRAConfig] = None,
         from .fused import use_fused_nlg
 
         device = next((p.device for p in model.parameters()), None)
-        return (FusedNLGObjective if use_fused_nlg(cfg.fused_nlg, device) else NLGObjective)(cfg, reference)
-    if getattr(getattr(model, "config", None), "num_labels", None) != 1:
-        return NLUObjective(cfg, reference)
+        fused = use_fused_nlg(cfg.fused_nlg, device) and not cfg.entropy_top_k  # fused: full-vocabulary entropy only
+        return (FusedNLGObjective if fused else NLGObjective)(cfg, reference)
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if num_labels != 1:
+        objective = NLUObjective(cfg, reference)
+        if cfg.lambda_svd and num_labels and R.svd_term_is_constant(cfg.svd_top_k, num_labels, cfg.svd_clip_k):
+            logger.warning("the NLU SVD term is the constant -1 with svd_top_k=%d >= %d classes (svd_clip_k=false, as "
+                           "in formula %r): it trains nothing and is skipped; svd_clip_k=true clips k to C - 1",
+                           cfg.svd_top_k, num_labels, cfg.formula)
+            objective.constant_terms = ("svd",)
+        return objective
     if cfg.nlu_regression_features == "skip":
         logger.warning("regression head (C = 1): BA-LoRA terms skipped (nlu_regression_features=skip)")
         return NLUObjective(cfg, reference, regularized=False)
@@ -383,5 +397,4 @@ def make_objective(model: torch.nn.Module, cfg: Optional[BALoRAConfig] = None,
 
 
 __all__ = ["Normalizer", "StepContext", "Objective", "NLUObjective", "RegressionObjective", "NLGObjective",
-           "FusedNLGObjective", "make_objective", "add_terms", "causal_ce_sum", "svd_term",
-           "head_input_hook", "pool"]
+           "FusedNLGObjective", "make_objective", "add_terms", "causal_ce_sum", "svd_term", "head_input_hook", "pool"]
