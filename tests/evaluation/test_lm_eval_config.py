@@ -1,0 +1,64 @@
+"""The lm-eval task files under configs/lm_eval/arithmetic point at the problems balora generates and extract
+answers the way balora's scorer does (read without lm-eval; lm-eval itself is checked when it is installed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from balora.data.arithmetic import generate_split, parse_source
+from balora.evaluation.tasks import ScoreContext, get_task
+
+ROOT = Path(__file__).resolve().parents[2]
+FOLDER = ROOT / "configs" / "lm_eval" / "arithmetic"
+TASKS = {"arithmetic.yaml": "test:200:0", "arithmetic_ood.yaml": "ood:200:0"}
+
+
+class _Loader(yaml.SafeLoader):
+    """Reads lm-eval's ``!function module.name`` tags as plain strings."""
+
+
+_Loader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
+
+
+def _config(name: str) -> dict:
+    return yaml.load((FOLDER / name).read_text(encoding="utf-8"), Loader=_Loader)
+
+
+@pytest.mark.parametrize("name, source", TASKS.items())
+def test_task_reads_the_generated_problems(name, source):
+    config = _config(name)
+    data = ROOT / config["dataset_kwargs"]["data_files"][config["test_split"]]
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    assert rows == generate_split(*parse_source(source))
+    assert (config["output_type"], config["doc_to_text"], config["doc_to_target"]) == (
+        "generate_until", "{{question}}", "{{gold}}")
+    assert config["generation_kwargs"]["do_sample"] is False
+    assert config["filter_list"][0]["filter"][0]["filter_fn"] == "!function utils.balora_extract"
+
+
+def test_balora_filter_agrees_with_the_balora_scorer():
+    spec = importlib.util.spec_from_file_location("lm_eval_arithmetic_utils", FOLDER / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    task = get_task("arithmetic")
+    examples = task.load("test:20:0")
+    completions = [ex["worked"] for ex in examples[:10]] + ["no idea", "The answer is 1,000."] + [
+        f"The answer is {int(ex['gold']) + 1}." for ex in examples[12:]]
+    filtered = utils.balora_extract([[c] for c in completions], examples)
+    lm_eval_exact = [f[0] == ex["gold"] for f, ex in zip(filtered, examples)]
+    balora = [s["correct"] for s in task.score(examples, completions, ScoreContext())]
+    assert lm_eval_exact == balora
+    assert sum(balora) == 10
+
+
+def test_lm_eval_loads_the_task_when_installed():
+    pytest.importorskip("lm_eval")
+    from lm_eval.utils import load_yaml_config
+
+    config = load_yaml_config(str(FOLDER / "arithmetic.yaml"))
+    assert callable(config["filter_list"][0]["filter"][0]["filter_fn"])
