@@ -62,3 +62,45 @@ def test_lm_eval_loads_the_task_when_installed():
 
     config = load_yaml_config(str(FOLDER / "arithmetic.yaml"))
     assert callable(config["filter_list"][0]["filter"][0]["filter_fn"])
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_crosscheck_counts_identical_generations_and_scorer_disagreements(tmp_path):
+    examples = get_task("arithmetic").load("test:3:0")
+    golds = [ex["gold"] for ex in examples]
+    ours = [f"The answer is {golds[0]}.", "no number here", f"The answer is: {golds[2]}"]
+    theirs = [ours[0], "still no number", ours[2]]
+    (tmp_path / "balora.jsonl").write_text("".join(
+        json.dumps({"id": ex["id"], "completion": c, "correct": i != 1}) + "\n"
+        for i, (ex, c) in enumerate(zip(examples, ours))))
+    strict = [golds[0], "[invalid]", "[invalid]"]  # a strict "The answer is N" regex misses the colon
+    (tmp_path / "samples.jsonl").write_text("".join(
+        json.dumps({"doc": {"id": ex["id"], "gold": ex["gold"]}, "filter": "strict-match", "resps": [[t]],
+                    "filtered_resps": [s], "exact_match": float(s == ex["gold"])}) + "\n"
+        for ex, t, s in zip(examples, theirs, strict)))
+    result = _script("lm_eval_crosscheck").crosscheck(tmp_path / "samples.jsonl", tmp_path / "balora.jsonl")
+    assert (result["n"], result["identical_generations"]) == (3, 2)
+    assert result["balora_accuracy_on_lm_eval_generations"] == pytest.approx(2 / 3)
+    row = result["lm_eval"]["strict-match"]
+    assert row["accuracy"] == pytest.approx(1 / 3)
+    assert [d["id"] for d in row["examples"]] == [examples[2]["id"]]
+    assert row["examples"][0]["balora_extracted"] == golds[2]
+
+
+def test_pilot_comparison_pairs_runs_with_the_base(tmp_path):
+    ids = [f"p{i}" for i in range(40)]
+    base = [i < 4 for i in range(40)]
+    run = [i < 30 for i in range(40)]
+    for name, ok in (("base", base), ("run", run)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"id": i, "correct": c}) + "\n" for i, c in zip(reversed(ids), reversed(ok))))
+    result = _script("nlg_task_pilot").compare(tmp_path / "base.jsonl", [tmp_path / "run.jsonl"], n_boot=500)
+    row = result["runs"][0]
+    assert (result["base"]["accuracy"], row["accuracy"], row["wins"], row["losses"]) == (0.1, 0.75, 26, 0)
+    assert row["minus_base"]["diff"] == pytest.approx(0.65) and row["minus_base"]["low"] > 0
