@@ -56,12 +56,15 @@ def test_balora_filter_agrees_with_the_balora_scorer():
     assert sum(balora) == 10
 
 
-def test_lm_eval_loads_the_task_when_installed():
+def test_lm_eval_scores_the_gold_answers_100_percent_when_installed(tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
-    from lm_eval.utils import load_yaml_config
-
-    config = load_yaml_config(str(FOLDER / "arithmetic.yaml"))
-    assert callable(config["filter_list"][0]["filter"][0]["filter_fn"])
+    monkeypatch.chdir(ROOT)  # the task's data_files are relative to the repository root
+    examples = get_task("arithmetic").load("test:200:0")
+    generations = tmp_path / "arithmetic_generations.jsonl"
+    generations.write_text("".join(json.dumps({"id": ex["id"], "completion": ex["worked"]}) + "\n" for ex in examples))
+    rows = _script("lm_eval_rescore").rescore(generations, "balora_arithmetic", FOLDER)
+    assert {r["filter"] for r in rows} == {"balora-extract", "strict-match", "flexible-extract"}
+    assert len(rows) == 3 * len(examples) and all(r["exact_match"] == 1 for r in rows)
 
 
 def _script(name: str):
