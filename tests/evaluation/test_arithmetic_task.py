@@ -36,3 +36,20 @@ def test_answer_forms_that_count():
 def test_prompt_is_the_question_alone():
     ex = TASK.load("ood:1")[0]
     assert TASK.build_prompt(ex) == ex["question"]
+
+
+def test_pilot_and_sweep_configs_name_the_generated_sets():
+    from pathlib import Path
+
+    from balora.bench.nlg import load_nlg_bench_config
+    from balora.training.run_config import load_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs" / "nlg"
+    run = load_config(str(configs / "smollm2_arithmetic_cpu.yaml"), [])
+    assert (run.kind, run.data.train) == ("nlg", "arithmetic:train:4000:0")
+    assert [(e.task, e.data) for e in run.eval] == [("arithmetic", "test:100:0"), ("arithmetic-ood", "ood:100:0")]
+    sweep = load_nlg_bench_config(str(configs / "smollm2_arithmetic_bench.yaml"), {"model": "m"})
+    assert list(zip(sweep.eval_tasks, sweep.eval_data)) == [(e.task, e.data) for e in run.eval]
+    assert (sweep.train, sweep.max_steps, sweep.lr) == (run.data.train, run.train.max_steps, run.train.lr)
+    for task, data in zip(sweep.eval_tasks, sweep.eval_data):
+        assert len(get_task(task).load(data)) == 100
