@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Optional
 
-TASK_CHOICES = ("gsm8k", "math", "math500", "humaneval", "mbpp", "mt-bench")
+TASK_CHOICES = ("gsm8k", "arithmetic", "arithmetic-ood", "math", "math500", "humaneval", "mbpp", "mt-bench")
 
 
 def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ import datasets
 import numpy as np
 import torch
 
+from balora.data import arithmetic
 from balora.data.files import SUPPORTED_FORMATS, load_table
 from balora.data.templates import (
     EmptyResponseError,
@@ -234,13 +235,16 @@ def pack_examples(examples: Sequence[tuple[list[int], list[int]]], max_length: i
 def load_instruct_source(
     source: str | Path, limit: int | None = None, seed: int = 0
 ) -> tuple[datasets.Dataset, str, list[int]]:
-    """Load a local file or folder (json/jsonl/parquet/csv/tsv) or a Hub dataset ``"name"`` / ``"name:split"``.
+    """Load a local file or folder (json/jsonl/parquet/csv/tsv), a Hub dataset ``"name"`` / ``"name:split"``, or
+    generated word problems ``"arithmetic:<split>[:n[:seed]]"`` (:mod:`balora.data.arithmetic`).
 
     Returns ``(dataset, display_name, row_indices)``: ``row_indices`` are the 0-based row numbers of the
     selected rows, all rows or a seeded random subset of ``limit`` rows kept in file order.
     """
     path = Path(source)
-    if path.exists():
+    if arithmetic.is_source(str(source)):  # generated word problems, "arithmetic:<split>[:n[:seed]]"
+        ds, name = datasets.Dataset.from_list(arithmetic.load_source(str(source))), str(source)
+    elif path.exists():
         ds, name = load_table(path, split_name="train"), str(path)
     elif path.suffix.lower() in SUPPORTED_FORMATS:
         raise FileNotFoundError(f"{source}: no such data file")

@@ -14,6 +14,11 @@ mbpp       ``mbpp/mbpp.jsonl`` (test split: task ids 11-510)            pass@1
 mt-bench   folder with ``question.jsonl``, ``judge_prompts.jsonl``,      mean judge score (1-10)
            ``reference_answer/gpt-4.jsonl`` (first turn only)
 =========  ===========================================================  =====================
+
+``arithmetic`` and ``arithmetic-ood`` (the same task under two names, for a run's in-domain and out-of-domain
+sets): generated word problems (``test``, ``ood``, ``validation``, optionally ``:n[:seed]``;
+:mod:`balora.data.arithmetic`) or a file of questions with numeric answers (AddSub, SingleEq, MultiArith ...),
+scored by exact match of the final number (accuracy).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from balora.data.arithmetic import load_problems as load_arithmetic
 from balora.evaluation import code_eval, mtbench
 from balora.evaluation.records import read_jsonl, require_fields
 from balora.evaluation.generation import (
@@ -214,6 +220,10 @@ TASKS: dict[str, Task] = {
                       data_hint="humaneval/HumanEval.jsonl.gz or openai_humaneval"),
     "mbpp": Task("mbpp", _load_code(code_eval.load_mbpp), lambda ex: code_eval.mbpp_prompt(ex["problem"]),
                  score_code, "pass@1", PLAIN_STOPS + ("\n[DONE]",), data_hint="mbpp/mbpp.jsonl or mbpp"),
+    # Two names for one task, so that a run reports its in-domain and out-of-domain sets side by side.
+    **{name: Task(name, load_arithmetic, lambda ex: ex["question"], score_gsm8k, "accuracy",
+                  data_hint="test, validation, ood[:n[:seed]] (generated) or a file of question + numeric answer")
+       for name in ("arithmetic", "arithmetic-ood")},
     "mt-bench": Task("mt-bench", load_mtbench, lambda ex: ex["question"]["turns"][0], score_mtbench,
                      "mean_score", data_hint="a folder with question.jsonl, judge_prompts.jsonl, reference_answer/"),
 }
