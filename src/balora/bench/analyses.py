@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .sweep import Cell, SweepConfig, expand, load_sweep, run_sweep
+from .tuning import selection_data
 from ..config import TASK_DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def make_cell_fn(kind: str, opts: AnalysisOptions, out: Path,
 
         cfg = copy.deepcopy(cell.config)
         cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir), progress=False)
-        data = (data_fn or (lambda c: _load_data(opts, c)))(cfg)
+        data = selection_data(cell, (data_fn or (lambda c: _load_data(opts, c)))(cfg))  # tuning: the carved split
         if data.regression:
             raise ValueError(f"analysis {kind}: needs a classification task, got a regression target")
         num = data.num_labels

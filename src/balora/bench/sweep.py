@@ -105,6 +105,9 @@ class SweepConfig:
                             default_factory=dict)
     shard: str = _help("Run only part of the cells, 'i/n' (cells whose index mod n equals i); several shards may "
                        "append to the same results file.", default="0/1")
+    tune: dict = _help("Select fields per method on a validation split carved from the training data before the "
+                       "runs (balora.bench.tuning.TuneConfig: grid, metric, fraction, split_seed, seeds); empty = "
+                       "no tuning.", default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.grid, Mapping):
@@ -135,6 +138,23 @@ class SweepConfig:
         i, _, n = str(self.shard).partition("/")
         if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
             raise ValueError(f"sweep.shard must be 'i/n' with 0 <= i < n, got {self.shard!r}")
+        if self.tune:
+            for path in self.tune_config().grid:
+                _check_path(path, f"sweep.tune.grid.{path}")
+
+    def tune_config(self) -> Any:
+        """The ``tune`` section as a :class:`balora.bench.tuning.TuneConfig` (None when empty)."""
+        from .tuning import TuneConfig
+
+        if not self.tune:
+            return None
+        if not isinstance(self.tune, Mapping):
+            raise ValueError(f"sweep.tune must be a mapping of TuneConfig fields, got {self.tune!r}")
+        known = {f.name for f in dataclasses.fields(TuneConfig)}
+        bad = set(self.tune) - known
+        if bad:
+            raise ValueError(f"sweep.tune: unknown option(s) {sorted(bad)}; known: {sorted(known)}")
+        return TuneConfig(**self.tune)
 
 
 SWEEP_KEYS = {f.name for f in dataclasses.fields(SweepConfig)} - {"run"}
@@ -148,6 +168,9 @@ class Cell:
     variant: str
     axes: dict
     spec: RunSpec
+    phase: str = "final"  # "select": a tuning run, trained and scored on the carved split (balora.bench.tuning)
+    holdout: Optional[dict] = None  # the carved validation split of a selection run: {fraction, seed}
+    tuning: Optional[dict] = None  # a tuned final run: the grid, validation scores and choice
 
     @property
     def label(self) -> str:
@@ -285,7 +308,8 @@ CellFn = Callable[[Cell, Path], Mapping[str, Any]]
 def run_sweep(sweep: SweepConfig, cell_fn: CellFn, *, progress: bool = True, stop_on_error: bool = False,
               device: Optional[str] = None, cells: Optional[list[Cell]] = None,
               subdir: bool = True) -> GridSummary:
-    """Run every cell not yet recorded in ``sweep.results`` with ``cell_fn(cell, run_dir) -> payload``.
+    """Run every cell not yet recorded in ``sweep.results`` with ``cell_fn(cell, run_dir) -> payload``; with a
+    ``tune`` section, first select its fields per method on carved validation data (:mod:`balora.bench.tuning`).
 
     The record is the runner's (key, model, method, task, seed, hparams, timing, peak memory, versions) plus the
     payload plus ``variant``, ``label`` and ``axes``. ``device``: where peak memory is measured (default: where
@@ -293,14 +317,25 @@ def run_sweep(sweep: SweepConfig, cell_fn: CellFn, *, progress: bool = True, sto
     folder (variants of one method and seed share ``RunSpec.slug()``).
     """
     cells = cells if cells is not None else expand(sweep)
-    by_key = {c.spec.key(): c for c in cells}
 
-    def run_fn(spec: RunSpec, run_dir: Path) -> Mapping[str, Any]:
-        cell = by_key[spec.key()]
-        # RunSpec.slug() (model, method, task, seed) is shared by the variants of one method and seed: one
-        # sub-folder per resolved config keeps kept outputs apart.
-        payload = dict(cell_fn(cell, run_dir / str(spec.hparams["config"]) if subdir else run_dir))
-        return {"variant": cell.variant, "label": cell.label, "axes": cell.axes, **payload}
+    def run(todo: list[Cell], fn: CellFn) -> GridSummary:
+        by_key = {c.spec.key(): c for c in todo}
 
-    return run_grid([c.spec for c in cells], run_fn, sweep.results, sweep.out_dir, keep_outputs=sweep.keep_outputs,
-                    progress=progress, stop_on_error=stop_on_error, device=device or sweep_device())
+        def run_fn(spec: RunSpec, run_dir: Path) -> Mapping[str, Any]:
+            cell = by_key[spec.key()]
+            # RunSpec.slug() (model, method, task, seed) is shared by the variants of one method and seed: one
+            # sub-folder per resolved config keeps kept outputs apart.
+            payload = dict(fn(cell, run_dir / str(spec.hparams["config"]) if subdir else run_dir))
+            tuned = {"phase": cell.phase} if cell.phase != "final" or cell.tuning else {}
+            return {"variant": cell.variant, "label": cell.label, "axes": cell.axes, **tuned, **payload}
+
+        return run_grid([c.spec for c in todo], run_fn, sweep.results, sweep.out_dir, keep_outputs=sweep.keep_outputs,
+                        progress=progress, stop_on_error=stop_on_error, device=device or sweep_device())
+
+    tune = sweep.tune_config()
+    if tune is None or not tune.grid:
+        return run(cells, cell_fn)
+    from .runner import read_results
+    from .tuning import run_tuned
+
+    return run_tuned(tune, cell_fn, cells, run, lambda: read_results(sweep.results))
