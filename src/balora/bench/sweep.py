@@ -110,12 +110,7 @@ class SweepConfig:
                        "no tuning.", default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.grid, Mapping):
-            raise ValueError(f"sweep.grid must be a mapping of field -> list of values, got {self.grid!r}")
-        for axis, values in self.grid.items():
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"sweep.grid.{axis} must be a non-empty list of values, got {values!r}")
-            _check_path(axis, f"sweep.grid.{axis}")
+        check_grid(self.grid, "sweep.grid")
         if not isinstance(self.variants, Mapping):
             raise ValueError(f"sweep.variants must be a mapping of name -> overrides, got {self.variants!r}")
         for name, overrides in self.variants.items():
@@ -138,9 +133,7 @@ class SweepConfig:
         i, _, n = str(self.shard).partition("/")
         if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
             raise ValueError(f"sweep.shard must be 'i/n' with 0 <= i < n, got {self.shard!r}")
-        if self.tune:
-            for path in self.tune_config().grid:
-                _check_path(path, f"sweep.tune.grid.{path}")
+        self.tune_config()  # validated before anything runs
 
     def tune_config(self) -> Any:
         """The ``tune`` section as a :class:`balora.bench.tuning.TuneConfig` (None when empty)."""
@@ -155,6 +148,16 @@ class SweepConfig:
         if bad:
             raise ValueError(f"sweep.tune: unknown option(s) {sorted(bad)}; known: {sorted(known)}")
         return TuneConfig(**self.tune)
+
+
+def check_grid(grid: Any, where: str) -> None:
+    """A grid is a mapping of known dotted RunConfig fields to non-empty lists of values; errors name ``where``."""
+    if not isinstance(grid, Mapping):
+        raise ValueError(f"{where} must be a mapping of field -> list of values, got {grid!r}")
+    for axis, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}.{axis} must be a non-empty list of values, got {values!r}")
+        _check_path(axis, f"{where}.{axis}")
 
 
 SWEEP_KEYS = {f.name for f in dataclasses.fields(SweepConfig)} - {"run"}

@@ -49,11 +49,9 @@ class TuneConfig:
                              default_factory=lambda: [0])
 
     def __post_init__(self) -> None:
-        if not isinstance(self.grid, Mapping):
-            raise ValueError(f"sweep.tune.grid must be a mapping of field -> list of values, got {self.grid!r}")
-        for path, values in self.grid.items():
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"sweep.tune.grid.{path} must be a non-empty list of values, got {values!r}")
+        from .sweep import check_grid
+
+        check_grid(self.grid, "sweep.tune.grid")
         if not 0 < self.fraction < 1:
             raise ValueError(f"sweep.tune.fraction must be in (0, 1), got {self.fraction}")
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
