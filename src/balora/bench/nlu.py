@@ -4,7 +4,8 @@ over the run config (:mod:`balora.bench.sweep`).
 A GLUE sweep file is a run config (``model``, ``data``, ``method``, ``balora``, ``train`` sections; defaults
 :data:`RUN_DEFAULTS`), a ``bench:`` section of :class:`NLUBenchOptions` (the models, methods, tasks and seeds
 the grid crosses, the GLUE and OOD folders, per-task settings) and an optional ``sweep:`` section (results file,
-output folder, shard). :func:`nlu_sweep` builds the sweep (tasks become the ``data.train`` axis ``glue:<task>``,
+output folder, shard, ``tune``: per-method selection on a hold-out of the training split, see
+:mod:`balora.bench.tuning`). :func:`nlu_sweep` builds the sweep (tasks become the ``data.train`` axis ``glue:<task>``,
 per-task settings its ``per_value`` entries) and :func:`make_nlu_cell_fn` the per-run function. See configs/nlu/.
 """
 
@@ -19,6 +20,7 @@ from typing import Any, Mapping, Optional
 
 from .._fields import help_field
 from .sweep import Cell, SweepConfig, flatten, load_sweep
+from .tuning import selection_data
 
 logger = logging.getLogger(__name__)
 
@@ -205,11 +207,13 @@ def make_nlu_cell_fn(opts: NLUBenchOptions, keep_adapters: bool = False) -> Any:
         # The GLUE spec knows the label space; no need to scan the labels (describe_labels) for it.
         data = NLUData(splits, list(task.text_columns), "label", task.num_labels, list(task.label_names) or None,
                        task.is_regression, f"GLUE {task.name}")
+        data = selection_data(cell, data)  # a tuning run: trained and scored on a hold-out of the training split
+        selecting = cell.phase == "select"
         extras: dict[str, Any] = {}
-        for split in other_splits:  # MNLI mismatched
+        for split in [] if selecting else other_splits:  # MNLI mismatched
             extras[split] = dd[split]
         ood_missing: list[str] = []
-        if opts.ood:
+        if opts.ood and not selecting:
             names, ood_missing = available_ood(task.name, ood_root)
             for name in names:
                 extras[f"ood/{name}"] = load_ood(name, ood_root, task=task.name)
