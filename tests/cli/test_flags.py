@@ -20,6 +20,7 @@ class Options:
     rate: Optional[float] = help_field("A rate.", default=None)
     flag: bool = help_field("Switch it on.", default=False)
     table: dict = help_field("A YAML mapping.", default_factory=dict)
+    entries: list = help_field("YAML items.", default_factory=list)
     out: str = field(default="x", metadata={"help": "Output folder.", "aliases": ("--o",)})
     hidden: int = 0  # no help text: no flag
 
@@ -32,9 +33,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_flags_are_typed_and_only_given_values_are_returned() -> None:
     args = _parser().parse_args(["--names", "x", "y", "--seeds", "0", "2", "--rate", "1e-3", "--no-flag",
-                                 "--table", "{rte: {train.lr: 1e-3}}", "--o", "dir"])
+                                 "--table", "{rte: {train.lr: 1e-3}}", "--o", "dir", "--entries", "{task: a}", "3"])
     assert given_values(args, Options) == {"names": ["x", "y"], "seeds": [0, 2], "rate": 1e-3, "flag": False,
-                                           "table": {"rte": {"train.lr": 1e-3}}, "out": "dir"}
+                                           "table": {"rte": {"train.lr": 1e-3}}, "out": "dir",
+                                           "entries": [{"task": "a"}, 3]}
     assert given_values(_parser().parse_args([]), Options) == {}  # a config file's values are not overwritten
     assert Options(**given_values(_parser().parse_args(["--count", "5", "--flag"]), Options)).count == 5
 

@@ -32,7 +32,7 @@ def _argparse_kwargs(tp: Any) -> dict[str, Any]:
     if tp is bool:
         return {"action": argparse.BooleanOptionalAction}
     if typing.get_origin(tp) is list or tp is list:
-        (item,) = typing.get_args(tp) or (str,)
+        (item,) = typing.get_args(tp) or (Any,)  # a bare list: each item is YAML text
         return {"nargs": "+", "type": item if item in (int, float, str) else parse_yaml}
     if tp in (int, float, str):
         return {"type": tp}
