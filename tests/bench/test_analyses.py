@@ -277,6 +277,7 @@ def test_tuned_analysis_selects_on_the_carved_split_and_records_the_choice(setup
     select = [r for r in records if r.get("phase") == "select"]
     final = [r for r in records if r.get("tuning")]
     assert len(select) == 4 and len(final) == 2
+    assert sorted(r["key"] for r in res["records"]) == sorted(r["key"] for r in final)  # the report: finals only
     assert all(len(r["test_references"]) == 10 for r in select)  # the hold-out, not the test set
     assert all(len(r["test_references"]) == 30 for r in final)  # tested once, on the test set
     for r in final:

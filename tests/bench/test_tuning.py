@@ -8,7 +8,7 @@ import math
 import pytest
 
 from balora.bench.runner import read_results
-from balora.bench.sweep import SweepConfig, run_sweep
+from balora.bench.sweep import SweepConfig, result_keys, run_sweep
 from balora.bench.tuning import TuneConfig, carve_validation, choose, selection_data
 
 BASE = {"kind": "nlu", "model": {"name_or_path": "m"}, "data": {"train": "t.csv", "text_columns": ["text"]}}
@@ -37,6 +37,7 @@ def test_selection_per_method_then_final_runs_with_the_choice(tmp_path):
     assert {(m, lr, seed) for _, m, lr, seed, _ in finals} == {(m, BEST[m], s) for m in BEST for s in (0, 1, 2)}
     records = [r for r in read_results(sweep.results) if "tuning" in r]
     assert len(records) == 6
+    assert result_keys(summary, []) == {r["key"] for r in records}  # what a report covers: the final runs
     lora = next(r for r in records if r["method"] == "lora")["tuning"]
     assert lora["choice"] == {"train.lr": 1e-3} and lora["grid"] == {"train.lr": [1e-4, 1e-3, 1e-2]}
     assert [v["values"]["train.lr"] for v in lora["validation"]] == [1e-4, 1e-3, 1e-2]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .sweep import Cell, SweepConfig, expand, load_sweep, run_sweep
+from .sweep import Cell, SweepConfig, expand, load_sweep, result_keys, run_sweep
 from .tuning import selection_data
 from ..config import TASK_DEFAULTS
 
@@ -351,8 +351,9 @@ def run_analysis(kind: str, config: Optional[str] = None, overrides: Optional[li
     summary = None
     if not report_only:
         summary = run_sweep(sweep, make_cell_fn(kind, opts, out_dir, data_fn), progress=progress, cells=cells)
-    keys = {c.spec.key() for c in cells}
-    records = [r for r in read_results(sweep.results) if report_only or r["key"] in keys]
+    keys = result_keys(summary, cells) if summary is not None else {c.spec.key() for c in cells}
+    records = [r for r in read_results(sweep.results)
+               if (report_only and r.get("phase") != "select") or r["key"] in keys]
     report = write_report(kind, records, out_dir, description=ANALYSES[kind], reference=reference, command=command, n_boot=opts.n_boot,
                           failed=[f"{s.slug()} {s.hparams.get('variant', '')}: {e}" for s, e in
                                   (summary.failed if summary else [])])

@@ -41,7 +41,7 @@ from .runner import GridSummary, RunSpec, run_grid
 logger = logging.getLogger(__name__)
 
 __all__ = ["SweepConfig", "Cell", "set_path", "expand", "load_sweep", "run_sweep", "SWEEP_KEYS", "sweep_device",
-           "is_regularised", "flatten", "load_options", "OPTION_SECTIONS"]
+           "is_regularised", "flatten", "load_options", "OPTION_SECTIONS", "result_keys", "check_grid"]
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -306,6 +306,15 @@ def load_options(cls: type, path: Optional[str], section: str, given: Optional[M
 
 
 CellFn = Callable[[Cell, Path], Mapping[str, Any]]
+
+
+def result_keys(summary: GridSummary, cells: list[Cell]) -> set[str]:
+    """Keys of the records a sweep's report covers: its cells', or after tuning the final runs' (their keys hold
+    the chosen values), never the selection runs'."""
+    if not any(r.get("phase") for r in summary.ran) and not any(s.hparams.get("phase") for s in summary.skipped):
+        return {c.spec.key() for c in cells}
+    return ({r["key"] for r in summary.ran if r.get("phase") != "select"}
+            | {s.key() for s in summary.skipped if s.hparams.get("phase") != "select"})
 
 
 def run_sweep(sweep: SweepConfig, cell_fn: CellFn, *, progress: bool = True, stop_on_error: bool = False,

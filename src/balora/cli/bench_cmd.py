@@ -77,7 +77,7 @@ def run_nlu_bench(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..bench.nlu import NLUBenchOptions, glue_task_of, make_nlu_cell_fn, nlu_sweep
-    from ..bench.sweep import expand, load_options, run_sweep
+    from ..bench.sweep import expand, load_options, result_keys, run_sweep
     from ..reports import markdown_report
 
     opts = load_options(NLUBenchOptions, args.config, "bench", given_values(args, NLUBenchOptions))
@@ -88,15 +88,15 @@ def run_nlu_bench(args: argparse.Namespace) -> int:
     set_threads(opts.threads)
     summary = run_sweep(sweep, make_nlu_cell_fn(opts, sweep.keep_outputs), stop_on_error=args.stop_on_error,
                         cells=cells, subdir=False)
-    keys = {c.spec.key() for c in expand(dataclasses.replace(sweep, shard="0/1"), task_fn=glue_task_of)}
-    return finish(summary, sweep.results, keys, markdown_report)  # the whole grid, every shard
+    keys = result_keys(summary, expand(dataclasses.replace(sweep, shard="0/1"), task_fn=glue_task_of))
+    return finish(summary, sweep.results, keys, markdown_report)  # the whole grid, every shard (untuned)
 
 
 def run_nlg_bench(args: argparse.Namespace) -> int:
     """Run (or resume) the NLG grid and print its table."""
     from ..bench.nlg import NLGBenchOptions, make_nlg_cell_fn, nlg_cells, nlg_sweep
     from ..bench.runner import read_results
-    from ..bench.sweep import load_options, run_sweep
+    from ..bench.sweep import load_options, result_keys, run_sweep
     from ..reports import markdown_report
 
     opts = load_options(NLGBenchOptions, args.config, "bench", given_values(args, NLGBenchOptions))
@@ -111,7 +111,7 @@ def run_nlg_bench(args: argparse.Namespace) -> int:
     set_threads(opts.threads)
     summary = run_sweep(sweep, make_nlg_cell_fn(opts, sweep.results, sweep.keep_outputs),
                         stop_on_error=args.stop_on_error, cells=cells, subdir=False)
-    return finish(summary, sweep.results, keys, markdown_report)
+    return finish(summary, sweep.results, result_keys(summary, cells), markdown_report)
 
 
 def print_todo(specs: Sequence[Any], results: str) -> int:
