@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "balora"
 # Lowest first. A part is a subpackage or a top-level module (named without the "balora." prefix).
 LAYERS: list[tuple[str, ...]] = [
     ("foundation",),                 # _fields atomic config_io config peft_compat regularizers fused distributed ...
-    ("core",),                       # reference objectives heads baselines methods trainer models run_layout
+    ("core",),                       # reference objectives heads baselines methods inits trainer models run_layout
     ("data",),
     ("evaluation",),
     ("training", "export"),          # the run pipeline; export reads run folders
@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
 FOUNDATION = {"_fields", "atomic", "config_io", "config", "peft_compat", "regularizers", "fused", "distributed",
               "profiling", "schedules"}
 CORE = {"reference", "objectives", "heads", "baselines", "methods", "trainer", "models", "run_layout", "quant",
-        "sharding"}
+        "sharding", "inits"}
 
 
 def part_of(module: str) -> str:

@@ -1,6 +1,6 @@
 """BALoRAConfig: the options of the BA-LoRA method (the regularisers and the reference).
 
-Defaults follow ../docs/METHOD.md section 4 (the values the authors published). Every field carries
+Defaults follow docs/method.md section 4 (the values the authors published). Every field carries
 its help text once, in ``metadata["help"]``; the CLI and the docs read it from there.
 """
 
@@ -12,10 +12,26 @@ from typing import Any, Literal, Optional, Union
 
 from ._fields import help_field
 
-# Per-task defaults (METHOD.md section 4): (lambda_consistency, lambda_diversity, lambda_svd, svd_top_k)
+# Per-task defaults (docs/method.md section 4): (lambda_consistency, lambda_diversity, lambda_svd, svd_top_k)
 TASK_DEFAULTS: dict[str, tuple[float, float, float, int]] = {
     "nlu": (0.15, 0.03, 0.03, 5),
     "nlg": (0.025, 0.005, 0.005, 10),
+}
+
+# The published forms of the terms, by paper version (docs/method.md, "Formula versions"). A field left empty
+# takes its version's value; a field set explicitly wins (and is recorded with the run, as every field is).
+#   v5:       arXiv v5 (the seed's text): NLU consistency = MSE of L2-normalised logits; NLG full-vocabulary
+#             entropy; SVD share normalised by the sum of the singular values; NLU k clipped to C - 1;
+#             constant weights.
+#   iclr2026: the published ICLR 2026 version and the authors' code: NLU consistency = T^2 KL on
+#             temperature-softened logits (T = 2), NLG entropy of the renormalised top-20 tokens, NLG SVD share
+#             normalised by the Frobenius norm, NLU k as given (k >= C makes the term constant: skipped with a
+#             warning), the authors' schedule (cosine-decaying l1, ramped l2 and l3).
+FORMULAS: dict[str, dict[str, Any]] = {
+    "v5": {"nlu_consistency": "mse", "temperature": 1.0, "entropy_top_k": 0, "svd_normalizer": "sum",
+           "svd_clip_k": True, "schedule": "constant"},
+    "iclr2026": {"nlu_consistency": "kl", "temperature": 2.0, "entropy_top_k": 20, "svd_normalizer": "fro",
+                 "svd_clip_k": False, "schedule": "authors"},
 }
 
 
@@ -23,13 +39,26 @@ TASK_DEFAULTS: dict[str, tuple[float, float, float, int]] = {
 class BALoRAConfig:
     """Configuration of the BA-LoRA regularisers.
 
-    ``None`` for a lambda or ``svd_top_k`` means "the default for this task" (METHOD.md section 4).
+    ``None`` for a lambda or ``svd_top_k`` means "the default for this task" (docs/method.md section 4).
     """
 
     task: Literal["nlu", "nlg"] = help_field(
         "Which variant of the regularisers: 'nlu' (logits N x C of a classification/regression head) "
         "or 'nlg' (token distributions B x T x V of a causal LM, on trained positions only).",
         default="nlu",
+    )
+    formula: Literal["v5", "iclr2026"] = help_field(
+        "Which published version of the terms: 'v5' (arXiv v5: MSE consistency, full entropy, sum-normalised SVD, "
+        "constant weights) or 'iclr2026' (the ICLR 2026 paper and the authors' code: T^2 KL consistency with T = 2, "
+        "top-20 entropy, Frobenius-normalised NLG SVD, NLU k unclipped, the authors' schedule). It fills every "
+        "form field below that is left empty; a field set explicitly wins.",
+        default="v5",
+    )
+    nlu_consistency: Optional[Literal["mse", "kl"]] = help_field(
+        "NLU consistency form: 'mse' = MSE of the L2-normalised logits (v5); 'kl' = T^2 * KL(softmax(Z_P/T) || "
+        "softmax(Z_F/T)) (iclr2026). Empty = the formula's. Regression heads (C = 1) always use the MSE form on "
+        "the pooled features (a softmax over one output is constant).",
+        default=None,
     )
     lambda_consistency: Optional[float] = help_field(
         "Weight l1 of the consistency term (agreement with the pretrained model). "
@@ -51,13 +80,15 @@ class BALoRAConfig:
         "C-1 for small C) / 10 (nlg).",
         default=None,
     )
-    temperature: float = help_field(
-        "NLG consistency: softmax temperature T of the KL term (the KL is scaled by T^2). 1 = paper.",
-        default=1.0,
+    temperature: Optional[float] = help_field(
+        "Softmax temperature T of the KL consistency terms (NLG always; NLU with nlu_consistency 'kl'); the KL is "
+        "scaled by T^2. Empty = the formula's (v5: 1, iclr2026: 2).",
+        default=None,
     )
     entropy_top_k: Optional[int] = help_field(
-        "NLG diversity: if set, the entropy is computed over the renormalised top-K tokens of each "
-        "position (a later version of the paper); None = full-vocabulary entropy.",
+        "NLG diversity: the entropy of each position's renormalised top-K tokens; 0 = the full vocabulary. "
+        "Empty = the formula's (v5: 0, iclr2026: 20). The fused NLG path computes the full entropy only, so a "
+        "top-K entropy runs on the full-logits path.",
         default=None,
     )
     svd_estimator: Literal["randomized", "exact"] = help_field(
@@ -70,10 +101,17 @@ class BALoRAConfig:
         "NLG SVD term, randomized estimator: extra columns q - k of the sketch.", default=5
     )
     svd_niter: int = help_field("NLG SVD term, randomized estimator: subspace iterations.", default=2)
-    svd_normalizer: Literal["sum", "fro"] = help_field(
-        "Denominator of the SVD term: 'sum' = sum of the (estimated) singular values (the paper); "
-        "'fro' = Frobenius norm of the logit matrix (the authors' later code).",
-        default="sum",
+    svd_normalizer: Optional[Literal["sum", "fro"]] = help_field(
+        "Denominator of the NLG SVD term: 'sum' = sum of the (estimated) singular values (v5); 'fro' = Frobenius "
+        "norm of the logit matrix (iclr2026, the authors' code). Empty = the formula's. The NLU SVD term divides "
+        "by the sum of its exact singular values in both versions.",
+        default=None,
+    )
+    svd_clip_k: Optional[bool] = help_field(
+        "NLU SVD term: clip k to C - 1 (v5: true) or use k as given (iclr2026: false, as the authors' code; with "
+        "k >= C classes the term is the constant -1, trains nothing, and is skipped with a warning at start-up). "
+        "Empty = the formula's.",
+        default=None,
     )
     nlu_regression_features: Literal["hidden", "skip"] = help_field(
         "NLU regression heads (C = 1): the covariance and SVD terms are meaningless on one output. "
@@ -81,12 +119,13 @@ class BALoRAConfig:
         "(logged once).",
         default="hidden",
     )
-    schedule: Literal["constant", "authors", "adaptive"] = help_field(
-        "Lambda schedule: 'constant' (default), 'authors' (cosine-decaying l1; l2 and l3 off for the "
+    schedule: Optional[Literal["constant", "authors", "adaptive"]] = help_field(
+        "Lambda schedule (empty = the formula's: v5 'constant', iclr2026 'authors'): 'constant', 'authors' "
+        "(l1 decays with a cosine to 0.1 x l1; l2 and l3 off for the "
         "first 20% of steps, then a 5% linear ramp), as in the authors' code, or 'adaptive' (beyond the "
         "paper: each term's weight is rescaled so that its weighted size relative to the task loss stays "
         "what the configured lambdas gave at the first step; balora.schedules.AdaptiveLambdas).",
-        default="constant",
+        default=None,
     )
     adaptive_beta: float = help_field(
         "schedule='adaptive': decay of the moving averages of the term magnitudes (0 = last step only).",
@@ -127,6 +166,13 @@ class BALoRAConfig:
     def __post_init__(self) -> None:
         if self.task not in TASK_DEFAULTS:
             raise ValueError(f"BALoRAConfig.task must be 'nlu' or 'nlg', got {self.task!r}")
+        _check_choice(self, "formula", tuple(FORMULAS))
+        for name, value in FORMULAS[self.formula].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        _check_choice(self, "nlu_consistency", ("mse", "kl"))
+        if not isinstance(self.svd_clip_k, bool):
+            raise ValueError(f"BALoRAConfig.svd_clip_k must be true or false, got {self.svd_clip_k!r}")
         l1, l2, l3, k = TASK_DEFAULTS[self.task]
         if self.lambda_consistency is None:
             self.lambda_consistency = l1
@@ -157,9 +203,9 @@ class BALoRAConfig:
         _check_int(self, "chunk_size", 1)
         if not isinstance(self.fused_nlg, bool) and self.fused_nlg != "auto":
             raise ValueError(f"BALoRAConfig.fused_nlg must be True, False or 'auto', got {self.fused_nlg!r}")
-        if self.entropy_top_k is not None:
+        if self.entropy_top_k != 0:
             _check_int(self, "entropy_top_k", 2)
-        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
             raise ValueError(f"BALoRAConfig.temperature must be > 0, got {self.temperature!r}")
 
     @property

@@ -4,6 +4,8 @@ Methods (``METHODS``):
 
 * peft LoRA family: ``lora``, ``pissa`` (PiSSA init through peft, exact or ``pissa_niter=K``),
   ``dora``, ``loha``, ``adalora``;
+* the rival initialisations of a LoRA adapter (:mod:`balora.inits`): ``olora``, ``milora`` (weights only),
+  ``corda``, ``eva``, ``lora-ga`` (from training batches: ``init_batches``);
 * ``ba-lora``: PiSSA + the three BA-LoRA regularisers;
 * ``<peft method>+reg``: the regularisers on any of the peft methods above (``lora+reg``, ``dora+reg``
   are the paper's Table 9);
@@ -22,14 +24,16 @@ from typing import Any, Optional, Union
 from torch import nn
 
 from .config import BALoRAConfig
+from .inits import INIT_METHODS
 from .reference import ReferenceSpec, reference_spec_for
 
-PEFT_METHODS = ("lora", "pissa", "dora", "loha", "adalora")
+PEFT_METHODS = ("lora", "pissa", "dora", "loha", "adalora") + INIT_METHODS
 BASELINES = ("full", "bitfit", "houlsby", "pfeiffer")
 METHODS = PEFT_METHODS + ("ba-lora",) + tuple(f"{m}+reg" for m in PEFT_METHODS) + BASELINES
 # Row order of every results table (GLUE, OOD, NLG): the paper's, then anything else alphabetically.
 TABLE_ORDER = ("base", "full", "bitfit", "houlsby", "pfeiffer", "lora", "lora+reg", "dora", "dora+reg", "loha",
-               "adalora", "pissa", "pissa+reg", "ba-lora")
+               "adalora", "pissa", "pissa+reg", "ba-lora", "olora", "olora+reg", "milora", "milora+reg",
+               "corda", "corda+reg", "eva", "eva+reg", "lora-ga", "lora-ga+reg")
 
 
 def table_order_key(method: str) -> tuple[int, str]:
@@ -86,6 +90,7 @@ def prepare_model(
     reference: Optional[str] = None,
     quantize: Optional[str] = None,
     quantize_group_size: int = 128,
+    init_batches: Optional[list[dict]] = None,
     **peft_kwargs: Any,
 ) -> nn.Module:
     """Wrap ``model`` for training with ``method``; returns the (peft) model with ``.balora`` info.
@@ -106,6 +111,8 @@ def prepare_model(
             init (QPiSSA for PiSSA inits: the SVD sees the full-precision weight, only the residual is
             quantised; QLoRA-style for ``lora``), see :mod:`balora.quant` (torchao). LoRA/PiSSA only.
         quantize_group_size: group size of ``int4``.
+        init_batches: model-input dicts (training batches, on the model's device) for the data-driven inits
+            ``corda``, ``eva``, ``lora-ga`` (required there, ignored otherwise); see :mod:`balora.inits`.
         **peft_kwargs: passed to the peft config (e.g. ``total_step`` and ``target_r`` for AdaLoRA).
     """
     base_method, regularized = parse_method(method)
@@ -135,14 +142,13 @@ def prepare_model(
         model.balora = MethodInfo(method, base_method, False, task_type)
         return model
 
-    from peft import get_peft_model
-
     from .heads import PooledClassifier, linear_targets
+    from .inits import init_adapter
 
     if isinstance(model, PooledClassifier) and target_modules == "all-linear":
         target_modules = linear_targets(model)  # peft's "all-linear" keeps the head out only for PreTrainedModel
     config = _peft_config(base_method, r, alpha, target_modules, dropout, pissa_niter, modules_to_save, task_type, **peft_kwargs)
-    model = get_peft_model(model, config)
+    model = init_adapter(model, config, base_method, init_batches)
     spec = None
     if regularized:
         spec = ReferenceSpec(mode="model", model=original) if ref_mode == "model" else reference_spec_for(model, ref_mode)
@@ -187,6 +193,11 @@ def _peft_config(
             init = f"pissa_niter_{pissa_niter}" if pissa_niter else "pissa"
         return peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=init,
                                use_dora=base_method == "dora", **common, **kwargs)
+    if base_method in INIT_METHODS:
+        from .inits import peft_init_kwargs
+
+        return peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, **common, **peft_init_kwargs(base_method),
+                               **kwargs)
     if base_method == "loha":
         return peft.LoHaConfig(r=r, alpha=alpha, rank_dropout=dropout, module_dropout=0.0, **common, **kwargs)
     if base_method == "adalora":

@@ -218,7 +218,7 @@ class NLUObjective(Objective):
 
 
 class RegressionObjective(NLUObjective):
-    """Regression heads (C = 1): the three terms act on the pooled features fed to the head (METHOD.md 2)."""
+    """Regression heads (C = 1): the three terms act on the pooled features fed to the head (docs/method.md section 2)."""
 
     name = "regression"
     row_name = "features"

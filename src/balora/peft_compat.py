@@ -48,3 +48,14 @@ def activate_adapter(layer: nn.Module, name: str) -> None:
 def disable_adapters(layer: nn.Module) -> None:
     """The layer computes its base function; ``requires_grad`` is left alone."""
     setattr(layer, DISABLE_ADAPTERS_ATTR, True)
+
+
+def resolve_all_linear(peft_config: object, model: nn.Module) -> object:
+    """``peft_config`` with ``target_modules="all-linear"`` replaced by the module names ``get_peft_model`` picks.
+
+    peft's CorDA and LoRA-GA preprocessors run before ``get_peft_model`` and need the names; peft resolves the
+    shorthand only inside ``get_peft_model`` (``tuners_utils._maybe_include_all_linear_layers``, private).
+    """
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+    return _maybe_include_all_linear_layers(peft_config, model)

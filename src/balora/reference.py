@@ -1,4 +1,4 @@
-"""The pretrained reference: the ORIGINAL model's outputs, exact and cheap (METHOD.md section 5).
+"""The pretrained reference: the ORIGINAL model's outputs, exact and cheap (docs/method.md section 5).
 
 With PiSSA the frozen base weights are the residual ``W_res = W - s B0 A0``; disabling the adapter gives
 ``W_res``, not ``W``. The default reference therefore keeps a frozen copy ``(A0, B0)`` of the initial
@@ -14,7 +14,7 @@ outputs, filled once with :meth:`ReferenceSpec.fill` through the live reference 
 
 The switch goes through :mod:`balora.peft_compat` (two private peft attributes, restored on exit).
 
-Dropout (METHOD.md / docs/method.md, "the dropout rule"): when the model has active dropout, a live
+Dropout (docs/method.md, "the dropout rule"): when the model has active dropout, a live
 reference pass runs in TRAIN mode replaying the random state the student's forward started from
 (:class:`RngState`), so both passes draw identical dropout masks: the consistency term is exactly 0 at
 step 0 and afterwards measures the adapter's change under identical noise. This needs the reference to
@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 REFERENCE_ADAPTER = "balora_reference"
 # Initialisations that move part of the pretrained weight into the adapter (the base becomes a residual).
-_RESIDUAL_INITS = ("pissa", "olora", "corda", "eva", "loftq")
+# Not EVA: it sets A from activations and B = 0, the base stays W (the disabled adapter is the reference).
+_RESIDUAL_INITS = ("pissa", "olora", "corda", "lora_ga", "loftq")
 MODES = ("adapter", "disable", "model", "cached")
 
 

@@ -1,4 +1,4 @@
-"""The BA-LoRA regularisers as pure tensor functions (METHOD.md sections 2 and 3).
+"""The BA-LoRA regularisers as pure tensor functions (docs/method.md sections 2 and 3).
 
 Every function returns the scalar that is ADDED to the loss, already signed: the NLG diversity term
 (minus the entropy) and both SVD terms (minus the top-k share) are negative quantities; the NLU
@@ -29,12 +29,14 @@ __all__ = [
     "shifted_label_mask",
     "select_positions",
     "nlu_consistency",
+    "nlu_consistency_kl",
     "nlu_diversity",
     "nlu_svd",
     "nlg_consistency",
     "nlg_diversity",
     "nlg_svd",
     "svd_share",
+    "svd_term_is_constant",
     "singular_values",
     "effective_k",
 ]
@@ -87,6 +89,23 @@ def nlu_consistency(fine_logits: torch.Tensor, ref_logits: torch.Tensor) -> torc
     return F.mse_loss(zf, zp)
 
 
+def nlu_consistency_kl(fine_logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """``T^2 * KL(softmax(Z_P / T) || softmax(Z_F / T))``, averaged over the N rows (the published ICLR 2026 form).
+
+    Forward KL with the pretrained model as the teacher, on temperature-softened class distributions; the
+    ``T^2`` factor keeps the gradient's size independent of ``T`` (Hinton et al.'s distillation scaling).
+    """
+    _check_2d(fine_logits, "fine_logits")
+    if ref_logits.shape != fine_logits.shape:
+        raise ValueError(f"ref_logits shape {tuple(ref_logits.shape)} != fine_logits {tuple(fine_logits.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    logq = F.log_softmax(fine_logits.float() / temperature, dim=-1)
+    logp = F.log_softmax(ref_logits.detach().float() / temperature, dim=-1)
+    kl = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1)
+    return kl.mean() * temperature**2
+
+
 def nlu_diversity(fine_logits: torch.Tensor) -> torch.Tensor:
     """VICReg covariance penalty ``(1/C) * sum_{i != j} Cov_ij^2`` over the batch (N >= 2)."""
     _check_2d(fine_logits, "fine_logits")
@@ -100,16 +119,24 @@ def nlu_diversity(fine_logits: torch.Tensor) -> torch.Tensor:
     return off_diag / c
 
 
-def nlu_svd(fine_logits: torch.Tensor, k: int) -> torch.Tensor:
+def nlu_svd(fine_logits: torch.Tensor, k: int, clip_k: bool = True) -> torch.Tensor:
     """``-(sum_{i<=k} s_i) / (sum_j s_j)`` with the exact singular values of the ``(N, C)`` logits.
 
-    ``k`` is clipped to ``min(N, C) - 1`` (at least 1): with k >= rank the share is constantly 1.
+    ``clip_k`` (default): ``k`` is clipped to ``min(N, C) - 1`` (at least 1), since with k >= rank the share
+    is constantly 1. ``clip_k=False`` is the published code's literal form: ``k`` as given, so with
+    ``k >= min(N, C)`` the value is the constant -1 and the term has no gradient (:func:`svd_term_is_constant`).
     """
     _check_2d(fine_logits, "fine_logits")
     if fine_logits.shape[0] < 2:
         raise DegenerateBatchError(f"the SVD term needs at least 2 rows, got {fine_logits.shape[0]}")
     s = torch.linalg.svdvals(fine_logits.float())
-    return -svd_share(s, effective_k(k, *fine_logits.shape))
+    return -svd_share(s, effective_k(k, *fine_logits.shape) if clip_k else int(k))
+
+
+def svd_term_is_constant(k: int, num_outputs: int, clip_k: bool = True) -> bool:
+    """Whether the NLU SVD term is the constant -1 for every batch: ``k`` covers all ``num_outputs`` singular
+    values (without clipping, ``k >= C``; with clipping only when ``C = 1``, where one singular value is all)."""
+    return num_outputs <= 1 or (not clip_k and int(k) >= num_outputs)
 
 
 # --------------------------------------------------------------------------------------------- NLG
@@ -129,10 +156,11 @@ def nlg_consistency(
 def nlg_diversity(fine_logits: torch.Tensor, mask: torch.Tensor, top_k: Optional[int] = None) -> torch.Tensor:
     """Minus the mean entropy of ``P_fine`` over trained positions (maximising entropy lowers the loss).
 
-    With ``top_k`` the entropy is that of the softmax renormalised over each position's top-K logits.
+    With ``top_k`` the entropy is that of the softmax renormalised over each position's top-K logits;
+    ``None`` or ``0``: the whole vocabulary.
     """
     z = select_positions(fine_logits, mask).float()
-    if top_k is not None and top_k < z.shape[-1]:
+    if top_k and top_k < z.shape[-1]:
         z = z.topk(top_k, dim=-1).values
     logp = F.log_softmax(z, -1)
     entropy = -(logp.exp() * logp).sum(-1)

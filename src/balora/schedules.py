@@ -8,12 +8,15 @@ from typing import Optional
 from .config import BALoRAConfig
 
 
+AUTHORS_L1_FLOOR = 0.1  # the authors' code: lambda1 decays to 0.1 x lambda1 (final_l1 = 0.1 * initial_l1)
+
+
 def lambda_weights(cfg: BALoRAConfig, step: int, total_steps: int) -> tuple[float, float, float]:
     """(l1, l2, l3) at ``step`` of ``total_steps``.
 
     ``constant``: the configured values. ``authors`` (the authors' code): l1 decays with a cosine from
-    its value to 0 over training; l2 and l3 are 0 for the first 20% of steps, then ramp linearly to
-    their value over the next 5%. ``adaptive``: the configured values; the trainer's
+    its value to ``AUTHORS_L1_FLOOR`` (0.1) times its value over training; l2 and l3 are 0 for the first 20%
+    of steps, then ramp linearly to their value over the next 5%. ``adaptive``: the configured values; the trainer's
     :class:`AdaptiveLambdas` rescales them from the observed term sizes.
     """
     l1, l2, l3 = cfg.lambda_consistency, cfg.lambda_diversity, cfg.lambda_svd
@@ -22,7 +25,7 @@ def lambda_weights(cfg: BALoRAConfig, step: int, total_steps: int) -> tuple[floa
     progress = min(max(step / total_steps, 0.0), 1.0)
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     ramp = min(max((progress - 0.20) / 0.05, 0.0), 1.0)
-    return l1 * cosine, l2 * ramp, l3 * ramp
+    return l1 * (AUTHORS_L1_FLOOR + (1.0 - AUTHORS_L1_FLOOR) * cosine), l2 * ramp, l3 * ramp
 
 
 TERM_NAMES = ("consistency", "diversity", "svd")

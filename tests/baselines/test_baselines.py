@@ -101,7 +101,8 @@ def test_bottleneck_size_from_reduction_factor_and_config_errors():
     model = apply_pfeiffer(tiny_bert(), reduction_factor=8)
     adapter = next(m.adapter for m in model.modules() if isinstance(m, WithAdapter))
     assert (adapter.down.in_features, adapter.down.out_features) == (32, 4)
-    assert BottleneckConfig().size_for(768) == 48  # default reduction factor 16
+    assert BottleneckConfig(bottleneck_dim=5).size_for(768) == 5  # a fixed size wins over the layer width
+    assert BottleneckConfig(reduction_factor=64).size_for(32) == 1  # never below one unit
     with pytest.raises(ValueError, match="not both"):
         BottleneckConfig(bottleneck_dim=4, reduction_factor=8)
     with pytest.raises(ValueError, match="activation must be one of"):

@@ -156,3 +156,110 @@ def test_export_refuses_an_initial_adapter_of_another_run(tmp_path, finished_run
     err = capsys.readouterr().err
     assert "initial adapter does not match the trained adapter" in err and "r: trained 4, initial 8" in err
     assert not (tmp_path / "out").exists()
+
+
+def _snapshot(folder):
+    return {p: (folder / p).read_bytes() for p in _files(folder) if (folder / p).is_file()}
+
+
+def test_rerun_into_a_completed_run_is_refused_unless_overwrite(tmp_path, finished_run, tiny_model_dir, capsys):  # noqa: F811
+    # Before: the rerun exited 0 and replaced the trained adapter.
+    cfg = _config(tmp_path, tiny_model_dir, finished_run)
+    before = _snapshot(finished_run)
+    capsys.readouterr()
+    assert main(["train", "--config", cfg, "--train.seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{finished_run} holds a completed run" in err and "--resume" in err and "--overwrite" in err
+    assert _snapshot(finished_run) == before
+    assert main(["train", "--config", cfg, "--train.seed", "1", "--overwrite"]) == 0
+    adapter = "adapter/adapter_model.safetensors"
+    assert (finished_run / adapter).read_bytes() != before[adapter]
+    record = json.loads((finished_run / "balora_run.json").read_text())
+    assert record["status"] == "completed" and record["config"]["train"]["seed"] == 1
+    assert main(["train", "--config", cfg, "--resume", "--overwrite"]) == 2
+    assert "choose one" in capsys.readouterr().err
+
+
+def test_a_folder_in_use_is_refused_while_the_first_training_succeeds(tmp_path, tiny_model_dir):  # noqa: F811
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import TrainerCallback
+
+    import balora
+    from balora.training.nlu import run_nlu
+
+    _write_data(tmp_path / "train.csv", 16, 0)
+    run_dir = tmp_path / "run"
+    cfg_file = _config(tmp_path, tiny_model_dir, run_dir)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(balora.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    second = []
+
+    class StartAnother(TrainerCallback):  # a second process trains into the same folder while the first is at step 1
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 1:
+                second.append(subprocess.run([sys.executable, "-m", "balora.cli.main", "train", "--config", cfg_file,
+                                              "--overwrite"], capture_output=True, text=True, env=env, timeout=600))
+
+    run_nlu(load_config(cfg_file), extra_callbacks=[StartAnother()])
+    assert second[0].returncode == 2
+    assert f"{run_dir}: in use by process {os.getpid()}" in second[0].stderr
+    record = json.loads((run_dir / "balora_run.json").read_text())
+    assert record["status"] == "completed" and (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def _failed_run(tmp_path, model_dir, boom_step):
+    from balora.training.nlu import run_nlu
+
+    _write_data(tmp_path / "train.csv", 32, 0)
+    run_dir = tmp_path / "run"
+    cfg_file = _config(tmp_path, model_dir, run_dir, save_steps=1, max_steps=3)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_nlu(load_config(cfg_file), extra_callbacks=[_Boom(boom_step).callback])
+    return run_dir, cfg_file
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, tiny_model_dir, monkeypatch, caplog):  # noqa: F811
+    import balora.training.pipeline as pipeline
+    from balora.run_layout import checkpoint_problem
+    from balora.training import common
+
+    run_dir, cfg_file = _failed_run(tmp_path, tiny_model_dir, boom_step=3)
+    assert [p.name for p in sorted(run_dir.glob("checkpoint-*"))] == ["checkpoint-1", "checkpoint-2"]
+    _truncate(run_dir / "checkpoint-2" / "adapter_model.safetensors")  # a crash while saving
+    chosen = []  # the checkpoint the Trainer is given
+
+    def spy(folder):
+        chosen.append(common.last_checkpoint(folder))
+        return chosen[-1]
+
+    monkeypatch.setattr(pipeline, "last_checkpoint", spy)
+    # Before: a raw safetensors traceback ("incomplete metadata, file not fully covered").
+    with caplog.at_level("WARNING"):
+        assert main(["train", "--config", cfg_file, "--resume"]) == 0
+    assert chosen == [str(run_dir / "checkpoint-1")]
+    assert f"{run_dir / 'checkpoint-2'} is incomplete (adapter_model.safetensors:" in caplog.text
+    assert "resuming from checkpoint-1 instead" in caplog.text
+    assert checkpoint_problem(run_dir / "checkpoint-2") is None  # saved again, whole
+    assert json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+    assert json.loads((run_dir / "balora_run.json").read_text())["status"] == "completed"
+
+
+def test_resume_with_only_a_truncated_checkpoint_names_it_and_the_choices(tmp_path, tiny_model_dir, capsys):  # noqa: F811
+    run_dir, cfg_file = _failed_run(tmp_path, tiny_model_dir, boom_step=2)
+    (run_dir / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": ')  # cut short
+    record = (run_dir / "balora_run.json").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--config", cfg_file, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir}: cannot resume: no complete checkpoint (checkpoint-1: trainer_state.json:" in err
+    assert f"delete {run_dir / 'checkpoint-1'} and run again with --resume" in err and "--overwrite" in err
+    assert (run_dir / "balora_run.json").read_bytes() == record  # still the failed run's record

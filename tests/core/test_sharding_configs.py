@@ -3,7 +3,6 @@ not needed to parse them (and does not run in the CPU test environment)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -41,9 +40,16 @@ def test_fsdp_configs_parse_through_accelerate(name):
     assert fsdp["fsdp_cpu_ram_efficient_loading"] is False  # PiSSA needs the full weights on every rank
 
 
-def test_deepspeed_json_is_valid_json():
-    for path in (ROOT / "configs/deepspeed").glob("*.json"):
-        json.loads(path.read_text())
+def test_every_deepspeed_json_is_named_by_an_accelerate_config():
+    """So the parse test above covers each of them (an orphan JSON would go untested)."""
+    named = set()
+    for path in (ROOT / "configs/accelerate").glob("*.yaml"):
+        launch = load_config_from_file(str(path))
+        if launch.distributed_type == DistributedType.DEEPSPEED:
+            named.add(launch.deepspeed_config["deepspeed_config_file"])
+    files = {str(p.relative_to(ROOT)) for p in (ROOT / "configs/deepspeed").glob("*.json")}
+    assert files, "configs/deepspeed holds no JSON config"
+    assert files <= named, f"not named by any configs/accelerate/*.yaml: {sorted(files - named)}"
 
 
 @pytest.mark.slow

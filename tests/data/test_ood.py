@@ -8,13 +8,20 @@ import datasets
 import pytest
 
 from balora.data import ood
+from balora.data.glue import GLUE_TASKS, get_task
 from balora.data.ood import OOD_FOR_TASK, OOD_SETS, load_ood
 
 
 def test_every_listed_set_is_declared_and_fits_its_task():
-    assert set(OOD_FOR_TASK) == {"sst2", "rte", "mnli", "qnli"}
-    for names in OOD_FOR_TASK.values():
-        assert set(names) <= set(OOD_SETS)
+    assert OOD_FOR_TASK and set(OOD_FOR_TASK) <= set(GLUE_TASKS)
+    for task, names in OOD_FOR_TASK.items():
+        assert names and set(names) <= set(OOD_SETS), task
+        spec = get_task(task)
+        for name in names:  # the shaping load_ood does: same number of texts, every label mapped to a class
+            assert len(OOD_SETS[name].text_columns) == len(spec.text_columns), (task, name)
+            ids = ood._label_ids(OOD_SETS[name], spec)
+            assert set(ids) == set(OOD_SETS[name].label_map), (task, name)
+            assert set(ids.values()) <= set(range(spec.num_labels)), (task, name)
 
 
 def test_two_class_set_cannot_become_mnli():

@@ -4,6 +4,7 @@ completed, or failed with the error when anything raises after the set-up (issue
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -73,10 +74,29 @@ def test_record_is_completed_or_failed(tmp_path, model_dir):
         run_nlg(_cfg(model_dir, train, failed), [], extra_callbacks=[Boom()])
     record = json.loads((failed / "balora_run.json").read_text())
     assert record["status"] == "failed" and record["error"].startswith("KeyboardInterrupt")
+    run_nlg(_cfg(model_dir, train, failed, resume=True), [])  # an interrupted run still resumes
+    assert json.loads((failed / "balora_run.json").read_text())["status"] == "completed"
     done = tmp_path / "done"
     run_nlg(_cfg(model_dir, train, done), [])
     record = json.loads((done / "balora_run.json").read_text())
     assert record["status"] == "completed" and record["started"] <= record["finished"]
+
+
+def test_rerun_into_a_completed_run_needs_overwrite(tmp_path, model_dir):
+    from balora.run_layout import RunFolderError
+
+    train = _write(tmp_path / "t.jsonl", [f"{i}+1\n#### {i + 1}" for i in range(6)])
+    done = tmp_path / "done"
+    run_nlg(_cfg(model_dir, train, done), [])
+    adapter = done / "adapter" / "adapter_model.safetensors"
+    trained = adapter.read_bytes()
+    # Before: the Python API replaced the trained adapter without a word.
+    with pytest.raises(RunFolderError, match=re.escape(f"{done} holds a completed run")):
+        run_nlg(_cfg(model_dir, train, done, seed=1), [])
+    assert adapter.read_bytes() == trained
+    run_nlg(_cfg(model_dir, train, done, seed=1, overwrite=True), [])
+    assert adapter.read_bytes() != trained
+    assert json.loads((done / "balora_run.json").read_text())["status"] == "completed"
 
 
 def test_total_and_warmup_steps_are_config_methods():

@@ -45,7 +45,8 @@ RUN_DEFAULTS: dict = {
     "model": {"max_length": 64, "pooling": "auto"},
     "method": {"r": 8, "alpha": 16, "head_warmup": "logreg"},
     "train": {"epochs": 1.0, "batch_size": 16, "lr": 1e-3, "warmup_ratio": 0.06, "progress": False,
-              "eval_batch_size": 128, "cached_reference_epochs": 0, "group_by_length": True},
+              "eval_batch_size": 128, "cached_reference_epochs": 0, "group_by_length": True,
+              "overwrite": True},  # the demo's own scratch runs: a run folder without a record is replaced
 }
 
 

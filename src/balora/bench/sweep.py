@@ -211,11 +211,11 @@ def set_path(raw: dict, path: str, value: Any) -> dict:
 
 def _digest(cfg: Any) -> str:
     """A digest of every setting that changes a run's result: the resolved run config without the seed (a key
-    field of its own), the output folder and display options, and without the regulariser settings for a method
+    field of its own), the output folder, display and resume/overwrite options, and without the regulariser settings for a method
     that does not use them."""
     values = cfg.to_dict()
     values["train"] = {k: v for k, v in values["train"].items()
-                       if k not in ("output_dir", "progress", "resume", "seed")}
+                       if k not in ("output_dir", "progress", "resume", "overwrite", "seed")}
     if not is_regularised(cfg.method.name):
         for section in ("balora", "regularizers"):
             values.pop(section, None)

@@ -22,7 +22,7 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     p.add_argument("--task", required=True, choices=TASK_CHOICES, help="Benchmark to run.")
     p.add_argument("--model", required=True, help="Base model folder or Hub name.")
     p.add_argument("--adapter", default=None, help="peft adapter folder to load on top of --model.")
-    p.add_argument("--data", default=None,
+    p.add_argument("--data", required=True,
                    help="Benchmark data: local file/folder (e.g. gsm8k/test.jsonl, HumanEval.jsonl.gz, the MT-Bench "
                         "folder) or a Hub dataset name.")
     p.add_argument("--limit", type=int, default=None, help="Evaluate only the first N examples.")
@@ -42,12 +42,6 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     p.add_argument("--judge-model", default=None, help="MT-Bench judge model (or env BALORA_JUDGE_MODEL).")
     p.set_defaults(func=run)
     return p
-
-
-def _default_data(task: str) -> str:
-    from balora.evaluation.tasks import get_task
-
-    raise SystemExit(f"balora eval: --data is required for task {task!r} (e.g. {get_task(task).data_hint})")
 
 
 def load_model_and_tokenizer(model_name: str, adapter: Optional[str], device: str, dtype: str):  # noqa: ANN201
@@ -86,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
     from balora.evaluation.mtbench import JudgeConfig, JudgeNotConfigured
     from balora.evaluation.tasks import evaluate_model
 
-    if args.data is None:
-        _default_data(args.task)
     judge = None
     if args.task == "mt-bench":
         try:

@@ -12,7 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "tuning) from a YAML config. Any field can be overridden: --train.epochs 3, "
                                    "--method.name lora, --balora.lambda_svd 0.01. See configs/ for examples.")
     p.add_argument("--config", help="YAML file with sections kind, model, data, method, balora, train")
-    p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in train.output_dir")
+    p.add_argument("--resume", action="store_true", help="resume from the last complete checkpoint in train.output_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the completed run in train.output_dir (train.overwrite: its record, adapters and "
+                        "checkpoints are removed first); without it such a folder is refused")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run, accepts_overrides=True)
 
@@ -23,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.resume:
         cfg.train.resume = True
+    if args.overwrite:
+        cfg.train.overwrite = True
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0

@@ -98,10 +98,40 @@ def build_trainer(cfg: RunConfig, model: Any, train_ds: Any, eval_ds: Optional[A
 
 
 def last_checkpoint(run_dir: Path) -> Optional[str]:
-    """The newest ``checkpoint-N`` folder of a run, or None (a fresh start)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete ``checkpoint-N`` folder of a run, or None (a fresh start).
 
-    return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    A newer checkpoint cut short by a crash while saving is skipped with a warning that names it; when no
+    checkpoint is complete, :func:`resume_point` raises.
+    """
+    import logging
+
+    chosen, skipped = resume_point(run_dir)
+    for folder, why in skipped:
+        logging.getLogger(__name__).warning(
+            "%s is incomplete (%s; a crash while saving it?): resuming from %s instead", folder, why, chosen.name)
+    return str(chosen) if chosen is not None else None
+
+
+def resume_point(run_dir: Path) -> tuple[Optional[Path], list[tuple[Path, str]]]:
+    """(the newest complete checkpoint of ``run_dir`` or None when it has none, the newer incomplete ones with
+    what is wrong); a :class:`~balora.run_layout.RunFolderError` naming them and the choices when there are
+    checkpoints and none is complete."""
+    from ..run_layout import RunFolderError, checkpoint_problem, checkpoints
+
+    skipped = []
+    for folder in checkpoints(run_dir):
+        why = checkpoint_problem(folder)
+        if why is None:
+            return folder, skipped
+        skipped.append((folder, why))
+    if skipped:
+        named = "; ".join(f"{folder.name}: {why}" for folder, why in skipped)
+        raise RunFolderError(
+            f"{run_dir}: cannot resume: no complete checkpoint ({named}; a crash while saving?). Choices: delete "
+            f"{', '.join(str(folder) for folder, _ in skipped)} and run again with --resume (train.resume), which "
+            f"then starts from step 0 in this folder; or --overwrite (train.overwrite) to discard this run and "
+            f"start over; or train into another output_dir")
+    return None, []
 
 
 def versions() -> dict[str, str]:
@@ -142,17 +172,53 @@ def check_runtime(cfg: RunConfig, has_eval: bool) -> None:
 
 
 def start_run(cfg: RunConfig, run_dir: Path) -> Path:
-    """Create the run folder and write its record with ``status: "running"`` (atomically)."""
+    """Create the run folder and write its record with ``status: "running"`` and this process's id (atomically).
+
+    Call it holding the folder's lock (:func:`balora.run_layout.hold_run_dir`), so the checks here and the
+    writes after them are one training's. A folder holding a completed run (or a trained adapter) is refused
+    unless ``train.resume`` continues it or ``train.overwrite`` first removes it (:func:`check_not_finished`);
+    ``train.resume`` needs a complete checkpoint when there are any (:func:`resume_point`).
+    """
+    import logging
+
+    from ..run_layout import clear_run
+
     run_dir = Path(run_dir)
     previous = read_record(run_dir)
+    if cfg.train.resume and cfg.train.overwrite:
+        raise ValueError(f"{run_dir}: train.resume continues the run and train.overwrite discards it: choose one")
     if cfg.train.resume:
         check_resumable(cfg, previous, run_dir)
+        resume_point(run_dir)
+    elif cfg.train.overwrite:
+        removed = clear_run(run_dir)
+        if removed:
+            logging.getLogger(__name__).warning("%s: train.overwrite: removed the previous run's %s", run_dir,
+                                                ", ".join(removed))
+        previous = {}
+    else:
+        check_not_finished(previous, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"status": "running", "started": _now(), "method": cfg.method.name, "base_model": cfg.model.name_or_path,
-              "task_kind": cfg.kind, "config": cfg.to_dict(), "versions": versions(), "git_commit": git_commit()}
+              "task_kind": cfg.kind, "config": cfg.to_dict(), "versions": versions(), "git_commit": git_commit(),
+              "pid": os.getpid(), "host": platform.node()}
     if cfg.train.resume and previous.get("status"):
         record["resumed_from_status"] = previous["status"]
     return write_record(run_dir, record)
+
+
+def check_not_finished(previous: dict, run_dir: Path) -> None:
+    """Refuse to train afresh into a folder that holds a completed run or a trained adapter: it would be replaced.
+    A failed or interrupted run's folder may be trained into afresh, as before."""
+    from ..run_layout import RunFolderError, adapter_dir
+
+    adapter = adapter_dir(run_dir)
+    if previous.get("status") == "completed" or adapter.is_dir():
+        what = "a completed run" if previous.get("status") == "completed" else f"a trained adapter ({adapter})"
+        raise RunFolderError(
+            f"{run_dir} holds {what}; training into it again would replace it. Pass --resume (train.resume) to "
+            f"continue it from its last checkpoint, --overwrite (train.overwrite) to replace it, or train into "
+            f"another output_dir")
 
 
 def check_resumable(cfg: RunConfig, previous: dict, run_dir: Path) -> None:

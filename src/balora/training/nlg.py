@@ -134,8 +134,8 @@ def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path
     model = load_base_model(model_path, "nlg", dtype=cfg.model.dtype, gguf_file=cfg.model.gguf_file)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # generation pads with it
-    model = pipeline.prepare_method(cfg, model, len(train_ds), run_dir)
     collator = DataCollatorForResponseOnly(tokenizer)
+    model = pipeline.prepare_method(cfg, model, len(train_ds), run_dir, train_data=(train_ds, collator))
     trainer = build_trainer(cfg, model, train_ds, None, collator, tokenizer, callbacks=extra_callbacks)
     log_history, seconds = pipeline.train(cfg, trainer, run_dir)
     result = NLGResult(run_dir=str(run_dir), log_history=log_history, train_seconds=seconds,

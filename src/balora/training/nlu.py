@@ -222,7 +222,8 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     use_cache = (cfg.train.cached_reference_epochs > 0 and cfg.train.epochs >= cfg.train.cached_reference_epochs
                  and balora_cfg.reference == "auto" and not data.regression and cfg.train.max_steps <= 0
                  and not has_dropout(model)) or balora_cfg.reference == "cached"
-    model = pipeline.prepare_method(cfg, model, len(encoded["train"]), run_dir, balora=balora_cfg)
+    model = pipeline.prepare_method(cfg, model, len(encoded["train"]), run_dir, balora=balora_cfg,
+                                    train_data=(encoded["train"], collator))
     info = model.balora
     reference = info.reference
     if use_cache and info.regularized:

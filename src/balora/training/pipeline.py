@@ -27,29 +27,43 @@ from .run_config import RunConfig
 
 @contextlib.contextmanager
 def open_run(cfg: RunConfig, has_eval: bool) -> Iterator[Path]:
-    """Check the settings, create the run folder (record ``running``) and mark it ``failed`` on any error."""
+    """Check the settings, create the run folder (record ``running``) and mark it ``failed`` on any error.
+
+    The folder's lock is held for the whole run (:func:`balora.run_layout.hold_run_dir`): a second training into
+    it fails at once, and so does one into a folder holding a completed run (see
+    :func:`balora.training.common.start_run`).
+    """
+    from ..run_layout import hold_run_dir
+
     check_runtime(cfg, has_eval)
-    run_dir = Path(cfg.train.output_dir)
-    start_run(cfg, run_dir)
-    with mark_failure(run_dir):
-        yield run_dir
+    with hold_run_dir(cfg.train.output_dir) as run_dir:
+        start_run(cfg, run_dir)
+        with mark_failure(run_dir):
+            yield run_dir
 
 
-def prepare_method(cfg: RunConfig, model: Any, n_train: int, run_dir: Path, balora: Any = None) -> Any:
+def prepare_method(cfg: RunConfig, model: Any, n_train: int, run_dir: Path, balora: Any = None,
+                   train_data: Any = None) -> Any:
     """:func:`balora.methods.prepare_model` with the run's method settings; saves a residual init's step-0 adapter.
 
     ``balora``: the :class:`~balora.config.BALoRAConfig` (default ``cfg.balora_config()``).
+    ``train_data``: ``(train dataset, collator)``; the data-driven inits (corda, eva, lora-ga) draw
+    ``method.init_batches`` batches of ``train.batch_size`` from it, seeded with ``train.seed``.
     """
     import torch
 
-    from ..methods import prepare_model
+    from ..inits import needs_data, sample_batches
+    from ..methods import parse_method, prepare_model
     from ..reference import init_modifies_base
 
+    init_batches = None
+    if needs_data(parse_method(cfg.method.name)[0]) and train_data is not None:
+        init_batches = sample_batches(*train_data, cfg.method.init_batches, cfg.train.batch_size, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)  # the adapter init (and pissa_niter's sketch) is reproducible on resume
     model = prepare_model(model, cfg.method.name, r=cfg.method.r, alpha=cfg.method.alpha,
                           target_modules=cfg.method.target_modules, dropout=cfg.method.dropout,
                           pissa_niter=cfg.method.pissa_niter,
-                          balora=cfg.balora_config() if balora is None else balora,
+                          balora=cfg.balora_config() if balora is None else balora, init_batches=init_batches,
                           **peft_extra_kwargs(cfg.method.name, cfg.train.total_steps(n_train)))
     if getattr(model, "peft_config", None) and init_modifies_base(model.peft_config["default"]):
         save_run_adapters(model, run_dir, initial=True)

@@ -158,12 +158,15 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = help_field("Method: lora, pissa, ba-lora, dora, loha, adalora, <peft method>+reg, full, bitfit, houlsby, pfeiffer.", default="ba-lora")
+    name: str = help_field("Method: lora, pissa, ba-lora, dora, loha, adalora, the rival inits olora, milora, corda, eva, "
+                           "lora-ga (docs/method.md), <peft method>+reg, full, bitfit, houlsby, pfeiffer.", default="ba-lora")
     r: int = help_field("Adapter rank.", default=8)
     alpha: Optional[float] = help_field("LoRA alpha (scaling alpha / r); default r.", default=None)
     target_modules: Union[str, list[str]] = help_field("Adapted modules: 'all-linear' (paper) or a list of names.", default="all-linear")
     dropout: float = help_field("Adapter dropout (paper: 0).", default=0.0)
     pissa_niter: Optional[int] = help_field("PiSSA: fast randomised SVD with this many subspace iterations (peft pissa_niter_K); exact SVD when empty.", default=None)
+    init_batches: int = help_field("corda, eva, lora-ga: initialise the adapter from this many training batches "
+                                   "(train.batch_size each, drawn with train.seed).", default=8)
     head_warmup: str = help_field("NLU: fit the classifier head alone on frozen pooled features of the training set before "
                              "the adapters train (LP-FT): 'logreg' (scikit-learn logistic regression; ridge for "
                              "regression) or 'none' (random head). The consistency term's reference then uses the "
@@ -180,6 +183,8 @@ class MethodConfig:
             raise ValueError(f"method.head_warmup must be one of {', '.join(HEAD_WARMUPS)}, got {self.head_warmup!r}")
         if self.r < 1:
             raise ValueError(f"method.r must be >= 1, got {self.r}")
+        if self.init_batches < 1:
+            raise ValueError(f"method.init_batches must be >= 1, got {self.init_batches}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"method.dropout must be in [0, 1), got {self.dropout}")
 
@@ -204,6 +209,7 @@ class TrainConfig:
     tensorboard: bool = help_field("Also log to TensorBoard under output_dir/tb.", default=False)
     progress: bool = help_field("Show progress bars.", default=True)
     resume: bool = help_field("Resume from the last checkpoint in output_dir when there is one.", default=False)
+    overwrite: bool = help_field("Train afresh into an output_dir that holds a completed run, removing its record, adapters and checkpoints first (without it such a folder is refused).", default=False)
     cached_reference_epochs: float = help_field("NLU: use cached per-example teacher logits (balora.reference='cached') when training for at least this many epochs and the model has no active dropout (a cache cannot replay the student's dropout masks, docs/method.md); 0 = never switch automatically.", default=2.0)
 
     def __post_init__(self) -> None:
