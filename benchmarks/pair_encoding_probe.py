@@ -1,4 +1,4 @@
-"""How much a frozen encoder knows about a GLUE sentence-pair task, by pair encoding (issue 14, RTE).
+"""How much a frozen encoder knows about a GLUE sentence-pair task, by pair encoding (RTE).
 
 Linear probes (scikit-learn logistic regression, C chosen by 3-fold cross-validation on the training set) on
 frozen, mean-pooled features of the packaged all-MiniLM-L6-v2, scored on the dev set next to the majority rate:

@@ -1,4 +1,4 @@
-"""How the NLG terms' cost grows with trained positions M, vocabulary V and hidden size d (issue 6).
+"""How the NLG terms' cost grows with trained positions M, vocabulary V and hidden size d.
 
 Synthetic hidden states ``H`` (M x d) and a random frozen output layer ``W`` (V x d). Each term is timed
 for forward + backward (process CPU seconds, one intra-op thread by default) and its transient peak
@@ -80,14 +80,10 @@ def _available_bytes() -> float:
 
 
 def _timed(fn: Callable[[], None]) -> tuple[float, float]:
-    from balora.bench.overhead import _current_rss_mb, _trim_heap
-
-    _trim_heap()
-    before = _current_rss_mb()
     cpu = time.process_time()
     with measure("cpu") as m:
         fn()
-    return time.process_time() - cpu, max(m.peak_mb - before, 0.0)
+    return time.process_time() - cpu, max(m.transient_mb, 0.0)
 
 
 def run_op(op: str, m: int, v: int, d: int, chunk: int, gen: torch.Generator) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Opt-in teacher reuse for NLG (issue 15.3): error of the top-k cached teacher against the exact KL term.
+"""Opt-in teacher reuse for NLG: error of the top-k cached teacher against the exact KL term.
 
 The exact consistency term needs the teacher's full distribution at every trained position, i.e. a
 reference forward pass per step. Cached top-k teacher log-probabilities (+ the tail mass,

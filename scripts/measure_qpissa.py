@@ -48,7 +48,7 @@ def batch_of(tok, seq: int) -> dict:
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
 
 
-def step_times(model, batch: dict, steps: int) -> list[float]:
+def step_times(model, objective, batch: dict, steps: int) -> list[float]:
     from datasets import Dataset
     from transformers import TrainerCallback, TrainingArguments
 
@@ -69,7 +69,7 @@ def step_times(model, batch: dict, steps: int) -> list[float]:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=len(batch["input_ids"]), max_steps=steps,
                                  learning_rate=1e-4, logging_steps=steps, report_to=[], save_strategy="no",
                                  use_cpu=True, remove_unused_columns=False, disable_tqdm=True)
-        trainer = BALoRATrainer(model=model, args=args, callbacks=[Clock()],
+        trainer = BALoRATrainer(model=model, objective=objective, args=args, callbacks=[Clock()],
                                 train_dataset=Dataset.from_dict({"i": list(range(steps * len(batch["input_ids"])))}),
                                 data_collator=lambda rows: {k: v.clone() for k, v in batch.items()})
         trainer.train()
@@ -102,12 +102,13 @@ def main(argv=None) -> int:
     for label, method, scheme in settings:
         model, _, _ = load(args.layers)
         t0 = time.perf_counter()
-        model = prepare_model(model, method, r=args.r, balora=cfg, quantize=scheme, quantize_group_size=args.group_size)
+        prepared = prepare_model(model, method, r=args.r, config=cfg, quantize=scheme, quantize_group_size=args.group_size)
+        model = prepared.model
         prep = time.perf_counter() - t0
         row = {"setting": label, "method": method, "quantize": scheme, "prepare_s": round(prep, 2),
                "base_mib": round(base_bytes(model) / 2**20, 2)}
         model.eval()
-        dev = reference_deviation(model, original, batch)
+        dev = reference_deviation(model, original, batch, prepared.reference)
         row.update({k: float(f"{v:.4g}") for k, v in dev.items()})
         if scheme:
             err = quantization_errors(model, weights, scheme, args.group_size,
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
             row.update({"rel_error_model": float(f"{(err.qpissa if method == 'ba-lora' else err.qlora):.4g}"),
                         "rel_error_qpissa": float(f"{err.qpissa:.4g}"), "rel_error_qlora": float(f"{err.qlora:.4g}"),
                         "layers": err.layers})
-        times = step_times(model.train(), batch, args.steps)
+        times = step_times(model.train(), prepared.objective(), batch, args.steps)
         row["step_s_median"] = round(statistics.median(times), 3)
         rows.append(row)
         print(json.dumps(row), flush=True)

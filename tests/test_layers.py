@@ -28,9 +28,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli", "options_doc"),
 ]
 FOUNDATION = {"_fields", "atomic", "config_io", "config", "peft_compat", "regularizers", "fused", "distributed",
-              "profiling", "schedules"}
-CORE = {"reference", "objectives", "heads", "baselines", "methods", "trainer", "models", "run_layout", "quant",
-        "sharding", "inits"}
+              "profiling", "schedules", "pooling"}
+CORE = {"reference", "objectives", "heads", "classifier_loading", "baselines", "methods", "trainer", "models",
+        "run_layout", "quant", "sharding", "inits"}
 
 
 def part_of(module: str) -> str:

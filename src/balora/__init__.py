@@ -4,6 +4,9 @@ Public API::
 
     from balora import BALoRAConfig, prepare_model, BALoRATrainer, regularizers
     from balora import export_adapter          # PiSSA -> plain LoRA for the original base, merge
+
+    prepared = prepare_model(model, "ba-lora", r=8, config=BALoRAConfig(...))   # a PreparedModel
+    trainer = BALoRATrainer(model=prepared.model, objective=prepared.objective(), args=args, ...)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "BALoRAConfig": ("balora.config", "BALoRAConfig"),
     "prepare_model": ("balora.methods", "prepare_model"),
+    "PreparedModel": ("balora.methods", "PreparedModel"),
     "METHODS": ("balora.methods", "METHODS"),
     "BALoRATrainer": ("balora.trainer", "BALoRATrainer"),
     "TeacherCache": ("balora.reference", "TeacherCache"),

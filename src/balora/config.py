@@ -205,6 +205,9 @@ class BALoRAConfig:
             raise ValueError(f"BALoRAConfig.fused_nlg must be True, False or 'auto', got {self.fused_nlg!r}")
         if self.entropy_top_k != 0:
             _check_int(self, "entropy_top_k", 2)
+            if self.fused_nlg is True:
+                raise ValueError(f"BALoRAConfig.fused_nlg=True computes the full-vocabulary entropy only, but "
+                                 f"entropy_top_k={self.entropy_top_k}: set fused_nlg 'auto' or False, or entropy_top_k 0")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
             raise ValueError(f"BALoRAConfig.temperature must be > 0, got {self.temperature!r}")
 

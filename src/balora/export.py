@@ -284,7 +284,7 @@ def model_card(record: dict, adapter_config: dict, merged: bool = False, dataset
                   + (", and encodes the two sentences of a pair separately (**siamese**: the head sees "
                      "(u, v, |u - v|, u * v); inputs `input_ids`/`attention_mask` and `input_ids_b`/`attention_mask_b`)"
                      if siamese else "")
-                  + ": load the base with `balora.heads.load_classifier(base, num_labels, "
+                  + ": load the base with `balora.classifier_loading.load_classifier(base, num_labels, "
                   f"pooling='{pooling}'" + (", pair_encoding='siamese'" if siamese else "")
                   + ")` before `PeftModel.from_pretrained`"
                   + (" (`merged/` loads with `load_classifier(merged_dir, num_labels)`)." if merged else "."), ""]
@@ -297,8 +297,9 @@ def model_card(record: dict, adapter_config: dict, merged: bool = False, dataset
     lines += ["## Method", f"- method: `{method}`",
               f"- adapter: r = {adapter_config.get('r')}, alpha = {adapter_config.get('lora_alpha')}, "
               f"targets = {targets}"]
-    if record.get("balora"):
-        lines.append("- regularisers: " + ", ".join(f"{k} = {v}" for k, v in record["balora"].items()
+    regularizers = record.get("regularizers") or record.get("balora")  # "balora": the key of earlier run records
+    if regularizers:
+        lines.append("- regularisers: " + ", ".join(f"{k} = {v}" for k, v in regularizers.items()
                                                     if k.startswith(("lambda_", "svd_", "temperature", "schedule", "reference"))))
     lines += ["", "## Data", f"- {record.get('data', 'unknown')}"]
     if datasets:

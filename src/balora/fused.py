@@ -18,16 +18,25 @@ computed once): the singular values of ``Z`` are those of the small ``M x d`` ma
 ``||Z||_F = ||H R^T||_F``; a bias is handled by appending it as an extra column (``[H, 1] [W, b]^T``).
 A randomised estimate on the small factor has the same distribution as one on ``Z``, because
 ``Q^T Omega`` is again Gaussian for a Gaussian sketch ``Omega``.
+
+Also here: :func:`svd_term` (the SVD term on that small factor) and the checks that the fused path applies to a
+model (:func:`static_head_check` before a forward pass, :func:`measured_head_check` on the first one).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
+
+from . import regularizers as R
+from .peft_compat import tensor_version
+
+if TYPE_CHECKING:
+    from .config import BALoRAConfig
 
 
 @dataclass
@@ -70,7 +79,7 @@ def use_fused_nlg(setting: "bool | str", device: "torch.device | str | None" = N
 
     ``"auto"`` picks the fused path on every device: on CPU it is measured faster and leaner than full
     logits (docs/overhead.md); on CUDA, with its matmuls in the compute dtype and no per-step fp32 copy
-    of the output layer, it avoids the unfused path's full-logit memory (1.4x PiSSA's peak in issue 15)
+    of the output layer, it avoids the unfused path's full-logit memory (measured on a GPU at 1.4x PiSSA's peak)
     at about the cost of the HF full-logits CE. ``scripts/gpu_check.sh`` measures both on a GPU
     (``ba-lora`` vs ``ba-lora-unfused``) so this choice can be revisited per device from numbers.
     """
@@ -87,7 +96,7 @@ class _FusedLMLoss(torch.autograd.Function):
     # entropy and the KL use batched dot products instead of (n, V) products; the logit gradient
     # p * (1/N + l2/M (log p + H) + l1/M) - l1/M q - onehot/N is assembled in place in the buffer of the
     # fp32 logits (no longer needed), so a chunk makes ~10 passes over (n, V) memory instead of ~25.
-    # Precision (issue 15): the two vocabulary matmuls (logits = H W^T, grad_H = G W) run in the compute
+    # Precision: the two vocabulary matmuls (logits = H W^T, grad_H = G W) run in the compute
     # dtype (bf16 on a bf16 model: tensor cores, fp32 accumulation on CUDA), everything vocabulary-wise
     # after them (log-softmax, log-sum-exp, KL, entropy, the logit gradient) on the fp32 upcast of the
     # chunk's logits; sums are fp32 device tensors (no host synchronisation: no .item(), no tensor truth
@@ -186,7 +195,7 @@ class _FusedLMLoss(torch.autograd.Function):
 
 @dataclass
 class TeacherTopK:
-    """A teacher's distributions kept as their top-k tokens (opt-in teacher reuse, issue 15.3).
+    """A teacher's distributions kept as their top-k tokens (opt-in teacher reuse).
 
     ``indices`` (M, k) are token ids, ``logprobs`` (M, k) the teacher's log-probabilities of them at the
     KL temperature (fp32), ``log_tail`` (M,) the log of the mass of every other token (computed from the
@@ -291,7 +300,8 @@ class OutputFactor:
         self._r: Optional[torch.Tensor] = None
 
     def r_factor(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        key = (weight.data_ptr(), weight._version, tuple(weight.shape), None if bias is None else bias._version)
+        key = (weight.data_ptr(), tensor_version(weight), tuple(weight.shape),
+               None if bias is None else tensor_version(bias))
         if self._key != key or self._r is None:
             w = weight.detach().float()
             if bias is not None:
@@ -306,3 +316,57 @@ class OutputFactor:
         if bias is not None:
             h = torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)
         return h @ self.r_factor(weight, bias).T
+
+
+def svd_term(small: torch.Tensor, cfg: BALoRAConfig) -> torch.Tensor:
+    """NLG SVD term on the small factor ``H R^T`` of the logits (same singular values and Frobenius norm)."""
+    s = R.singular_values(small, cfg.svd_top_k, cfg.svd_estimator, cfg.svd_oversampling, cfg.svd_niter)
+    norm = torch.linalg.matrix_norm(small) if cfg.svd_normalizer == "fro" else None
+    # k is clipped against the logit matrix (M x V); V > d here, so min(M, d) bounds the rank.
+    return -R.svd_share(s, R.effective_k(cfg.svd_top_k, *small.shape), denominator=norm)
+
+
+# ------------------------------------------------------------------ is the fused path applicable?
+@dataclass
+class HeadCheck:
+    """Whether the model's logits are ``scale * (W h + b)`` of its last hidden state (decided once per model)."""
+
+    ok: bool
+    scale: float = 1.0
+    reason: str = ""
+
+
+def static_head_check(model) -> HeadCheck:
+    """What can be decided without a forward pass: a plain frozen linear output layer, no soft-capping."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear:
+        return HeadCheck(False, reason=f"the output layer is {type(head).__name__}, not a plain nn.Linear")
+    if head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad):
+        return HeadCheck(False, reason="the output layer is trained (the fused path needs it frozen)")
+    if "adalora" in type(model).__module__:
+        return HeadCheck(False, reason="AdaLoRA model")
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if softcap is not None:
+        return HeadCheck(False, reason=f"logit soft-capping (final_logit_softcapping={softcap}) is not linear")
+    return HeadCheck(True)
+
+
+@torch.no_grad()
+def measured_head_check(logits_last: torch.Tensor, hidden_last: torch.Tensor, weight: torch.Tensor,
+                        bias: Optional[torch.Tensor]) -> HeadCheck:
+    """Compare the model's own last-position logits with ``W h + b``: equal, a scalar multiple (Granite's
+    ``logits_scaling``, Cohere's ``logit_scale``: applied to ``h`` and ``b``), or anything else (unfusable)."""
+    lin = F.linear(hidden_last.float(), weight.float(), None if bias is None else bias.float())
+    own = logits_last.float()
+    if own.shape != lin.shape:
+        return HeadCheck(False, reason=f"the model's logits {tuple(own.shape)} are not the output layer's {tuple(lin.shape)}")
+    scale = (own * lin).sum() / (lin * lin).sum().clamp_min(1e-30)
+    err = (own - scale * lin).abs().max() / own.abs().max().clamp_min(1e-30)
+    scale_f, err_f = float(scale), float(err)  # once per model
+    tol = 1e-4 if hidden_last.dtype == torch.float32 and weight.dtype == torch.float32 else 3e-2
+    if not err_f <= tol:
+        return HeadCheck(False, reason=f"the model's logits are not a linear map of its last hidden state "
+                                       f"(relative difference {err_f:.3g} after the best scale {scale_f:.4g})")
+    if abs(scale_f - 1.0) <= tol:
+        return HeadCheck(True)
+    return HeadCheck(True, scale=scale_f, reason=f"logits scaled by {scale_f:.6g} after the output layer")

@@ -12,8 +12,12 @@ Methods (``METHODS``):
 * baselines without peft: ``full`` (full fine-tuning), ``bitfit``, ``houlsby`` and ``pfeiffer``
   (bottleneck adapters, see :mod:`balora.baselines`).
 
-The returned model carries ``model.balora`` (a :class:`MethodInfo`): whether the regularisers are on and
-how the pretrained reference is computed. :class:`balora.BALoRATrainer` reads it.
+``prepare_model`` returns a :class:`PreparedModel`: the model to train, what was done to it (:class:`MethodInfo`),
+the regulariser settings and the pretrained reference; nothing is attached to the module. Its
+:meth:`~PreparedModel.objective` is the loss component handed to the trainer::
+
+    prepared = prepare_model(model, "ba-lora", r=8, config=BALoRAConfig(lambda_consistency=0.1))
+    trainer = BALoRATrainer(model=prepared.model, objective=prepared.objective(), args=args, ...)
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from torch import nn
 
 from .config import BALoRAConfig
 from .inits import INIT_METHODS
-from .reference import ReferenceSpec, reference_spec_for
+from .objectives import Objective, make_objective
+from .reference import ReferenceSpec, choose_reference, reference_spec_for
 
 PEFT_METHODS = ("lora", "pissa", "dora", "loha", "adalora") + INIT_METHODS
 BASELINES = ("full", "bitfit", "houlsby", "pfeiffer")
@@ -43,15 +48,32 @@ def table_order_key(method: str) -> tuple[int, str]:
 
 @dataclass
 class MethodInfo:
-    """What prepare_model did; read by the trainer and written into run records and model cards."""
+    """What prepare_model did; written into run records and model cards."""
 
     method: str
     base_method: str
     regularized: bool
     task_type: Optional[str]
-    reference: Optional[ReferenceSpec] = None
-    balora: Optional[BALoRAConfig] = None
     adapter_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedModel:
+    """What :func:`prepare_model` made: the model to train and, apart from it, the settings of the run.
+
+    ``config``: the regulariser settings (``None`` when the method has no regularisers); ``reference``: the pretrained
+    reference of the consistency term (``None`` without regularisers; a ``cached`` one is filled with
+    :meth:`~balora.reference.ReferenceSpec.fill` and passed to :meth:`objective`)."""
+
+    model: nn.Module
+    info: MethodInfo
+    config: Optional[BALoRAConfig] = None
+    reference: Optional[ReferenceSpec] = None
+
+    def objective(self, reference: Optional[ReferenceSpec] = None) -> Objective:
+        """The loss component for ``BALoRATrainer(objective=...)``: the task loss plus, for a regularised method,
+        the BA-LoRA terms on ``reference`` (default: the one prepare_model set up)."""
+        return make_objective(self.model, self.config, reference or self.reference)
 
 
 def parse_method(method: str) -> tuple[str, bool]:
@@ -67,12 +89,15 @@ def parse_method(method: str) -> tuple[str, bool]:
 
 
 def infer_task_type(model: nn.Module) -> Optional[str]:
-    """peft task type from the model class: SEQ_CLS, CAUSAL_LM or None (feature extraction, custom)."""
-    cls = type(model).__name__
-    if cls.endswith("ForSequenceClassification") or cls == "PooledClassifier":
-        return "SEQ_CLS"
-    if cls.endswith("ForCausalLM") or cls.endswith("LMHeadModel"):
-        return "CAUSAL_LM"
+    """peft task type from the model class, looking through peft wrappers: SEQ_CLS, CAUSAL_LM or None."""
+    inner = model
+    for attr in ("base_model", "model", None):
+        cls = type(inner).__name__
+        if cls.endswith("ForSequenceClassification") or cls == "PooledClassifier":
+            return "SEQ_CLS"
+        if cls.endswith("ForCausalLM") or cls.endswith("LMHeadModel"):
+            return "CAUSAL_LM"
+        inner = getattr(inner, attr, inner) if attr else inner
     return None
 
 
@@ -86,14 +111,14 @@ def prepare_model(
     pissa_niter: Optional[int] = None,
     modules_to_save: Optional[list[str]] = None,
     task_type: Optional[str] = None,
-    balora: Optional[BALoRAConfig] = None,
+    config: Optional[BALoRAConfig] = None,
     reference: Optional[str] = None,
     quantize: Optional[str] = None,
     quantize_group_size: int = 128,
     init_batches: Optional[list[dict]] = None,
     **peft_kwargs: Any,
-) -> nn.Module:
-    """Wrap ``model`` for training with ``method``; returns the (peft) model with ``.balora`` info.
+) -> PreparedModel:
+    """Wrap ``model`` for training with ``method``; returns a :class:`PreparedModel` (model, info, config, reference).
 
     Args:
         model: a transformers model (sequence classification or causal LM), in fp32 for the paper's setup.
@@ -105,8 +130,10 @@ def prepare_model(
         pissa_niter: for PiSSA inits, use peft's fast randomised ``pissa_niter_K`` instead of the exact SVD.
         modules_to_save: extra fully-trained modules (peft adds the classification head for SEQ_CLS).
         task_type: peft task type; inferred from the model class when omitted.
-        balora: regulariser options; defaults to ``BALoRAConfig(task="nlu" | "nlg")`` from the task type.
-        reference: override ``balora.reference`` (``auto``, ``adapter``, ``disable``, ``cached``, ``model``).
+        config: regulariser options; defaults to ``BALoRAConfig(task="nlu" | "nlg")`` from the task type. Used by
+            the regularised methods only (``PreparedModel.config`` is None for the others).
+        reference: the reference mode, overriding ``config.reference`` (``auto``, ``adapter``, ``disable``,
+            ``cached``, ``model``); :func:`balora.reference.choose_reference` decides a run's.
         quantize: ``"int8"`` / ``"int4"``: quantise the frozen base of the adapted layers AFTER the adapter
             init (QPiSSA for PiSSA inits: the SVD sees the full-precision weight, only the residual is
             quantised; QLoRA-style for ``lora``), see :mod:`balora.quant` (torchao). LoRA/PiSSA only.
@@ -122,15 +149,15 @@ def prepare_model(
         raise ValueError(f"quantize={quantize!r} is offered for the lora and pissa methods (and their +reg, ba-lora); "
                          f"got method {method!r}")
     task_type = task_type or infer_task_type(model)
-    if balora is None:
-        balora = BALoRAConfig(task="nlg" if task_type == "CAUSAL_LM" else "nlu")
-    ref_mode = reference or balora.reference
-    if regularized and ref_mode == "cached" and (balora.task == "nlg" or task_type == "CAUSAL_LM"):
-        raise ValueError("reference='cached' stores per-example NLU outputs (logits of a classification head); "
-                         "it is not available for NLG (causal LMs): use reference='auto'")
+    if config is None:
+        config = BALoRAConfig(task="nlg" if task_type == "CAUSAL_LM" else "nlu")
+    ref_mode = None
+    if regularized:
+        task = "nlg" if config.task == "nlg" or task_type == "CAUSAL_LM" else "nlu"
+        ref_mode = choose_reference(reference or config.reference, task)
 
     original = None
-    if regularized and ref_mode == "model":
+    if ref_mode == "model":
         import copy
 
         original = copy.deepcopy(model).eval().requires_grad_(False)
@@ -139,35 +166,31 @@ def prepare_model(
         if regularized:
             raise ValueError(f"+reg is offered for peft adapters {PEFT_METHODS}, not for {base_method!r}")
         model = _apply_baseline(model, base_method, task_type, **peft_kwargs)
-        model.balora = MethodInfo(method, base_method, False, task_type)
-        return model
+        return PreparedModel(model, MethodInfo(method, base_method, False, task_type))
 
     from .heads import PooledClassifier, linear_targets
     from .inits import init_adapter
 
     if isinstance(model, PooledClassifier) and target_modules == "all-linear":
         target_modules = linear_targets(model)  # peft's "all-linear" keeps the head out only for PreTrainedModel
-    config = _peft_config(base_method, r, alpha, target_modules, dropout, pissa_niter, modules_to_save, task_type, **peft_kwargs)
-    model = init_adapter(model, config, base_method, init_batches)
-    spec = None
-    if regularized:
-        spec = ReferenceSpec(mode="model", model=original) if ref_mode == "model" else reference_spec_for(model, ref_mode)
+    peft_config = _peft_config(base_method, r, alpha, target_modules, dropout, pissa_niter, modules_to_save, task_type,
+                               **peft_kwargs)
+    model = init_adapter(model, peft_config, base_method, init_batches)
+    spec = reference_spec_for(model, ref_mode, original=original) if regularized else None
     if quantize is not None:  # after the init and the reference copy: only the (residual) base is quantised
         from .quant import quantize_base
 
         quantize_base(model, quantize, quantize_group_size)
-    model.balora = MethodInfo(
+    info = MethodInfo(
         method=method,
         base_method=base_method,
         regularized=regularized,
         task_type=task_type,
-        reference=spec,
-        balora=balora if regularized else None,
         adapter_kwargs={"r": r, "alpha": alpha if alpha is not None else r, "target_modules": target_modules,
                         "dropout": dropout, "pissa_niter": pissa_niter, **peft_kwargs,
                         **({"quantize": quantize, "quantize_group_size": quantize_group_size} if quantize else {})},
     )
-    return model
+    return PreparedModel(model, info, config if regularized else None, spec)
 
 
 def _peft_config(

@@ -51,7 +51,7 @@ def load_base_model(name_or_path: str, kind: str, num_labels: Optional[int] = No
     if kind == "nlu":
         if num_labels is None:
             raise ValueError("num_labels is needed for a sequence-classification model")
-        from .heads import load_classifier
+        from .classifier_loading import load_classifier
 
         model = load_classifier(name_or_path, num_labels, pooling, problem_type=problem_type,
                                 pair_encoding=pair_encoding, **kwargs)
@@ -62,7 +62,7 @@ def load_base_model(name_or_path: str, kind: str, num_labels: Optional[int] = No
     else:
         raise ValueError(f"kind must be 'nlu' or 'nlg', got {kind!r}")
     if gguf_file:  # a dequantised GGUF model is a plain float model from here on
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        from .peft_compat import drop_hf_quantizer
+
+        drop_hf_quantizer(model)
     return model

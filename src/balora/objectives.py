@@ -1,28 +1,22 @@
-"""Training objectives: one small object per path, each computing ``(loss, outputs, terms)`` for a micro-batch.
+"""Training objectives: the loss component :class:`balora.BALoRATrainer` runs, one small object per path, each
+computing ``(loss, outputs, terms)`` for a micro-batch.
 
-* :class:`NLUObjective`: classification (and any model that returns ``loss``): the terms act on the
-  ``(N, C)`` logits;
+* :class:`NLUObjective`: classification (and any model that returns ``loss``): the terms act on the ``(N, C)`` logits;
 * :class:`RegressionObjective`: regression heads (C = 1): the terms act on the pooled head inputs;
 * :class:`NLGObjective`: causal LMs from full ``(B, T, V)`` logits (:mod:`balora.regularizers`);
-* :class:`FusedNLGObjective`: causal LMs from the final hidden states (:mod:`balora.fused`), falling back
-  to :class:`NLGObjective` (with a logged reason) when the output layer is not a plain linear map.
+* :class:`FusedNLGObjective`: causal LMs from the final hidden states (:mod:`balora.fused`), falling back to
+  :class:`NLGObjective` (with a logged reason) when the output layer is not a plain linear map.
 
-Every method goes through them (baselines with all lambdas 0), so every method is normalised the same
-way. :class:`BALoRATrainer` keeps the lambda schedule, the NaN policy (:class:`balora.trainer.TermGuard`,
-passed in the :class:`StepContext`) and the logging.
-
-Normalisation (docs/method.md, "Averaging over micro-batches and ranks"): with gradient accumulation A and
-P data-parallel ranks, DDP averages gradients over ranks and Trainer sums micro-batch gradients. A term
-that is a mean over items (examples for NLU, trained positions for NLG) is multiplied by
-``P * n_local / N`` (:meth:`Normalizer.share`), N the items of the whole optimizer step over all
-micro-batches and ranks: the sum over micro-batches and the rank average then give exactly the mean over
-the N items, as one batch of B*A*P would. Batch statistics (covariance, SVD) are computed on the micro-batch
-gathered over ranks; their weight is the micro-batch's share of the step's items
-(:meth:`Normalizer.stat_share`), which is exactly 1 without accumulation.
+:func:`make_objective` chooses one, once, from the regulariser settings (a :class:`~balora.config.BALoRAConfig`, or
+none: the task loss alone), the pretrained reference and the model; :meth:`balora.methods.PreparedModel.objective`
+calls it. Every method goes through them (baselines with all lambdas 0), so every method is normalised the same way
+(:class:`balora.distributed.Normalizer`). The trainer keeps the lambda schedule, the NaN policy
+(:class:`balora.trainer.TermGuard`, passed in the :class:`StepContext`) and the logging.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -32,65 +26,16 @@ import torch.nn.functional as F
 
 from . import regularizers as R
 from .config import BALoRAConfig
-from .distributed import all_reduce_sum, gather_rows, is_distributed
-from .fused import FusedTerms, OutputFactor, fused_lm_terms
+from .distributed import Normalizer, gather_rows, is_distributed, rows_of
+from .fused import (FusedTerms, HeadCheck, OutputFactor, fused_lm_terms, measured_head_check, static_head_check,
+                    svd_term)
+from .pooling import head_rows, hook_head_inputs
 from .reference import ReferenceSpec, RngState, has_dropout
 
 logger = logging.getLogger(__name__)
 
 Weight = Union[float, torch.Tensor]
 Terms = dict[str, tuple[torch.Tensor, Weight]]  # name -> (unweighted value, detached; weight in the step)
-
-
-# ------------------------------------------------------------------------------------ normalisation
-@dataclass
-class Normalizer:
-    """Item counts of one optimizer step (all micro-batches, all ranks); ``None`` = this micro-batch alone."""
-
-    world: int = 1
-    rows: Optional[torch.Tensor] = None  # examples
-    tokens: Optional[torch.Tensor] = None  # trained positions (labels[:, 1:] != -100)
-
-    @classmethod
-    def for_batches(cls, batches: list, world: int, device: Any) -> "Normalizer":
-        """Counts of the micro-batches Trainer prefetched for one optimizer step, summed over ranks (one
-        all-reduce, no host synchronisation)."""
-        rows, tokens = 0, torch.zeros((), dtype=torch.long, device=device)
-        for batch in batches:
-            rows += _rows(batch)
-            labels = batch.get("labels") if hasattr(batch, "get") else None
-            if torch.is_tensor(labels) and labels.dim() == 2:
-                tokens = tokens + labels[:, 1:].ne(-100).sum().to(device)
-        counts = torch.stack([torch.tensor(rows, device=device), tokens]).to(torch.float32)
-        counts = all_reduce_sum(counts)
-        return cls(world=world, rows=counts[0], tokens=counts[1])
-
-    def share(self, local: Union[int, torch.Tensor], kind: str) -> Weight:
-        """Weight of a mean over ``local`` items of this micro-batch: ``P * local / N`` (1 for a lone batch)."""
-        total = getattr(self, kind)
-        if total is None:
-            return 1.0
-        return self.world * local / total.clamp_min(1)
-
-    def stat_share(self, rows: int, kind: str, gathered: bool) -> Weight:
-        """Weight of a batch statistic over ``rows`` items (gathered over ranks, or this rank's only).
-
-        Gathered: every rank computes the same term and its gradient reaches each rank's rows P times
-        (all_gather's backward sums), which DDP's average divides back, so the weight is ``rows / N``.
-        Per rank: ``P * rows / N``, as for a mean."""
-        total = getattr(self, kind)
-        if total is None:
-            return 1.0
-        return (1 if gathered else self.world) * rows / total.clamp_min(1)
-
-
-def _rows(batch: Any) -> int:
-    for key in ("input_ids", "labels", "inputs_embeds"):
-        value = batch.get(key) if hasattr(batch, "get") else None
-        if torch.is_tensor(value):
-            return int(value.shape[0])
-    first = next(v for v in batch.values() if torch.is_tensor(v))
-    return int(first.shape[0])
 
 
 @dataclass
@@ -111,14 +56,6 @@ def causal_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, -2), shifted.flatten(), ignore_index=-100, reduction="sum")
 
 
-def svd_term(small: torch.Tensor, cfg: BALoRAConfig) -> torch.Tensor:
-    """NLG SVD term on the small factor ``H R^T`` of the logits (same singular values and Frobenius norm)."""
-    s = R.singular_values(small, cfg.svd_top_k, cfg.svd_estimator, cfg.svd_oversampling, cfg.svd_niter)
-    norm = torch.linalg.matrix_norm(small) if cfg.svd_normalizer == "fro" else None
-    # k is clipped against the logit matrix (M x V); V > d here, so min(M, d) bounds the rank.
-    return -R.svd_share(s, R.effective_k(cfg.svd_top_k, *small.shape), denominator=norm)
-
-
 def _without_labels(inputs: dict) -> dict:
     return {k: v for k, v in inputs.items() if k != "labels"}
 
@@ -128,20 +65,44 @@ def _gather(rows: torch.Tensor, cfg: BALoRAConfig) -> tuple[torch.Tensor, bool]:
     return (gather_rows(rows) if gathered else rows), gathered
 
 
+def add_terms(total: torch.Tensor, terms: Terms, kept: dict[str, torch.Tensor],
+              weighted: tuple[tuple[str, float, Weight], ...]) -> torch.Tensor:
+    """The one place the regularisers join the loss: ``total + lambda * weight * value`` for each kept term (in
+    the order given), each recorded in ``terms`` (unweighted, detached) for the logs."""
+    for name, lam, weight in weighted:
+        if name in kept:
+            total = total + lam * weight * kept[name]
+            terms[name] = (kept[name].detach(), weight)
+    return total
+
+
 # ------------------------------------------------------------------------------------------ objectives
 class Objective:
-    """One training path. ``__call__(model, inputs, ctx) -> (loss, outputs, terms)``."""
+    """One training path, ``__call__(model, inputs, ctx) -> (loss, outputs, terms)``: ``cfg`` the regulariser settings,
+    ``reference`` the pretrained reference, ``regularized`` whether the terms are on (else only the task loss)."""
 
     name = "objective"
 
-    def __init__(self, cfg: BALoRAConfig, reference: Optional[ReferenceSpec]) -> None:
+    def __init__(self, cfg: BALoRAConfig, reference: Optional[ReferenceSpec], regularized: bool = True) -> None:
         self.cfg = cfg
         self.reference = reference
+        self.regularized = regularized
         self._stochastic: dict[int, bool] = {}
         self._warned: set[str] = set()
 
     def __call__(self, model, inputs: dict, ctx: StepContext):  # pragma: no cover - interface
         raise NotImplementedError
+
+    def to(self, device: Any) -> "Objective":
+        """Move what the objective holds (a separately held reference model) to the student's device."""
+        if self.reference is not None:
+            self.reference.to(device)
+        return self
+
+    def compute(self, ctx: StepContext, **fns) -> dict[str, Optional[torch.Tensor]]:
+        """The terms whose lambda is on, in the order given, each computed under the NaN policy."""
+        lambdas = dict(zip(("consistency", "diversity", "svd"), ctx.lambdas))
+        return {name: ctx.guard.compute(name, fn) for name, fn in fns.items() if lambdas[name]}
 
     def rng_for_reference(self, unwrapped: torch.nn.Module, l1: float) -> Optional[RngState]:
         """The random state the student's forward starts from, when the reference must replay its dropout.
@@ -175,6 +136,14 @@ class NLUObjective(Objective):
     name = "nlu"
     row_name = "logits"
 
+    constant_terms: tuple[str, ...] = ()  # terms that cannot train on this head (skipped; said once at start-up)
+
+    def consistency(self, z: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """The formula's form: T^2 KL of softened class distributions, else (and on feature rows) normalised MSE."""
+        if self.cfg.nlu_consistency == "kl" and self.row_name == "logits":
+            return R.nlu_consistency_kl(z, ref, self.cfg.temperature)
+        return R.nlu_consistency(z, ref)
+
     def student(self, model, unwrapped, inputs: dict) -> tuple[Any, torch.Tensor]:
         outputs = model(**inputs)
         return outputs, outputs.get("logits") if hasattr(outputs, "get") else None
@@ -187,33 +156,25 @@ class NLUObjective(Objective):
         return self.reference.forward(unwrapped, _without_labels(inputs), rng)["logits"].detach()
 
     def __call__(self, model, inputs: dict, ctx: StepContext):
-        cfg, guard = self.cfg, ctx.guard
+        cfg = self.cfg
         l1, l2, l3 = ctx.lambdas
         rng = self.rng_for_reference(ctx.unwrapped, l1)
         outputs, z = self.student(model, ctx.unwrapped, inputs)
         task = outputs["loss"]
-        n = _rows(inputs)
-        w = ctx.norm.share(n, "rows")
-        guard.flag("task", task)
+        w = ctx.norm.share(rows_of(inputs), "rows")
+        ctx.guard.flag("task", task)
         terms: Terms = {"task": (task.detach(), w)}
         total = task * w
         if not (l1 or l2 or l3):
             return total, outputs, terms
-        values: dict[str, Optional[torch.Tensor]] = {}
-        if l1:
-            ref = self.reference_rows(ctx.unwrapped, inputs, ctx, rng)
-            values["consistency"] = guard.compute("consistency", lambda: R.nlu_consistency(z, ref))
+        ref = self.reference_rows(ctx.unwrapped, inputs, ctx, rng) if l1 else None
         zg, gathered = _gather(z, cfg) if (l2 or l3) else (z, False)
-        if l2:
-            values["diversity"] = guard.compute("diversity", lambda: R.nlu_diversity(zg))
-        if l3:
-            values["svd"] = guard.compute("svd", lambda: R.nlu_svd(zg, cfg.svd_top_k))
-        kept = guard.keep_finite({k: v for k, v in values.items() if v is not None})
+        fns = dict(consistency=lambda: self.consistency(z, ref), diversity=lambda: R.nlu_diversity(zg),
+                   svd=lambda: R.nlu_svd(zg, cfg.svd_top_k, cfg.svd_clip_k))
+        values = self.compute(ctx, **{k: f for k, f in fns.items() if k not in self.constant_terms})
+        kept = ctx.guard.keep_finite({k: v for k, v in values.items() if v is not None})
         stat_w = ctx.norm.stat_share(zg.shape[0], "rows", gathered)
-        for name, lam, weight in (("consistency", l1, w), ("diversity", l2, stat_w), ("svd", l3, stat_w)):
-            if name in kept:
-                total = total + lam * weight * kept[name]
-                terms[name] = (kept[name].detach(), weight)
+        total = add_terms(total, terms, kept, (("consistency", l1, w), ("diversity", l2, stat_w), ("svd", l3, stat_w)))
         return total, outputs, terms
 
 
@@ -224,46 +185,33 @@ class RegressionObjective(NLUObjective):
     row_name = "features"
 
     def student(self, model, unwrapped, inputs: dict):
-        captured: list[torch.Tensor] = []
-        hook = head_input_hook(unwrapped, captured)
-        try:
-            outputs = model(**inputs)
-        finally:
-            hook.remove()
-        return outputs, pool(captured[-1], inputs)
+        return _with_head_inputs(unwrapped, model, inputs, inputs)
 
     @torch.no_grad()
     def reference_rows(self, unwrapped, inputs: dict, ctx: StepContext, rng: Optional[RngState]) -> torch.Tensor:
         if self.reference.mode == "cached":
             return super().reference_rows(unwrapped, inputs, ctx, rng)
-        captured: list[torch.Tensor] = []
-        ref_inputs = _without_labels(inputs)
-
-        def run(ref_model):
-            hook = head_input_hook(ref_model, captured)
-            try:
-                ref_model(**ref_inputs)
-            finally:
-                hook.remove()
-
-        if rng is None:
-            with self.reference.activate(unwrapped) as ref_model:
-                run(ref_model)
-        else:
-            with rng.replay(), self.reference.activate(unwrapped, train=True) as ref_model:
-                run(ref_model)
-        return pool(captured[-1], inputs).detach()
+        with rng.replay() if rng is not None else contextlib.nullcontext(), \
+                self.reference.activate(unwrapped, train=rng is not None) as ref_model:
+            _, rows = _with_head_inputs(ref_model, ref_model, inputs, _without_labels(inputs))
+        return rows.detach()
 
     @staticmethod
     def cache_rows(ref_model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, pooled head inputs) of one batch: what :meth:`ReferenceSpec.fill` stores for regression."""
-        captured: list[torch.Tensor] = []
-        hook = head_input_hook(ref_model, captured)
-        try:
-            logits = ref_model(**inputs)["logits"]
-        finally:
-            hook.remove()
-        return logits, pool(captured[-1], inputs)
+        outputs, rows = _with_head_inputs(ref_model, ref_model, inputs, inputs)
+        return outputs["logits"], rows
+
+
+def _with_head_inputs(hooked, model, inputs: dict, fwd: dict) -> tuple[Any, torch.Tensor]:
+    """``model(**fwd)`` and the pooled input of ``hooked``'s classification head during that call."""
+    captured: list[torch.Tensor] = []
+    hook = head_input_hook(hooked, captured)
+    try:
+        outputs = model(**fwd)
+    finally:
+        hook.remove()
+    return outputs, pool(captured[-1], inputs)
 
 
 class NLGObjective(Objective):
@@ -272,7 +220,7 @@ class NLGObjective(Objective):
     name = "nlg"
 
     def __call__(self, model, inputs: dict, ctx: StepContext):
-        cfg, guard = self.cfg, ctx.guard
+        cfg = self.cfg
         l1, l2, l3 = ctx.lambdas
         labels = inputs["labels"]
         fwd = _without_labels(inputs)
@@ -282,81 +230,26 @@ class NLGObjective(Objective):
         m = labels[:, 1:].ne(-100).sum()
         w = ctx.norm.share(m, "tokens")
         task = causal_ce_sum(logits, labels) / m.clamp_min(1)
-        guard.flag("task", task)
+        ctx.guard.flag("task", task)
         terms: Terms = {"task": (task.detach(), w)}
         total = task * w
         if l1 or l2 or l3:
             mask = R.shifted_label_mask(labels)
-            values: dict[str, Optional[torch.Tensor]] = {}
-            if l1:
-                ref_logits = self.reference.forward(ctx.unwrapped, fwd, rng)["logits"]
-                values["consistency"] = guard.compute(
-                    "consistency", lambda: R.nlg_consistency(logits, ref_logits, mask, cfg.temperature))
-            if l2:
-                values["diversity"] = guard.compute("diversity", lambda: R.nlg_diversity(logits, mask, cfg.entropy_top_k))
-            rows = None
-            if l3:
-                # Gathered before any check, so that every rank joins the collective (and its backward) even
-                # when its own micro-batch has no trained position.
-                rows, _ = _gather(logits[mask], cfg)
-                ones = torch.ones(1, rows.shape[0], dtype=torch.bool, device=rows.device)
-                values["svd"] = guard.compute("svd", lambda: R.nlg_svd(
-                    rows[None], ones, cfg.svd_top_k, cfg.svd_estimator, cfg.svd_oversampling, cfg.svd_niter,
-                    cfg.svd_normalizer))
-            kept = guard.keep_finite({k: v for k, v in values.items() if v is not None})
-            gathered = cfg.gather_batch_statistics and is_distributed()
+            ref_logits = self.reference.forward(ctx.unwrapped, fwd, rng)["logits"] if l1 else None
+            # Gathered before any check, so that every rank joins the collective (and its backward) even when its
+            # own micro-batch has no trained position.
+            rows, gathered = _gather(logits[mask], cfg) if l3 else (None, False)
+            values = self.compute(
+                ctx, consistency=lambda: R.nlg_consistency(logits, ref_logits, mask, cfg.temperature),
+                diversity=lambda: R.nlg_diversity(logits, mask, cfg.entropy_top_k),
+                svd=lambda: R.nlg_svd(rows[None], torch.ones(1, rows.shape[0], dtype=torch.bool, device=rows.device),
+                                      cfg.svd_top_k, cfg.svd_estimator, cfg.svd_oversampling, cfg.svd_niter,
+                                      cfg.svd_normalizer))
+            kept = ctx.guard.keep_finite({k: v for k, v in values.items() if v is not None})
             stat_w = ctx.norm.stat_share(rows.shape[0], "tokens", gathered) if rows is not None else 0.0
-            for name, lam, weight in (("consistency", l1, w), ("diversity", l2, w), ("svd", l3, stat_w)):
-                if name in kept:
-                    total = total + lam * weight * kept[name]
-                    terms[name] = (kept[name].detach(), weight)
+            total = add_terms(total, terms, kept, (("consistency", l1, w), ("diversity", l2, w), ("svd", l3, stat_w)))
         outputs["loss"] = total
         return total, outputs, terms
-
-
-@dataclass
-class HeadCheck:
-    """Whether the model's logits are ``scale * (W h + b)`` of its last hidden state (decided once per model)."""
-
-    ok: bool
-    scale: float = 1.0
-    reason: str = ""
-
-
-def static_head_check(model) -> HeadCheck:
-    """What can be decided without a forward pass: a plain frozen linear output layer, no soft-capping."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear:
-        return HeadCheck(False, reason=f"the output layer is {type(head).__name__}, not a plain nn.Linear")
-    if head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad):
-        return HeadCheck(False, reason="the output layer is trained (the fused path needs it frozen)")
-    if "adalora" in type(model).__module__:
-        return HeadCheck(False, reason="AdaLoRA model")
-    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    if softcap is not None:
-        return HeadCheck(False, reason=f"logit soft-capping (final_logit_softcapping={softcap}) is not linear")
-    return HeadCheck(True)
-
-
-@torch.no_grad()
-def measured_head_check(logits_last: torch.Tensor, hidden_last: torch.Tensor, weight: torch.Tensor,
-                        bias: Optional[torch.Tensor]) -> HeadCheck:
-    """Compare the model's own last-position logits with ``W h + b``: equal, a scalar multiple (Granite's
-    ``logits_scaling``, Cohere's ``logit_scale``: applied to ``h`` and ``b``), or anything else (unfusable)."""
-    lin = F.linear(hidden_last.float(), weight.float(), None if bias is None else bias.float())
-    own = logits_last.float()
-    if own.shape != lin.shape:
-        return HeadCheck(False, reason=f"the model's logits {tuple(own.shape)} are not the output layer's {tuple(lin.shape)}")
-    scale = (own * lin).sum() / (lin * lin).sum().clamp_min(1e-30)
-    err = (own - scale * lin).abs().max() / own.abs().max().clamp_min(1e-30)
-    scale_f, err_f = float(scale), float(err)  # once per model
-    tol = 1e-4 if hidden_last.dtype == torch.float32 and weight.dtype == torch.float32 else 3e-2
-    if not err_f <= tol:
-        return HeadCheck(False, reason=f"the model's logits are not a linear map of its last hidden state "
-                                       f"(relative difference {err_f:.3g} after the best scale {scale_f:.4g})")
-    if abs(scale_f - 1.0) <= tol:
-        return HeadCheck(True)
-    return HeadCheck(True, scale=scale_f, reason=f"logits scaled by {scale_f:.6g} after the output layer")
 
 
 class FusedNLGObjective(NLGObjective):
@@ -367,8 +260,8 @@ class FusedNLGObjective(NLGObjective):
 
     name = "nlg-fused"
 
-    def __init__(self, cfg: BALoRAConfig, reference: Optional[ReferenceSpec]) -> None:
-        super().__init__(cfg, reference)
+    def __init__(self, cfg: BALoRAConfig, reference: Optional[ReferenceSpec], regularized: bool = True) -> None:
+        super().__init__(cfg, reference, regularized)
         self.factor = OutputFactor()
         self.checks: dict[int, HeadCheck] = {}
 
@@ -433,71 +326,75 @@ class FusedNLGObjective(NLGObjective):
                                   cfg.chunk_size)
 
         terms_out = fused(l1, l2)
-        values: dict[str, Optional[torch.Tensor]] = {}
-        for name, lam, value in (("consistency", l1, terms_out.consistency), ("diversity", l2, terms_out.diversity)):
+        for name, lam in (("consistency", l1), ("diversity", l2)):
             if lam and m == 0:
                 guard.skip(name, "no trained positions in the batch")
-            elif lam:
-                values[name] = value
-        small = None
-        if l3:  # gathered before any check: every rank joins the collective and its backward
-            small, _ = _gather(self.factor.small_logits(h, weight, bias), cfg)
-            values["svd"] = guard.compute("svd", lambda: svd_term(small, cfg))
+        # The SVD factor is gathered before any check: every rank joins the collective and its backward.
+        small = _gather(self.factor.small_logits(h, weight, bias), cfg)[0] if l3 else None
+        live = {"consistency": lambda: terms_out.consistency, "diversity": lambda: terms_out.diversity} if m else {}
+        values = self.compute(ctx, **live, svd=lambda: svd_term(small, cfg))
         kept = guard.keep_finite({k: v for k, v in values.items() if v is not None})
         if m and ((l1 and "consistency" not in kept) or (l2 and "diversity" not in kept)):  # skip_term: without them
             terms_out = fused(l1 if "consistency" in kept else 0.0, l2 if "diversity" in kept else 0.0)
         w = ctx.norm.share(m, "tokens")
         guard.flag("task", terms_out.task)
-        total = terms_out.loss * w  # task, KL and entropy are all means over the m positions
+        total = terms_out.loss * w  # task, KL and entropy are all means over the m positions: already in the loss
         terms: Terms = {"task": (terms_out.task, w)}
-        for name in ("consistency", "diversity"):
-            if name in kept:
-                terms[name] = (kept[name], w)
-        if "svd" in kept:
-            stat_w = ctx.norm.stat_share(small.shape[0], "tokens", gathered)
-            total = total + l3 * stat_w * kept["svd"]
-            terms["svd"] = (kept["svd"].detach(), stat_w)
+        terms.update({name: (kept[name], w) for name in ("consistency", "diversity") if name in kept})
+        stat_w = ctx.norm.stat_share(small.shape[0], "tokens", gathered) if small is not None else 0.0
+        total = add_terms(total, terms, kept, (("svd", l3, stat_w),))
         outputs["loss"] = total
         return total, outputs, terms
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def head_input_hook(model, sink: list):
-    """Capture the input of the classification head (peft's modules_to_save wrapper or the bare head)."""
-    for name in ("classifier", "score"):
-        for mod_name, module in model.named_modules():
-            if mod_name.split(".")[-1] == name:
-                return module.register_forward_pre_hook(lambda m, args: sink.append(args[0]))
-    raise ValueError("regression features: no 'classifier' or 'score' head found to hook")
+head_input_hook = hook_head_inputs  # (model, sink): the input of the head's final layer (balora.pooling)
 
 
 def pool(features: torch.Tensor, inputs: dict) -> torch.Tensor:
-    """Head inputs are (N, H) for encoders; decoder classifiers see (N, T, H): take the last real token."""
-    if features.dim() == 2:
-        return features
-    if features.dim() == 3 and "attention_mask" in inputs:
-        last = inputs["attention_mask"].sum(1).long() - 1
-        return features[torch.arange(features.shape[0], device=features.device), last]
-    if features.dim() == 3:
-        return features[:, -1]
-    return features.flatten(1)
+    """One row per example of the head's input (balora.pooling.head_rows)."""
+    return head_rows(features, inputs.get("attention_mask"))
 
 
-def make_objective(task: str, cfg: BALoRAConfig, reference: Optional[ReferenceSpec], regularized: bool,
-                   model: torch.nn.Module) -> Objective:
-    """Choose the objective once, from the task and the model."""
-    if task == "nlg":
+def make_objective(model: torch.nn.Module, cfg: Optional[BALoRAConfig] = None,
+                   reference: Optional[ReferenceSpec] = None) -> Objective:
+    """The objective of ``model``, chosen once: with ``cfg`` the BA-LoRA terms (on ``reference``, which a cached
+    reference must have filled); without, the task loss alone (normalised as every method's)."""
+    if cfg is None:
+        from .methods import infer_task_type  # (methods imports this module)
+
+        task = "nlg" if infer_task_type(model) == "CAUSAL_LM" else "nlu"
+        return (NLGObjective if task == "nlg" else NLUObjective)(BALoRAConfig(task=task), None, regularized=False)
+    if reference is None:
+        raise ValueError("regularised training needs the pretrained reference: use the objective of a model prepared "
+                         "by balora.prepare_model (prepared.objective())")
+    if reference.mode == "cached" and cfg.task == "nlg":
+        raise ValueError("reference='cached' stores per-example NLU outputs; it is not available for NLG "
+                         "(task 'nlg'): use reference='auto'")
+    if not reference.ready:
+        raise ValueError("reference='cached' needs its cache filled before training: "
+                         "reference.fill(model, train_dataset, collator, batch_size, device), then "
+                         "prepared.objective(filled) (balora train does this for NLU)")
+    if cfg.task == "nlg":
         from .fused import use_fused_nlg
 
         device = next((p.device for p in model.parameters()), None)
-        if regularized and use_fused_nlg(cfg.fused_nlg, device):
-            return FusedNLGObjective(cfg, reference)
-        return NLGObjective(cfg, reference)
-    regression = getattr(getattr(model, "config", None), "num_labels", None) == 1
-    if regularized and regression and cfg.nlu_regression_features == "hidden":
-        return RegressionObjective(cfg, reference)
-    return NLUObjective(cfg, reference)
+        fused = use_fused_nlg(cfg.fused_nlg, device) and not cfg.entropy_top_k  # fused: full-vocabulary entropy only
+        return (FusedNLGObjective if fused else NLGObjective)(cfg, reference)
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if num_labels != 1:
+        objective = NLUObjective(cfg, reference)
+        if cfg.lambda_svd and num_labels and R.svd_term_is_constant(cfg.svd_top_k, num_labels, cfg.svd_clip_k):
+            logger.warning("the NLU SVD term is the constant -1 with svd_top_k=%d >= %d classes (svd_clip_k=false, as "
+                           "in formula %r): it trains nothing and is skipped; svd_clip_k=true clips k to C - 1",
+                           cfg.svd_top_k, num_labels, cfg.formula)
+            objective.constant_terms = ("svd",)
+        return objective
+    if cfg.nlu_regression_features == "skip":
+        logger.warning("regression head (C = 1): BA-LoRA terms skipped (nlu_regression_features=skip)")
+        return NLUObjective(cfg, reference, regularized=False)
+    return RegressionObjective(cfg, reference)
 
 
 __all__ = ["Normalizer", "StepContext", "Objective", "NLUObjective", "RegressionObjective", "NLGObjective",
-           "FusedNLGObjective", "HeadCheck", "make_objective", "causal_ce_sum", "svd_term", "head_input_hook", "pool"]
+           "FusedNLGObjective", "make_objective", "add_terms", "causal_ce_sum", "svd_term", "head_input_hook", "pool"]

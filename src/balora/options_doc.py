@@ -37,8 +37,9 @@ def render() -> str:
     out = ["# Options", "",
            "Generated from the dataclasses' help texts by `python -m balora.options_doc`; do not edit by hand.",
            "In a YAML config each table is a section; on the command line use `--section.key value`.", "",
-           "## `balora` section: BALoRAConfig (the method; see docs/method.md)", ""]
-    out += _table(BALoRAConfig, "balora.")
+           "## `regularizers` section: BALoRAConfig (the method; see docs/method.md; formerly `balora`, still read)",
+           ""]
+    out += _table(BALoRAConfig, "regularizers.")
     for name, cls in SECTIONS.items():
         out += ["", f"## `{name}` section", ""] + _table(cls, f"{name}.")
     out += ["", "## `eval` section (NLG; a list of these)", ""] + _table(EvalOptions, "eval[].")

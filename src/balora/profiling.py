@@ -18,6 +18,12 @@ class Measurement:
     seconds: float = 0.0
     peak_mb: float = float("nan")  # GPU: peak allocated by torch; CPU: peak resident set size of the process
     device: str = "cpu"
+    start_mb: float = float("nan")  # the same measure when the block started: peak_mb - start_mb is the block's own
+
+    @property
+    def transient_mb(self) -> float:
+        """How far the block's peak rose above the memory in use when it started."""
+        return self.peak_mb - self.start_mb
 
 
 def _rss_hwm_mb() -> float:
@@ -48,8 +54,11 @@ def measure(device: str | torch.device = "cpu") -> Iterator[Measurement]:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        m.start_mb = torch.cuda.memory_allocated() / 2**20
     else:
+        # after a reset the high-water mark is the current RSS; without one it is the process's peak so far
         _reset_rss_hwm()
+        m.start_mb = _rss_hwm_mb()
     start = time.perf_counter()
     try:
         yield m
@@ -60,6 +69,24 @@ def measure(device: str | torch.device = "cpu") -> Iterator[Measurement]:
         else:
             m.peak_mb = _rss_hwm_mb()
         m.seconds = time.perf_counter() - start
+
+
+def tensors_mb(*modules_or_optimizers: torch.nn.Module | torch.optim.Optimizer) -> float:
+    """MiB held by the parameters and buffers of modules and the state of optimizers (storages shared by
+    several tensors counted once): a model's resident size, exact on every device."""
+    seen: set[int] = set()
+    total = 0
+    for obj in modules_or_optimizers:
+        if isinstance(obj, torch.optim.Optimizer):
+            tensors = [v for state in obj.state.values() for v in state.values() if torch.is_tensor(v)]
+        else:
+            tensors = list(obj.parameters()) + list(obj.buffers())
+        for t in tensors:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+    return total / 2**20
 
 
 @dataclass
@@ -77,24 +104,23 @@ class TensorEvent:
 @contextlib.contextmanager
 def record_tensors() -> Iterator[list[TensorEvent]]:
     """Record every tensor the ATen ops in the block produce (forward and backward), with its device and
-    dtype: the basis of the device-placement checks (issue 15), which can then assert that a training
+    dtype: the basis of the device-placement checks, which can then assert that a training
     step creates nothing on another device than the model's, or no fp32 copy of a low-precision matrix.
 
-    Uses ``torch.utils._python_dispatch.TorchDispatchMode`` (the documented extension point for
+    Uses torch's ``TorchDispatchMode`` (through :mod:`balora.peft_compat`; the documented extension point for
     intercepting ATen calls; there is no public hook that sees every allocation) and is slow: for checks,
     never inside timed code.
     """
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
+    from .peft_compat import torch_dispatch_mode, tree_leaves
 
     events: list[TensorEvent] = []
 
-    class _Recorder(TorchDispatchMode):
+    class _Recorder(torch_dispatch_mode()):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            ins = tuple((t.dtype, tuple(t.shape)) for t in tree_flatten((args, kwargs or {}))[0]
+            ins = tuple((t.dtype, tuple(t.shape)) for t in tree_leaves((args, kwargs or {}))
                         if isinstance(t, torch.Tensor))
-            for t in tree_flatten(out)[0]:
+            for t in tree_leaves(out):
                 if isinstance(t, torch.Tensor):
                     events.append(TensorEvent(str(func), str(t.device), t.dtype, tuple(t.shape), ins))
             return out

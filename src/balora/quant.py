@@ -176,13 +176,12 @@ def original_weights(model: nn.Module, target_names: Optional[list[str]] = None)
 
 
 @torch.no_grad()
-def reference_deviation(model: nn.Module, original: nn.Module, batch: dict) -> dict[str, float]:
+def reference_deviation(model: nn.Module, original: nn.Module, batch: dict, reference: Any) -> dict[str, float]:
     """How far the reference of a quantised run is from the full-precision original on ``batch``: the
     maximum absolute logit difference, relative to the original's largest logit, and the mean KL(P_orig || P_ref)
-    over positions."""
-    spec = model.balora.reference
+    over positions. ``reference``: the model's pretrained reference (``PreparedModel.reference``)."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    ref = spec.forward(model, inputs, None)["logits"].float()
+    ref = reference.forward(model, inputs, None)["logits"].float()
     orig = original(**inputs).logits.float()
     kl = torch.nn.functional.kl_div(ref.log_softmax(-1), orig.log_softmax(-1), log_target=True, reduction="none")
     mask = inputs.get("attention_mask")

@@ -7,8 +7,8 @@ model in memory. For zero-initialised adapters (plain LoRA, DoRA, LoHa, AdaLoRA)
 is exact. The classification head (a peft ``modules_to_save`` wrapper) falls back to its frozen
 original, i.e. the head as it was at step 0.
 
-:class:`ReferenceSpec` is the reference as an object with a lifecycle, chosen once by
-:func:`reference_spec_for` (``prepare_model`` calls it): ``adapter`` (switch to the frozen copy),
+:class:`ReferenceSpec` is the reference as an object with a lifecycle: :func:`choose_reference` decides the mode
+once, :func:`reference_spec_for` sets it up (``prepare_model`` calls both): ``adapter`` (switch to the frozen copy),
 ``disable`` (adapter disabled), ``model`` (a separately held original) or ``cached`` (per-example NLU
 outputs, filled once with :meth:`ReferenceSpec.fill` through the live reference it wraps).
 
@@ -67,8 +67,6 @@ def add_reference_adapter(model: nn.Module, adapter_name: str = "default") -> Re
     """
     import copy
 
-    from peft.tuners.lora import LoraLayer
-
     config = copy.deepcopy(model.peft_config[adapter_name])
     config.init_lora_weights = True
     config.modules_to_save = None
@@ -76,14 +74,7 @@ def add_reference_adapter(model: nn.Module, adapter_name: str = "default") -> Re
         raise ValueError("a reference adapter copy is not supported for DoRA with a residual init")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     model.add_adapter(REFERENCE_ADAPTER, config)
-    copied = 0
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, LoraLayer) and adapter_name in module.lora_A and REFERENCE_ADAPTER in module.lora_A:
-                module.lora_A[REFERENCE_ADAPTER].weight.copy_(module.lora_A[adapter_name].weight)
-                module.lora_B[REFERENCE_ADAPTER].weight.copy_(module.lora_B[adapter_name].weight)
-                module.scaling[REFERENCE_ADAPTER] = module.scaling[adapter_name]
-                copied += 1
+    copied = peft_compat.copy_lora_adapter(model, adapter_name, REFERENCE_ADAPTER)
     if copied == 0:
         raise RuntimeError(f"no LoRA layer of adapter {adapter_name!r} found to copy into the reference")
     for name, param in model.named_parameters():
@@ -113,10 +104,13 @@ class RngState:
             yield
 
 
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
 def has_dropout(model: nn.Module) -> bool:
     """True when a forward pass in train mode draws random numbers (dropout modules or attention dropout)."""
     for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+        if isinstance(module, DROPOUTS) and module.p > 0:
             return True
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "to_dict"):
@@ -127,21 +121,13 @@ def has_dropout(model: nn.Module) -> bool:
 
 
 def _adapter_has_dropout(model: nn.Module, adapter_name: str) -> bool:
-    for layer in _tuner_layers(model):
-        for attr in ("lora_dropout", "rank_dropout", "module_dropout"):
-            container = getattr(layer, attr, None)
-            if isinstance(container, (nn.ModuleDict, dict)) and adapter_name in container:
-                drop = container[adapter_name]
-                if isinstance(drop, nn.modules.dropout._DropoutNd) and drop.p > 0:
-                    return True
-            elif isinstance(container, dict) and container.get(adapter_name, 0) > 0:
-                return True
-    return False
+    # Dropout modules only: a rate stored as a number (LoHa's rank_dropout) is not counted, as before.
+    return any(isinstance(drop, DROPOUTS) and drop.p > 0 for drop in peft_compat.adapter_dropouts(model, adapter_name))
 
 
 @dataclass
 class ReferenceSpec:
-    """The pretrained reference of a prepared model (what ``model.balora.reference`` holds).
+    """The pretrained reference of a prepared model (:attr:`balora.methods.PreparedModel.reference`).
 
     ``mode``: ``adapter`` | ``disable`` | ``model`` | ``cached``. ``cached`` wraps the ``live`` reference
     that :meth:`fill` runs once over the training set; ``cache`` holds the rows.
@@ -195,6 +181,12 @@ class ReferenceSpec:
         finally:
             peft_compat.restore_switch(saved)
             model.train(was_training)
+
+    def to(self, device: Any) -> "ReferenceSpec":
+        """Move a separately held original model (``mode="model"``) to ``device``; the other modes hold none."""
+        if self.model is not None:
+            self.model.to(device)
+        return self
 
     def shares_dropout_masks(self, model: nn.Module) -> bool:
         """Can a live pass draw exactly the random numbers the student's forward drew?"""
@@ -274,8 +266,31 @@ def reference_mode(model: nn.Module, spec: ReferenceSpec, train: bool = False) -
         yield ref
 
 
-def reference_spec_for(model: nn.Module, mode: str = "auto", adapter_name: str = "default") -> ReferenceSpec:
-    """Choose and set up the reference for a freshly prepared peft model (before any training step)."""
+def choose_reference(requested: str, task: str, *, model: Optional[nn.Module] = None, epochs: float = 0.0,
+                     max_steps: int = -1, cache_from_epochs: float = 0.0, regression: bool = False) -> str:
+    """The one decision of which pretrained reference a run uses (``BALoRAConfig.reference``): the mode asked for,
+    except that ``auto`` becomes the per-example cache ``cached`` for an NLU classification run of at least
+    ``cache_from_epochs`` epochs (0 = never; by epochs, not ``max_steps``) whose ``model`` has no active dropout (a
+    cache cannot replay the student's dropout masks). ``cached`` is refused for NLG."""
+    if requested not in ("auto", *MODES):
+        raise ValueError(f"unknown reference mode {requested!r}; expected auto, {', '.join(MODES)}")
+    if requested == "cached" and task == "nlg":
+        raise ValueError("reference='cached' stores per-example NLU outputs (logits of a classification head); "
+                         "it is not available for NLG (causal LMs): use reference='auto'")
+    if (requested == "auto" and task == "nlu" and 0 < cache_from_epochs <= epochs and max_steps <= 0
+            and not regression and model is not None and not has_dropout(model)):
+        return "cached"
+    return requested
+
+
+def reference_spec_for(model: nn.Module, mode: str = "auto", adapter_name: str = "default",
+                       original: Optional[nn.Module] = None) -> ReferenceSpec:
+    """Set up the reference ``mode`` (from :func:`choose_reference`) for a freshly prepared peft model (before any
+    training step); ``mode="model"`` holds ``original``, a frozen copy taken before the adapter was added."""
+    if mode == "model":
+        if original is None:
+            raise ValueError("reference='model' needs the original model (a copy taken before prepare_model)")
+        return ReferenceSpec(mode="model", model=original)
     peft_config = getattr(model, "peft_config", {}).get(adapter_name)
     residual = peft_config is not None and init_modifies_base(peft_config)
     if mode == "auto":

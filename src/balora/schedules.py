@@ -53,7 +53,7 @@ def adaptive_factors(task: float, terms: dict[str, float], task0: float, terms0:
 
 
 class AdaptiveLambdas:
-    """``schedule: adaptive``: loss-share balancing of the three terms (beyond the paper, issue 12 item 8).
+    """``schedule: adaptive``: loss-share balancing of the three terms (beyond the paper).
 
     The paper's future work is automatic weighting of the terms. Uncertainty weighting (Kendall et al. 2018)
     needs extra trainable parameters in the optimiser and GradNorm (Chen et al. 2018) extra backward passes per

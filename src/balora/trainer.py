@@ -1,6 +1,7 @@
 """BALoRATrainer: transformers.Trainer whose compute_loss runs a :mod:`balora.objectives` object.
 
-Thin glue: the objective (chosen once: NLU, regression, NLG, fused NLG) computes the loss and the terms
+Thin glue: the objective it is handed (``objective=``, from :meth:`balora.methods.PreparedModel.objective`; without
+one, the task loss alone) computes the loss and the terms
 (:mod:`balora.regularizers`, :mod:`balora.fused`), the reference object (:mod:`balora.reference`) gives
 the pretrained outputs, :mod:`balora.schedules` the weights. The trainer keeps the lambda schedule, the NaN
 policy (:class:`TermGuard`) and the logging: each term is averaged between logging steps and logged as
@@ -34,11 +35,10 @@ from typing import Any, Optional
 import torch
 from transformers import Trainer, TrainerCallback
 
+from . import peft_compat
 from . import regularizers as R
-from .config import BALoRAConfig
-from .distributed import all_reduce_sum, world_size
-from .objectives import Normalizer, StepContext, make_objective, static_head_check, svd_term
-from .reference import ReferenceSpec, TeacherCache
+from .distributed import Normalizer, all_reduce_sum, world_size
+from .objectives import Objective, StepContext, make_objective
 from .schedules import AdaptiveLambdas, lambda_weights
 
 logger = logging.getLogger(__name__)
@@ -172,70 +172,47 @@ class _StepGuard(TrainerCallback):
         self.trainer.guard.check(model if model is not None else self.trainer.model, state.global_step + 1)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._norm = None
+        self.trainer.end_step()
 
 
 class BALoRATrainer(Trainer):
-    """Trainer for any model prepared by :func:`balora.prepare_model` (and plain transformers models).
+    """Trainer whose loss is a :mod:`balora.objectives` objective (any model: prepared or a plain transformers one).
 
     Args (besides Trainer's):
-        balora_config: overrides the config attached by prepare_model.
-        reference: the pretrained reference (:class:`~balora.reference.ReferenceSpec`); default: the one
-            prepare_model chose (``model.balora.reference``). A cached reference must be filled
-            (:meth:`~balora.reference.ReferenceSpec.fill`).
-        teacher_cache: per-example reference outputs for ``reference="cached"`` (back-compat: prefer
-            passing a filled ``reference``); batches must then carry a ``balora_index`` column.
+        objective: the loss component, built once from the settings: ``prepared.objective()`` of a
+            :func:`balora.prepare_model` result (a cached reference filled first and passed to it). Default: the
+            task loss alone, normalised as every method's.
     """
 
     # The objectives normalise every term over the whole optimizer step themselves (all micro-batches and
     # ranks): Trainer must neither divide by the accumulation steps nor pass num_items_in_batch to the model.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, balora_config: Optional[BALoRAConfig] = None,
-                 reference: Optional[ReferenceSpec] = None, teacher_cache: Optional[TeacherCache] = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, objective: Optional[Objective] = None, **kwargs: Any) -> None:
+        from .methods import PreparedModel
+
+        if isinstance(kwargs.get("model", args[0] if args else None), PreparedModel):
+            raise TypeError("BALoRATrainer takes the module and its objective: "
+                            "BALoRATrainer(model=prepared.model, objective=prepared.objective(), ...)")
         super().__init__(*args, **kwargs)
-        info = getattr(self.model, "balora", None)  # what prepare_model recorded (read once, here)
-        self.regularized = bool(info and info.regularized) or balora_config is not None
-        task_type = getattr(info, "task_type", None) or _task_type(self.model)
-        default_task = "nlg" if task_type == "CAUSAL_LM" else "nlu"
-        self.balora_config = balora_config or (info.balora if info is not None else None) or BALoRAConfig(task=default_task)
-        task = self.balora_config.task if self.regularized else default_task
-        self.reference: Optional[ReferenceSpec] = reference or (info.reference if info is not None else None)
-        if self.regularized and self.reference is None:
-            raise ValueError("regularised training needs a model prepared by balora.prepare_model (no reference)")
-        if self.reference is not None and teacher_cache is not None:
-            self.reference = self.reference.with_cache(teacher_cache)
-        if self.reference is not None and self.reference.mode == "cached":
-            if task == "nlg":
-                raise ValueError("reference='cached' stores per-example NLU outputs; it is not available for NLG "
-                                 "(task 'nlg'): use reference='auto'")
-            if not self.reference.ready:
-                raise ValueError("reference='cached' needs its cache filled before training: "
-                                 "reference.fill(model, train_dataset, collator, batch_size, device) "
-                                 "(balora train does this for NLU), or teacher_cache=TeacherCache() filled")
-        if self.reference is not None and self.reference.mode == "model" and self.reference.model is not None:
-            self.reference.model.to(self.args.device)
-        self.teacher_cache = self.reference.cache if self.reference is not None else None
         if self.label_smoother is not None or self.compute_loss_func is not None:
             raise ValueError("BALoRATrainer computes the loss in balora.objectives (normalised over micro-batches "
                              "and ranks): label_smoothing_factor and compute_loss_func are not supported")
         self.model_accepts_loss_kwargs = False
         unwrapped = self.accelerator.unwrap_model(self.model)
-        self.objective = make_objective(task, self.balora_config, self.reference, self.regularized, unwrapped)
-        self._regularizes = self.regularized
-        regression = getattr(getattr(unwrapped, "config", None), "num_labels", None) == 1
-        if self.regularized and task == "nlu" and regression and self.balora_config.nlu_regression_features == "skip":
-            logger.warning("regression head (C = 1): BA-LoRA terms skipped (nlu_regression_features=skip)")
-            self._regularizes = False
-        self.guard = TermGuard(self.balora_config.nan_policy, self.args.gradient_accumulation_steps)
+        self.objective = (objective if objective is not None else make_objective(unwrapped)).to(self.args.device)
+        cfg = self.objective.cfg
+        self.guard = TermGuard(cfg.nan_policy, self.args.gradient_accumulation_steps)
         self.add_callback(_StepGuard(self))
-        if info is not None and info.base_method == "adalora":
+        if hasattr(getattr(unwrapped, "base_model", None), "update_and_allocate"):  # AdaLoRA
             self.add_callback(AdaLoraCallback())
+        # remove_unused_columns=True (Trainer's default) keeps only the model's forward arguments: keep the example
+        # index too (cached reference, error messages naming examples).
+        peft_compat.keep_input_column(self, "balora_index")
         self._norm: Optional[Normalizer] = None
         self._sums: dict[str, torch.Tensor] = {}
         self._weights: dict[str, torch.Tensor] = {}
-        self.adaptive = AdaptiveLambdas(self.balora_config) if self.balora_config.schedule == "adaptive" else None
+        self.adaptive = AdaptiveLambdas(cfg) if cfg.schedule == "adaptive" else None
 
     def train(self, *args: Any, **kwargs: Any):
         """Trainer.train; with several processes, first check that the ranks' PiSSA inits agree (collective: every
@@ -249,25 +226,22 @@ class BALoRATrainer(Trainer):
         return super().train(*args, **kwargs)
 
     # ------------------------------------------------------------------ loss
+    def end_step(self) -> None:
+        """Forget the finished optimizer step's item counts (the next step's micro-batches set their own)."""
+        self._norm = None
+
     def lambdas(self) -> tuple[float, float, float]:
-        if not self._regularizes:
+        if not self.objective.regularized:
             return 0.0, 0.0, 0.0
         if self.adaptive is not None:
             return self.adaptive.weights()
-        return lambda_weights(self.balora_config, self.state.global_step, self.state.max_steps)
+        return lambda_weights(self.objective.cfg, self.state.global_step, self.state.max_steps)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Trainer's prefetch of one optimizer step's micro-batches; also counts their items over all ranks."""
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         self._norm = Normalizer.for_batches(batches, world_size(), device) if batches else None
         return batches, num_items
-
-    def _set_signature_columns_if_needed(self):
-        # remove_unused_columns=True (Trainer's default) keeps only the model's forward arguments: keep the
-        # example index too (cached reference, error messages naming examples). Trainer has no public hook.
-        super()._set_signature_columns_if_needed()
-        if self._signature_columns is not None and "balora_index" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "balora_index"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
         inputs = dict(inputs)
@@ -321,25 +295,6 @@ class BALoRATrainer(Trainer):
             self._weights.clear()
             self.guard.skipped.clear()
         super().log(logs, *args, **kwargs)
-
-
-def _task_type(model) -> Optional[str]:
-    from .methods import infer_task_type
-
-    inner = model
-    for attr in ("base_model", "model"):  # peft wrappers
-        if infer_task_type(inner) is not None:
-            break
-        inner = getattr(inner, attr, inner)
-    return infer_task_type(inner)
-
-
-def _fusable(model) -> bool:
-    """Static part of the fused NLG check (kept for callers): a plain frozen linear head, no soft-capping."""
-    return static_head_check(model).ok
-
-
-_svd_term = svd_term  # used by balora.bench.overhead_settings
 
 
 __all__ = ["BALoRATrainer", "TermGuard", "AdaLoraCallback", "TERMS"]

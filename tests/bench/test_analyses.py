@@ -146,7 +146,7 @@ def test_default_grids_hold_the_papers_designs(setup):
     assert methods == {m + s for m in ("lora", "dora", "loha", "adalora", "pissa") for s in ("", "+reg")}
     ranks = {(c.config.method.name, c.config.method.r) for c in expand(build_analysis("rank", cfg)[0])}
     assert ranks == {(m, r) for m in ("lora", "pissa", "ba-lora") for r in (1, 2, 4, 8, 16, 32, 64, 128)}
-    lam = {c.label: c.config.balora_config() for c in expand(build_analysis("lambda", cfg)[0])}
+    lam = {c.label: c.config.regularizers for c in expand(build_analysis("lambda", cfg)[0])}
     assert sorted(round(v.lambda_svd / 0.03, 3) for k, v in lam.items() if k.startswith("svd")) == [0, 0.3, 3, 10]
     assert lam["adaptive"].schedule == "adaptive"
     noise = {(c.config.data.label_noise, c.config.data.label_noise_kind, c.config.data.imbalance_fraction)

@@ -62,7 +62,7 @@ def test_config_type_and_range_errors_name_the_field():
         load_config(None, ["--train.lr", "fast"])
     with pytest.raises(ValueError, match=r"train\.batch_size must be an integer, got 2\.5"):
         load_config(None, ["--train.batch_size", "2.5"])
-    with pytest.raises(ValueError, match=r"balora\.lambda_svd must be a number or empty, got 'high'"):
+    with pytest.raises(ValueError, match=r"regularizers\.lambda_svd must be a number or empty, got 'high'"):
         load_config(None, ["--balora.lambda_svd", "high"])
     with pytest.raises(ValueError, match=r"method\.target_modules must be text or a list of text, got 3"):
         load_config(None, ["--method.target_modules", "3"])

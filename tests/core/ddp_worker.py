@@ -23,13 +23,15 @@ from tests.core.tiny import nlu_batch, tiny_bert  # noqa: E402
 def build(gather: bool):
     cfg = BALoRAConfig(lambda_consistency=0.3, lambda_diversity=0.5, lambda_svd=0.4, svd_top_k=1,
                        gather_batch_statistics=gather)
-    model = prepare_model(tiny_bert(seed=0), "ba-lora", r=4, balora=cfg)
+    prepared = prepare_model(tiny_bert(seed=0), "ba-lora", r=4, config=cfg)
+    model = prepared.model
     # Move away from the initialisation so every term has a gradient.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
-    return model.train()
+    model.train()
+    return model, prepared.objective()
 
 
 def grads(model):
@@ -43,9 +45,9 @@ def main(out_path: str, gather: bool) -> None:
     args = TrainingArguments(output_dir=os.path.dirname(out_path), use_cpu=True, report_to=[], disable_tqdm=True)
     full = nlu_batch(n=8)
     shard = {k: v.chunk(world)[rank] for k, v in full.items()}
-    model = build(gather)
+    model, objective = build(gather)
     ddp = DDP(model)
-    trainer = BALoRATrainer(model=model, args=args)
+    trainer = BALoRATrainer(model=model, objective=objective, args=args)
     loss = trainer.compute_loss(ddp, shard)
     loss.backward()
     mean_loss = loss.detach().clone()
@@ -53,8 +55,8 @@ def main(out_path: str, gather: bool) -> None:
     mean_loss /= world
     dist_grads = grads(model)
     if rank == 0:
-        single = build(gather=False)  # one process, whole batch: nothing to gather (and no collective)
-        single_loss = BALoRATrainer(model=single, args=args).compute_loss(single, full)
+        single, objective = build(gather=False)  # one process, whole batch: nothing to gather (and no collective)
+        single_loss = BALoRATrainer(model=single, objective=objective, args=args).compute_loss(single, full)
         single_loss.backward()
         single_grads = grads(single)
         diff = max((dist_grads[n] - single_grads[n]).abs().max().item() for n in single_grads)

@@ -72,13 +72,13 @@ def train(task: str, method: str, lambdas: str, fused: bool, split: str, out_dir
     model = tiny_bert() if task == "nlu" else tiny_llama()
     regularized = method == "ba-lora" or method.endswith("+reg")
     cfg = BALoRAConfig(task=task[:3], fused_nlg=fused, svd_estimator="exact", **LAMBDAS[lambdas]) if regularized else None
-    pm = prepare_model(model, method, r=4, balora=cfg)
+    prepared = prepare_model(model, method, r=4, config=cfg)
     args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
                              learning_rate=0.5, optim="sgd", max_steps=STEPS, logging_steps=1, report_to=[], use_cpu=True,
                              save_strategy="no", seed=0, disable_tqdm=True, lr_scheduler_type="constant", max_grad_norm=0.0,
                              ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None)
     data = Rows(rows(task) * STEPS)
-    trainer = BALoRATrainer(model=pm, args=args, train_dataset=data)
+    trainer = BALoRATrainer(model=prepared.model, objective=prepared.objective(), args=args, train_dataset=data)
     trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(data)  # same rows per step
     from transformers.trainer_callback import PrinterCallback
 

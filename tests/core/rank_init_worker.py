@@ -24,10 +24,10 @@ def main(out_dir: str, same_seed: str) -> None:
                              use_cpu=True, save_strategy="no", ddp_backend="gloo", disable_tqdm=True)
     model = tiny_llama(seed=0)
     torch.manual_seed(0 if same_seed == "1" else rank)  # the randomised SVD draws from the global generator
-    pm = prepare_model(model, "ba-lora", r=4, pissa_niter=2)
+    prepared = prepare_model(model, "ba-lora", r=4, pissa_niter=2)
     from balora.sharding import check_ranks_agree
 
-    trainer = BALoRATrainer(model=pm, args=args, train_dataset=[{"input_ids": torch.ones(4, dtype=torch.long)}])
+    trainer = BALoRATrainer(model=prepared.model, objective=prepared.objective(), args=args, train_dataset=[{"input_ids": torch.ones(4, dtype=torch.long)}])
     try:  # what train() does under FSDP / ZeRO
         check_ranks_agree(trainer.model, sharded=True)
         result = "started"

@@ -60,10 +60,11 @@ def test_trainer_loss_is_the_task_loss_plus_the_adaptively_weighted_terms(tmp_pa
     cfg = BALoRAConfig(task="nlu", schedule="adaptive", adaptive_beta=0.0)
     batch = nlu_batch(n=16, num_labels=3)
     rows = [{k: v[i] for k, v in batch.items()} for i in range(16)]
-    model = prepare_model(tiny_bert(3), "ba-lora", r=2, balora=cfg)
+    prepared = prepare_model(tiny_bert(3), "ba-lora", r=2, config=cfg)
+    model = prepared.model
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, report_to=[],
                              logging_steps=1, learning_rate=1e-2, use_cpu=True, save_strategy="no")
-    trainer = BALoRATrainer(model=model, args=args, train_dataset=rows)
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=args, train_dataset=rows)
     trainer.train()
     weights = trainer.lambdas()
     assert weights != pytest.approx(_configured(cfg))  # the term magnitudes moved in training, so did the weights

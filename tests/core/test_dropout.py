@@ -1,4 +1,4 @@
-"""Issue 10.2: with dropout in the model, the consistency term is exactly 0 at step 0 in training mode (the
+"""With dropout in the model, the consistency term is exactly 0 at step 0 in training mode (the
 reference replays the student's dropout masks), and the reference pass leaves the random stream alone."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from balora import BALoRAConfig, BALoRATrainer, prepare_model
 
 from .tiny import nlg_batch, nlu_batch
 
-ARGS = dict(output_dir="/tmp/balora-test-unused", use_cpu=True, report_to=[])
 
 
 def bert_with_dropout(num_labels=3):
@@ -30,8 +29,13 @@ def llama_with_dropout():
                                         attention_dropout=0.1, tie_word_embeddings=False))
 
 
-def _consistency(model, batch):
-    trainer = BALoRATrainer(model=model, args=TrainingArguments(**ARGS))
+def _args(out_dir):
+    return TrainingArguments(output_dir=str(out_dir), use_cpu=True, report_to=[])
+
+
+def _consistency(prepared, batch, out_dir):
+    model = prepared.model
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=_args(out_dir))
     model.train()
     torch.manual_seed(1)
     trainer.compute_loss(model, batch)
@@ -39,38 +43,41 @@ def _consistency(model, batch):
 
 
 @pytest.mark.parametrize("num_labels", [3, 1])
-def test_nlu_consistency_is_zero_at_step0_with_dropout(num_labels):
+def test_nlu_consistency_is_zero_at_step0_with_dropout(num_labels, tmp_path):
     cfg = BALoRAConfig(lambda_consistency=1.0)
-    model = prepare_model(bert_with_dropout(num_labels), "ba-lora", r=4, balora=cfg)
-    value, rng_after = _consistency(model, nlu_batch(num_labels=num_labels))
+    prepared = prepare_model(bert_with_dropout(num_labels), "ba-lora", r=4, config=cfg)
+    value, rng_after = _consistency(prepared, nlu_batch(num_labels=num_labels), tmp_path)
     assert value == 0.0
     # The reference pass replays the student's random numbers and gives them back: the training stream
     # continues exactly as without a consistency term.
-    plain = prepare_model(bert_with_dropout(num_labels), "ba-lora", r=4, balora=BALoRAConfig(lambda_consistency=0.0))
-    plain_trainer = BALoRATrainer(model=plain, args=TrainingArguments(**ARGS))
+    prepared_plain = prepare_model(bert_with_dropout(num_labels), "ba-lora", r=4,
+                                   config=BALoRAConfig(lambda_consistency=0.0))
+    plain = prepared_plain.model
+    plain_trainer = BALoRATrainer(model=plain, objective=prepared_plain.objective(), args=_args(tmp_path))
     plain.train()
     torch.manual_seed(1)
     plain_trainer.compute_loss(plain, nlu_batch(num_labels=num_labels))
     assert torch.equal(rng_after, torch.get_rng_state())
     # Later it measures the adapter's change under identical noise: non-zero once the adapter moved.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in prepared.model.named_parameters():
             if p.requires_grad and "lora_B" in name:
                 p.add_(0.1)
-    assert _consistency(model, nlu_batch(num_labels=num_labels))[0] > 1e-6
+    assert _consistency(prepared, nlu_batch(num_labels=num_labels), tmp_path)[0] > 1e-6
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_nlg_consistency_is_zero_at_step0_with_attention_dropout(fused):
+def test_nlg_consistency_is_zero_at_step0_with_attention_dropout(fused, tmp_path):
     cfg = BALoRAConfig(task="nlg", lambda_consistency=1.0, lambda_diversity=0.0, lambda_svd=0.0, fused_nlg=fused)
-    model = prepare_model(llama_with_dropout(), "ba-lora", r=4, balora=cfg)
-    assert _consistency(model, nlg_batch())[0] == 0.0
+    prepared = prepare_model(llama_with_dropout(), "ba-lora", r=4, config=cfg)
+    assert _consistency(prepared, nlg_batch(), tmp_path)[0] == 0.0
 
 
-def test_a_reference_that_cannot_share_masks_says_so(caplog):
+def test_a_reference_that_cannot_share_masks_says_so(caplog, tmp_path):
     # Zero-init LoRA with adapter dropout: the disabled adapter draws fewer random numbers than the student.
-    model = prepare_model(bert_with_dropout(), "lora+reg", r=4, dropout=0.1, balora=BALoRAConfig(lambda_consistency=1.0))
+    prepared = prepare_model(bert_with_dropout(), "lora+reg", r=4, dropout=0.1,
+                             config=BALoRAConfig(lambda_consistency=1.0))
     with caplog.at_level(logging.WARNING, logger="balora.objectives"):
-        value, _ = _consistency(model, nlu_batch())
+        value, _ = _consistency(prepared, nlu_batch(), tmp_path)
     assert "cannot replay the student's dropout masks" in caplog.text
     assert value > 0.0

@@ -1,4 +1,4 @@
-"""Issue 10.1: batch B x accumulation A on P processes trains like one batch of B*A*P, for every method.
+"""Batch B x accumulation A on P processes trains like one batch of B*A*P, for every method.
 
 Per-item terms (the task loss, NLU consistency, NLG KL and entropy) are exact under any split; batch
 statistics (covariance, SVD) are exact across ranks (the gathered batch) and per micro-batch under

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification
 from balora import prepare_model
 from balora.export import export_adapter
 from balora.run_layout import save_run_adapters
-from balora.heads import load_classifier
+from balora.classifier_loading import load_classifier
 
 from .tiny import nlu_batch, tiny_bert, train_few_steps
 
@@ -27,7 +27,7 @@ def test_exported_adapter_reproduces_finetuned_logits_on_original_base(tmp_path,
     run = tmp_path / "run"
     run.mkdir()
     torch.manual_seed(0)
-    model = prepare_model(load_classifier(str(base_dir), 3, pooling), method, r=4)
+    model = prepare_model(load_classifier(str(base_dir), 3, pooling), method, r=4).model
     if method == "ba-lora":
         save_run_adapters(model, run, initial=True)
     train_few_steps(model, batch)

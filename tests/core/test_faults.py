@@ -1,4 +1,4 @@
-"""Numerical faults (issue 10.4, trainer half; issue 11.1): a clear error naming the step and the examples,
+"""Numerical faults: a clear error naming the step and the examples,
 nothing applied; nan_policy='skip_term' skips any non-finite or failing term, fused path included."""
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ class _Rows(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def _trainer(model, data, tmp_path, **kw):
+def _trainer(prepared, data, tmp_path, **kw):
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-2, max_steps=2,
                              logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True, **kw)
-    trainer = BALoRATrainer(model=model, args=args, train_dataset=data)
+    trainer = BALoRATrainer(model=prepared.model, objective=prepared.objective(), args=args, train_dataset=data)
     trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(data)
     trainer.remove_callback(PrinterCallback)
     return trainer
@@ -40,8 +40,9 @@ def test_nan_label_stops_before_the_update_naming_step_and_examples(method, tmp_
     batch = nlu_batch(n=8, num_labels=1)
     batch["labels"][5] = float("nan")
     batch["balora_index"] = torch.arange(8)
-    model = prepare_model(tiny_bert(num_labels=1), method, r=4)
-    trainer = _trainer(model, _Rows(batch), tmp_path)
+    prepared = prepare_model(tiny_bert(num_labels=1), method, r=4)
+    model = prepared.model
+    trainer = _trainer(prepared, _Rows(batch), tmp_path)
     after_step1 = {}
 
     class Snapshot(PrinterCallback):
@@ -65,8 +66,7 @@ def test_skip_term_drops_a_failing_svd_instead_of_crashing(monkeypatch, tmp_path
 
     monkeypatch.setattr(R, "nlu_svd", broken)
     cfg = BALoRAConfig(nan_policy="skip_term")
-    model = prepare_model(tiny_bert(), "ba-lora", r=4, balora=cfg)
-    trainer = _trainer(model, _Rows(nlu_batch(n=8)), tmp_path)
+    trainer = _trainer(prepare_model(tiny_bert(), "ba-lora", r=4, config=cfg), _Rows(nlu_batch(n=8)), tmp_path)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss_task" in h]
     assert len(logs) == 2 and all(h["balora_skipped_svd"] == 1 and "loss_svd" not in h for h in logs)
@@ -75,32 +75,37 @@ def test_skip_term_drops_a_failing_svd_instead_of_crashing(monkeypatch, tmp_path
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_skip_term_drops_a_nan_consistency_in_the_nlg_paths(fused):
+def test_skip_term_drops_a_nan_consistency_in_the_nlg_paths(fused, tmp_path):
     batch = nlg_batch()
     cfg = BALoRAConfig(task="nlg", nan_policy="skip_term", fused_nlg=fused, lambda_svd=0.0)
-    model = prepare_model(tiny_llama(), "ba-lora", r=4, balora=cfg)
+    prepared = prepare_model(tiny_llama(), "ba-lora", r=4, config=cfg)
+    model = prepared.model
     with torch.no_grad():  # a broken reference: every reference logit is NaN
         for name, p in model.named_parameters():
             if REFERENCE_ADAPTER in name and "lora_A" in name:
                 p.fill_(float("nan"))
-    trainer = BALoRATrainer(model=model, args=TrainingArguments("/tmp/balora-test-unused", use_cpu=True, report_to=[]))
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[])
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=args)
     model.train()
     loss = trainer.compute_loss(model, batch)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert trainer.guard.skipped["consistency"] == 1 and "consistency" not in trainer._sums
-    plain = prepare_model(tiny_llama(), "ba-lora", r=4, balora=BALoRAConfig(
+    prepared_plain = prepare_model(tiny_llama(), "ba-lora", r=4, config=BALoRAConfig(
         task="nlg", fused_nlg=fused, lambda_svd=0.0, lambda_consistency=0.0))
-    expected = BALoRATrainer(model=plain, args=TrainingArguments("/tmp/balora-test-unused", use_cpu=True, report_to=[]))
+    plain = prepared_plain.model
+    expected = BALoRATrainer(model=plain, objective=prepared_plain.objective(), args=args)
     plain.train()
     assert loss.item() == pytest.approx(expected.compute_loss(plain, batch).item(), rel=1e-5)
     trainer.guard.check(model, 1)  # nothing left to raise
 
 
-def test_a_non_finite_gradient_with_a_finite_loss_stops_the_step():
-    model = prepare_model(tiny_bert(), "pissa", r=4)
-    trainer = BALoRATrainer(model=model, args=TrainingArguments("/tmp/balora-test-unused", use_cpu=True, report_to=[]))
+def test_a_non_finite_gradient_with_a_finite_loss_stops_the_step(tmp_path):
+    prepared = prepare_model(tiny_bert(), "pissa", r=4)
+    model = prepared.model
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[])
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=args)
     model.train()
     loss = trainer.compute_loss(model, {**nlu_batch(), "balora_index": torch.arange(8)})
     loss.backward()

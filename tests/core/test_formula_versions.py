@@ -109,3 +109,71 @@ def test_authors_schedule_hand_values():
     assert lambda_weights(cfg, 100, 100) == pytest.approx((0.1, 2.0, 4.0))  # l1 ends at 0.1 x l1
     v5 = BALoRAConfig(task="nlu", lambda_consistency=1.0, lambda_diversity=2.0, lambda_svd=4.0)
     assert lambda_weights(v5, 50, 100) == (1.0, 2.0, 4.0)
+
+
+def _trained_briefly(cfg: BALoRAConfig, tmp_path, num_labels: int = 3):
+    """A ba-lora classifier after 2 steps (student != reference), its trainer, and the pretrained model."""
+    from transformers import TrainingArguments
+
+    from balora import prepare_model
+    from balora.trainer import BALoRATrainer
+    from tests.core.tiny import nlu_batch, tiny_bert
+
+    batch = nlu_batch(n=8, num_labels=num_labels)
+    rows = [{k: v[i] for k, v in batch.items()} for i in range(8)]
+    prepared = prepare_model(tiny_bert(num_labels), "ba-lora", r=2, config=cfg)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, report_to=[],
+                             learning_rate=1e-2, use_cpu=True, save_strategy="no")
+    trainer = BALoRATrainer(model=prepared.model, objective=prepared.objective(), args=args, train_dataset=rows)
+    trainer.train()
+    return prepared.model, trainer, tiny_bert(num_labels)
+
+
+def test_iclr2026_nlu_loss_is_task_plus_kl_plus_diversity_and_skips_the_constant_svd_term(tmp_path, caplog):
+    import torch.nn.functional as F
+
+    from tests.core.tiny import nlu_batch
+
+    cfg = BALoRAConfig(task="nlu", formula="iclr2026", schedule="constant")  # k = 5 >= 3 classes, unclipped
+    with caplog.at_level("WARNING", logger="balora.objectives"):
+        model, trainer, pretrained = _trained_briefly(cfg, tmp_path)
+    assert sum("SVD term is the constant -1" in r.getMessage() for r in caplog.records) == 1  # said once, at start
+    probe = nlu_batch(n=8, num_labels=3, seed=7)
+    model.train()
+    loss = trainer.compute_loss(model, probe)
+    with torch.no_grad():
+        z, ref = model(**probe).logits, pretrained(**probe).logits
+    expected = (F.cross_entropy(z, probe["labels"]) + cfg.lambda_consistency * R.nlu_consistency_kl(z, ref, 2.0)
+                + cfg.lambda_diversity * R.nlu_diversity(z))
+    assert R.nlu_consistency_kl(z, ref, 2.0).item() > 1e-6  # the student moved: the KL term is really in there
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_v5_nlu_loss_uses_the_mse_form_and_the_clipped_svd_term(tmp_path):
+    import torch.nn.functional as F
+
+    from tests.core.tiny import nlu_batch
+
+    cfg = BALoRAConfig(task="nlu")
+    model, trainer, pretrained = _trained_briefly(cfg, tmp_path)
+    probe = nlu_batch(n=8, num_labels=3, seed=7)
+    model.train()
+    loss = trainer.compute_loss(model, probe)
+    with torch.no_grad():
+        z, ref = model(**probe).logits, pretrained(**probe).logits
+    expected = (F.cross_entropy(z, probe["labels"]) + cfg.lambda_consistency * R.nlu_consistency(z, ref)
+                + cfg.lambda_diversity * R.nlu_diversity(z) + cfg.lambda_svd * R.nlu_svd(z, cfg.svd_top_k))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_top_k_entropy_runs_on_the_full_logits_path():
+    from balora import prepare_model
+    from balora.objectives import FusedNLGObjective, NLGObjective
+    from tests.core.tiny import tiny_llama
+
+    objective = prepare_model(tiny_llama(), "ba-lora", r=2, config=BALoRAConfig(task="nlg", formula="iclr2026")).objective()
+    assert type(objective) is NLGObjective  # the fused path computes the full-vocabulary entropy only
+    v5 = prepare_model(tiny_llama(), "ba-lora", r=2, config=BALoRAConfig(task="nlg")).objective()
+    assert type(v5) is FusedNLGObjective
+    with pytest.raises(ValueError, match="fused_nlg=True"):
+        BALoRAConfig(task="nlg", formula="iclr2026", fused_nlg=True)

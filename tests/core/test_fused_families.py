@@ -1,4 +1,4 @@
-"""Issue 10.3: the fused NLG path computes the model's own logits for every causal-LM family transformers
+"""The fused NLG path computes the model's own logits for every causal-LM family transformers
 ships that balora supports (tiny random configs), or falls back to the full-logits path with a reason."""
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ FAMILIES = {  # name -> (config class, model class, extra config); what the head
     "Olmo": ("OlmoConfig", "OlmoForCausalLM", {}),
     "GPT2": ("GPT2Config", "GPT2LMHeadModel", None),  # tied output layer
 }
-ARGS = dict(output_dir="/tmp/balora-test-unused", use_cpu=True, report_to=[])
+
+
+def _args(out_dir):
+    return TrainingArguments(output_dir=str(out_dir), use_cpu=True, report_to=[])
 
 
 def build(name: str):
@@ -43,16 +46,17 @@ def build(name: str):
     return getattr(T, model_cls)(cfg).eval()
 
 
-def _trainer_terms(name, fused, l1):
+def _trainer_terms(name, fused, l1, out_dir):
     cfg = BALoRAConfig(task="nlg", fused_nlg=fused, lambda_consistency=l1, lambda_diversity=0.0, lambda_svd=0.0)
-    model = prepare_model(build(name), "lora+reg", r=4, balora=cfg)
+    prepared = prepare_model(build(name), "lora+reg", r=4, config=cfg)
+    model = prepared.model
     with torch.no_grad():  # move the adapter so that the KL is not 0
         g = torch.Generator().manual_seed(1)
         for pname, p in model.named_parameters():
             if p.requires_grad and "lora_B" in pname:
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
     batch = nlg_batch(vocab=100)
-    trainer = BALoRATrainer(model=model, args=TrainingArguments(**ARGS))
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=_args(out_dir))
     model.train()
     loss = trainer.compute_loss(model, batch)
     with torch.no_grad():
@@ -61,22 +65,23 @@ def _trainer_terms(name, fused, l1):
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_fused_task_loss_is_the_models_own_and_kl_matches_unfused(name, caplog):
+def test_fused_task_loss_is_the_models_own_and_kl_matches_unfused(name, caplog, tmp_path):
     with caplog.at_level(logging.WARNING, logger="balora.objectives"):
-        fused_loss, own, _ = _trainer_terms(name, True, 0.0)
+        fused_loss, own, _ = _trainer_terms(name, True, 0.0, tmp_path)
     assert fused_loss == pytest.approx(own, rel=1e-5)
     if name == "Gemma2":
         assert "soft-capping" in caplog.text  # the reason of the fallback is logged
-    _, _, fused_terms = _trainer_terms(name, True, 1.0)
-    _, _, plain_terms = _trainer_terms(name, False, 1.0)
+    _, _, fused_terms = _trainer_terms(name, True, 1.0, tmp_path)
+    _, _, plain_terms = _trainer_terms(name, False, 1.0, tmp_path)
     assert fused_terms["consistency"] > 1e-4
     assert fused_terms["consistency"] == pytest.approx(plain_terms["consistency"], rel=1e-4)
     assert fused_terms["task"] == pytest.approx(own, rel=1e-5)
 
 
-def test_an_unknown_post_head_transform_falls_back_with_a_reason(caplog):
-    pm = prepare_model(build("Llama"), "lora+reg", r=4, balora=BALoRAConfig(
+def test_an_unknown_post_head_transform_falls_back_with_a_reason(caplog, tmp_path):
+    prepared = prepare_model(build("Llama"), "lora+reg", r=4, config=BALoRAConfig(
         task="nlg", lambda_consistency=0.0, lambda_diversity=0.0, lambda_svd=0.0))
+    pm = prepared.model
     base = pm.base_model.model
     forward = base.forward
 
@@ -87,7 +92,7 @@ def test_an_unknown_post_head_transform_falls_back_with_a_reason(caplog):
 
     base.forward = squashed
     batch = nlg_batch(vocab=100)
-    trainer = BALoRATrainer(model=pm, args=TrainingArguments(**ARGS))
+    trainer = BALoRATrainer(model=pm, objective=prepared.objective(), args=_args(tmp_path))
     pm.train()
     with caplog.at_level(logging.WARNING, logger="balora.objectives"):
         loss = trainer.compute_loss(pm, batch)
@@ -98,12 +103,13 @@ def test_an_unknown_post_head_transform_falls_back_with_a_reason(caplog):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_mixed_precision_keeps_the_fused_path(caplog):
+def test_mixed_precision_keeps_the_fused_path(caplog, tmp_path):
     """Under bf16 autocast (fp32 weights, as Trainer's and TRL's bf16=True run), the model's own logits are
     computed in bf16: the first-step head check must judge them at bf16 tolerance and keep the fused path."""
     cfg = BALoRAConfig(task="nlg", fused_nlg=True)
-    model = prepare_model(build("Llama"), "ba-lora", r=4, balora=cfg)
-    trainer = BALoRATrainer(model=model, args=TrainingArguments(**ARGS))
+    prepared = prepare_model(build("Llama"), "ba-lora", r=4, config=cfg)
+    model = prepared.model
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=_args(tmp_path))
     model.train()
     with caplog.at_level(logging.WARNING), torch.autocast("cpu", dtype=torch.bfloat16):
         loss = trainer.compute_loss(model, nlg_batch(vocab=100))

@@ -1,4 +1,4 @@
-"""The fused NLG terms in low precision and their device/dtype placement (issue 15).
+"""The fused NLG terms in low precision and their device/dtype placement.
 
 The fused path must run its vocabulary matmuls in the model's dtype (no per-step fp32 copy of the output
 layer), keep every tensor on the model's device, and still match the reference formulas within the
@@ -102,10 +102,11 @@ def test_bf16_training_step_makes_no_fp32_copy_of_the_output_layer(tmp_path):
     no float32 tensor of the output layer's shape is produced (the old fused path copied it every step)."""
     model = tiny_llama().to(torch.bfloat16)
     cfg = BALoRAConfig(task="nlg", fused_nlg="auto", svd_estimator="exact")
-    model = prepare_model(model, "ba-lora", r=4, balora=cfg)
+    prepared = prepare_model(model, "ba-lora", r=4, config=cfg)
+    model = prepared.model
     model.train()
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no")
-    trainer = BALoRATrainer(model=model, args=args)
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=args)
     batch = nlg_batch()
     trainer.compute_loss(model, batch).backward()  # first step: the once-per-run QR of the output layer
     model.zero_grad(set_to_none=True)

@@ -1,7 +1,9 @@
-"""Classifier pooling and the linear-probe warm start (balora.heads) on tiny models built in code."""
+"""Classifier pooling, the head's input (balora.heads, balora.pooling, balora.classifier_loading) and the
+linear-probe warm start (balora.training.head_warmup) on tiny models built in code."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -11,9 +13,13 @@ from sklearn.linear_model import LogisticRegression
 from transformers import DataCollatorWithPadding
 
 from balora import prepare_model
-from balora.heads import (PooledClassifier, fit_linear_head, load_classifier, pool, resolve_pooling,
-                          untrained_poolers, warm_up_head)
+from balora.classifier_loading import load_classifier, resolve_pooling, untrained_poolers
+from balora.heads import PooledClassifier, pool
+from balora.objectives import head_input_hook
+from balora.objectives import pool as objective_rows
+from balora.pooling import head_linear
 from balora.reference import reference_mode
+from balora.training.head_warmup import fit_linear_head, warm_up_head
 
 from .tiny import nlu_batch, tiny_bert
 
@@ -142,14 +148,15 @@ def test_warm_start_fits_the_head_and_becomes_the_consistency_reference(tmp_path
     # The probe is better than chance on its own training rows (48 random rows, 32-d features: separable).
     assert (warmed.argmax(-1) == batch["labels"]).float().mean() > 0.6
     assert info["train_accuracy"] == pytest.approx(float((warmed.argmax(-1) == batch["labels"]).float().mean()))
-    peft_model = prepare_model(model, "ba-lora", r=4)
+    prepared = prepare_model(model, "ba-lora", r=4)
+    peft_model = prepared.model
     with torch.no_grad():  # move the trained copy of head and adapters away from step 0
         for name, p in peft_model.named_parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
         peft_model.eval()
         tuned = peft_model(**inputs).logits
-        with reference_mode(peft_model, peft_model.balora.reference) as ref:
+        with reference_mode(peft_model, prepared.reference) as ref:
             reference = ref(**inputs).logits
     assert (tuned - warmed).abs().max() > 1e-3
     torch.testing.assert_close(reference, warmed, atol=1e-5, rtol=1e-5)  # pretrained body + warmed head
@@ -158,7 +165,7 @@ def test_warm_start_fits_the_head_and_becomes_the_consistency_reference(tmp_path
 def test_pooled_classifier_trains_only_adapters_and_head_under_peft(tmp_path):
     base = tmp_path / "base"
     tiny_bert().bert.save_pretrained(base)
-    model = prepare_model(load_classifier(str(base), 3, "mean"), "lora", r=4)
+    model = prepare_model(load_classifier(str(base), 3, "mean"), "lora", r=4).model
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "classifier.modules_to_save" in n for n in trainable)
     assert any("classifier.modules_to_save" in n for n in trainable)
@@ -186,7 +193,7 @@ def test_warm_up_features_are_cached_by_key(tmp_path):
 def test_head_features_keep_row_order_when_batching_by_length(tmp_path):
     import datasets
 
-    from balora.heads import head_features
+    from balora.training.head_warmup import head_features
 
     base = tmp_path / "base"
     tiny_bert().save_pretrained(base)
@@ -218,7 +225,7 @@ class _Tok2:
 
 
 def test_probe_c_is_chosen_by_cross_validation():
-    from balora.heads import PROBE_CS, choose_c
+    from balora.training.head_warmup import PROBE_CS, choose_c
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 300)
@@ -228,3 +235,77 @@ def test_probe_c_is_chosen_by_cross_validation():
     signal[np.arange(300), y] += 5.0  # cleanly separable: weak regularisation wins
     assert choose_c(signal, y) >= 0.1
     assert choose_c(signal[:4], np.array([0, 1, 1, 2])) == 1.0  # a class with one example: no CV possible
+
+
+def _tiny_roberta(num_labels: int = 1):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=40, num_labels=num_labels, pad_token_id=1, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    return RobertaForSequenceClassification(cfg).eval()
+
+
+def test_a_roberta_head_is_regularised_on_its_pooled_features_not_on_a_token():
+    """RobertaForSequenceClassification's head is dense -> tanh -> out_proj on the <s> token: the regression terms
+    must act on what out_proj receives (the pooled feature), for the student and for the reference pass, which
+    runs peft's frozen original copy of the head."""
+    model = prepare_model(_tiny_roberta(), "lora", r=4).model
+    batch = nlu_batch(n=4, t=9, num_labels=1)
+    batch["attention_mask"][0, -3:] = 0  # right padding in the first row
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    for reference in (False, True):
+        captured: list[torch.Tensor] = []
+        hook = head_input_hook(model, captured)
+        try:
+            with torch.no_grad(), (model.disable_adapter() if reference else contextlib.nullcontext()):
+                out = model(**inputs, output_hidden_states=True)
+        finally:
+            hook.remove()
+        assert len(captured) == 1  # one copy of the head ran, and only that one was recorded
+        rows = objective_rows(captured[0], inputs)
+        head = model.base_model.model.classifier
+        copy = head.original_module if reference else head.modules_to_save["default"]
+        with torch.no_grad():
+            pooled = torch.tanh(copy.dense(out.hidden_states[-1][:, 0]))
+            assert torch.allclose(rows, pooled, atol=1e-6)
+            assert torch.allclose(copy.out_proj(rows), out.logits, atol=1e-6)
+            assert not torch.allclose(rows, out.hidden_states[-1][:, -1], atol=1e-3)  # not the last token's state
+    hook = head_input_hook(model, captured := [])
+    hook.remove()
+    model(**inputs)
+    assert captured == []  # remove() takes every hook off
+
+
+def test_a_decoder_classifier_is_read_at_the_last_real_token_with_left_padding():
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, num_labels=3, pad_token_id=0)
+    model = LlamaForSequenceClassification(cfg).eval()
+    ids = torch.randint(1, 64, (3, 7), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    ids[0, :3], mask[0, :3] = 0, 0  # left padding: the last real token is the row's last position
+    ids[1, 5:], mask[1, 5:] = 0, 0  # right padding
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    captured: list[torch.Tensor] = []
+    hook = head_input_hook(model, captured)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    hook.remove()
+    assert captured[0].dim() == 3  # score is applied to every position
+    rows = objective_rows(captured[0], inputs)
+    assert torch.allclose(head_linear(model)(rows), logits, atol=1e-6)  # the rows transformers returns logits for
+
+
+def test_head_linear_names_the_layer_the_probe_fits():
+    roberta = _tiny_roberta(num_labels=3)
+    assert head_linear(roberta) is roberta.classifier.out_proj
+    bert = tiny_bert()
+    assert head_linear(bert) is bert.classifier
+    with pytest.raises(ValueError, match="no 'classifier' / 'score' head"):
+        head_linear(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="expected one linear head layer"):
+        head_linear(prepare_model(tiny_bert(), "lora", r=4).model)  # peft holds two copies: not an unwrapped model

@@ -25,16 +25,13 @@ MODELS = [(tiny_bert, nlu_batch), (tiny_llama, nlg_batch)]
 
 
 def _prepare(model, method: str, batch_fn, **kwargs):
-    """prepare_model with two training batches (other seeds than the test batch) for the data-driven inits."""
+    """prepare_model with two training batches (other seeds than the test batch) for the data-driven inits: the
+    PreparedModel."""
     base = parse_method(method)[0]
     if base == "corda":
         pytest.importorskip("attr", reason="peft 0.21's CorDA module imports attrs (balora's pyproject lists it)")
     batches = [batch_fn(seed=s) for s in (2, 3)] if inits.needs_data(base) else None
     return prepare_model(model, method, r=4, init_batches=batches, **kwargs)
-
-
-def _reference(pm):
-    return pm.balora.reference
 
 
 def _lora_layers(pm):
@@ -58,7 +55,7 @@ def test_step0_keeps_the_pretrained_function(factory, batch, method):
     weights = {n: m.weight.detach().clone() for n, m in original.named_modules() if isinstance(m, torch.nn.Linear)}
     with torch.no_grad():
         expected = original(**inputs).logits
-    pm = _prepare(factory(), method, batch).eval()
+    pm = _prepare(factory(), method, batch).model.eval()
     with torch.no_grad():
         assert torch.allclose(pm(**inputs).logits, expected, atol=1e-5)
     moved = 0.0
@@ -84,8 +81,8 @@ def test_reg_reference_is_the_original_and_consistency_zero_at_step0(factory, ba
     inputs = batch()
     with torch.no_grad():
         expected = factory()(**inputs).logits
-    pm = _prepare(factory(), f"{method}+reg", batch).eval()
-    spec = _reference(pm)
+    prepared = _prepare(factory(), f"{method}+reg", batch)
+    pm, spec = prepared.model.eval(), prepared.reference
     assert spec.mode == ("adapter" if method in RESIDUAL else "disable")
     with torch.no_grad():
         student = pm(**inputs).logits
@@ -104,13 +101,14 @@ def test_it_trains_and_the_reference_stays_original(method):
     inputs = nlu_batch()
     with torch.no_grad():
         expected = tiny_bert()(**inputs).logits
-    pm = _prepare(tiny_bert(), f"{method}+reg", nlu_batch)
+    prepared = _prepare(tiny_bert(), f"{method}+reg", nlu_batch)
+    pm = prepared.model
     with torch.no_grad():
         before = pm.eval()(**inputs).loss.item()
     train_few_steps(pm, inputs, steps=3, lr=1e-2)
     with torch.no_grad():
         after = pm(**inputs).loss.item()
-        with reference_mode(pm, _reference(pm)) as ref:
+        with reference_mode(pm, prepared.reference) as ref:
             teacher = ref(**inputs).logits
     assert after < before - 1e-3
     assert torch.allclose(teacher, expected, atol=1e-5)
@@ -124,7 +122,7 @@ def test_export_on_the_original_base_reproduces_the_finetuned_model(tmp_path, me
     run = tmp_path / "run"
     run.mkdir()
     torch.manual_seed(0)
-    model = _prepare(load_classifier(str(base_dir), 3, "cls"), method, nlu_batch)
+    model = _prepare(load_classifier(str(base_dir), 3, "cls"), method, nlu_batch).model
     if init_modifies_base(model.peft_config["default"]):  # as balora train does (training.pipeline)
         save_run_adapters(model, run, initial=True)
     train_few_steps(model, batch)
@@ -158,7 +156,7 @@ def test_data_driven_init_without_data_is_a_clear_error(method):
 
 def test_milora_adapter_holds_the_smallest_singular_triplets():
     original = tiny_llama()
-    pm = _prepare(tiny_llama(), "milora", nlg_batch)
+    pm = _prepare(tiny_llama(), "milora", nlg_batch).model
     for name, layer in _lora_layers(pm):
         W = original.get_submodule(name).weight.detach()
         delta = layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight

@@ -11,7 +11,7 @@ from .tiny import nlu_batch, tiny_bert
 
 
 def test_switch_attributes_are_what_peft_reads_and_are_restored():
-    pm = prepare_model(tiny_bert(), "ba-lora", r=4)
+    pm = prepare_model(tiny_bert(), "ba-lora", r=4).model
     layers = list(peft_compat.adapter_layers(pm))
     assert layers, "peft's BaseTunerLayer / AuxiliaryTrainingWrapper classes moved"
     for layer in layers:

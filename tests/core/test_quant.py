@@ -43,7 +43,8 @@ def _cfg():
 def test_qpissa_quantises_only_the_residual_and_beats_quantise_then_lora(scheme):
     original = llm_like_llama()
     weights = original_weights(original)
-    model = prepare_model(llm_like_llama(), "ba-lora", r=4, balora=_cfg(), quantize=scheme, quantize_group_size=32)
+    prepared = prepare_model(llm_like_llama(), "ba-lora", r=4, config=_cfg(), quantize=scheme, quantize_group_size=32)
+    model = prepared.model
     layers = list(adapted_linears(model))
     assert layers and all(type(base.weight).__module__.startswith("torchao") for _, _, base in layers)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -55,12 +56,12 @@ def test_qpissa_quantises_only_the_residual_and_beats_quantise_then_lora(scheme)
     # the reference is the original model up to the residual's quantisation error: closer than the reference of
     # quantise-then-LoRA (lora+reg on the quantised base: the disabled adapter, Q(W))
     batch = nlg_batch()
-    dev = reference_deviation(model, original.eval(), batch)
-    qlora = prepare_model(llm_like_llama(), "lora+reg", r=4, balora=_cfg(), quantize=scheme, quantize_group_size=32)
-    dev_qlora = reference_deviation(qlora, original.eval(), batch)
+    dev = reference_deviation(model, original.eval(), batch, prepared.reference)
+    qlora = prepare_model(llm_like_llama(), "lora+reg", r=4, config=_cfg(), quantize=scheme, quantize_group_size=32)
+    dev_qlora = reference_deviation(qlora.model, original.eval(), batch, qlora.reference)
     assert 0 < dev["rel_max_logit_diff"] < dev_qlora["rel_max_logit_diff"], (dev, dev_qlora)
     assert 0 < dev["mean_kl"] < dev_qlora["mean_kl"], (dev, dev_qlora)
-    fp = prepare_model(llm_like_llama(), "ba-lora", r=4, balora=_cfg())
+    fp = prepare_model(llm_like_llama(), "ba-lora", r=4, config=_cfg()).model
     assert base_bytes(model) < 0.5 * base_bytes(fp)  # int8 storage (int4 is stored unpacked in int8 on CPU)
 
 
@@ -68,7 +69,8 @@ def test_qpissa_trains_with_the_reference_exact_at_step_zero(tmp_path):
     from transformers import TrainingArguments
     from datasets import Dataset
 
-    model = prepare_model(llm_like_llama(), "ba-lora", r=4, balora=_cfg(), quantize="int8")
+    prepared = prepare_model(llm_like_llama(), "ba-lora", r=4, config=_cfg(), quantize="int8")
+    model = prepared.model
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "balora_reference" in n}
     base = next(base for _, _, base in adapted_linears(model))
     qdata = base.weight.qdata.clone()
@@ -76,7 +78,7 @@ def test_qpissa_trains_with_the_reference_exact_at_step_zero(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=3, max_steps=3, learning_rate=1e-2,
                              logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
                              remove_unused_columns=False, disable_tqdm=True)
-    trainer = BALoRATrainer(model=model, args=args, train_dataset=Dataset.from_dict({"i": [0, 1, 2]}),
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=args, train_dataset=Dataset.from_dict({"i": [0, 1, 2]}),
                             data_collator=lambda rows: {k: v.clone() for k, v in batch.items()})
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss_task" in h]
@@ -92,8 +94,8 @@ def test_qpissa_run_exports_a_plain_adapter_for_the_original_base(tmp_path):
     batch = nlg_batch()
     run = tmp_path / "run"
     run.mkdir()
-    fp_tuned = prepare_model(LlamaForCausalLM.from_pretrained(base_dir), "ba-lora", r=4, balora=_cfg())
-    model = prepare_model(LlamaForCausalLM.from_pretrained(base_dir), "ba-lora", r=4, balora=_cfg(), quantize="int8")
+    fp_tuned = prepare_model(LlamaForCausalLM.from_pretrained(base_dir), "ba-lora", r=4, config=_cfg()).model
+    model = prepare_model(LlamaForCausalLM.from_pretrained(base_dir), "ba-lora", r=4, config=_cfg(), quantize="int8").model
     save_run_adapters(model, run, initial=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     model.train()

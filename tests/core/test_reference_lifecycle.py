@@ -32,23 +32,23 @@ def _collate(rows):
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def test_cached_reference_for_pissa_is_filled_through_the_adapter_switch():
+def test_cached_reference_for_pissa_is_filled_through_the_adapter_switch(tmp_path):
     original = tiny_bert()
     batch = nlu_batch(n=6)
     with torch.no_grad():
         expected = original(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    pm = prepare_model(tiny_bert(), "ba-lora", r=4, reference="cached")
-    spec = pm.balora.reference
+    prepared = prepare_model(tiny_bert(), "ba-lora", r=4, reference="cached")
+    pm, spec = prepared.model, prepared.reference
     assert spec.mode == "cached" and spec.live is not None and spec.live.mode == "adapter" and not spec.ready
     with pytest.raises(ValueError, match="needs its cache filled"):
-        BALoRATrainer(model=pm, args=TrainingArguments("/tmp/balora-test-unused", use_cpu=True, report_to=[]))
+        prepared.objective()
     data = _Rows({**batch, "balora_index": torch.arange(6)})
     filled = spec.fill(pm, data, _collate, 4, torch.device("cpu"))
     assert filled.ready and filled.mode == "cached"
     got = filled.lookup("logits", torch.arange(6), torch.device("cpu"))
     assert torch.allclose(got, expected, atol=1e-5)  # the ORIGINAL model's logits, not the residual base's
-    trainer = BALoRATrainer(model=pm, args=TrainingArguments("/tmp/balora-test-unused", use_cpu=True, report_to=[]),
-                            reference=filled)
+    trainer = BALoRATrainer(model=pm, objective=prepared.objective(filled),
+                            args=TrainingArguments(str(tmp_path), use_cpu=True, report_to=[]))
     pm.train()
     trainer.compute_loss(pm, {**batch, "balora_index": torch.arange(6)})
     assert float(trainer._sums["consistency"]) == pytest.approx(0.0, abs=1e-10)
@@ -56,18 +56,14 @@ def test_cached_reference_for_pissa_is_filled_through_the_adapter_switch():
 
 def test_cached_reference_is_refused_for_nlg_with_a_clear_message():
     with pytest.raises(ValueError, match="not available for NLG"):
-        prepare_model(tiny_llama(), "ba-lora", r=4, balora=BALoRAConfig(task="nlg", reference="cached"))
-    pm = prepare_model(tiny_llama(), "ba-lora", r=4, balora=BALoRAConfig(task="nlg"))
-    cached = ReferenceSpec(mode="cached", live=pm.balora.reference)
+        prepare_model(tiny_llama(), "ba-lora", r=4, config=BALoRAConfig(task="nlg", reference="cached"))
+    prepared = prepare_model(tiny_llama(), "ba-lora", r=4, config=BALoRAConfig(task="nlg"))
+    cached = ReferenceSpec(mode="cached", live=prepared.reference)
     with pytest.raises(ValueError, match="not available for NLG"):
-        BALoRATrainer(model=pm, args=TrainingArguments("/tmp/balora-test-unused", use_cpu=True, report_to=[]),
-                      reference=cached)
+        prepared.objective(cached)
 
 
-@pytest.mark.parametrize("regression", [False, True])
-def test_balora_train_with_reference_cached_from_the_config(tmp_path, regression):
-    from balora.cli.main import main
-
+def _tiny_run(tmp_path, regression, regularizers, train):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     folder = tmp_path / "tiny-bert"
@@ -83,10 +79,42 @@ def test_balora_train_with_reference_cached_from_the_config(tmp_path, regression
     run_dir = tmp_path / "run"
     config = {"kind": "nlu", "model": {"name_or_path": str(folder), "max_length": 16},
               "data": {"train": str(tmp_path / "train.csv"), "text_columns": ["text"]},
-              "method": {"name": "ba-lora", "r": 4}, "balora": {"reference": "cached"},
+              "method": {"name": "ba-lora", "r": 4}, "regularizers": regularizers,
               "train": {"output_dir": str(run_dir), "batch_size": 8, "lr": 1e-2, "logging_steps": 1,
-                        "progress": False, "save_steps": 0, "max_steps": 3}}
+                        "progress": False, "save_steps": 0, **train}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
-    assert main(["train", "--config", str(tmp_path / "cfg.yaml")]) == 0
+    return tmp_path / "cfg.yaml", run_dir
+
+
+def _count_fills(monkeypatch) -> list:
+    filled = []
+    fill = ReferenceSpec.fill
+
+    def counted(self, *args, **kwargs):
+        filled.append(self.mode)
+        return fill(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReferenceSpec, "fill", counted)
+    return filled
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_balora_train_with_reference_cached_from_the_config(tmp_path, regression, monkeypatch):
+    from balora.cli.main import main
+
+    filled = _count_fills(monkeypatch)
+    cfg, run_dir = _tiny_run(tmp_path, regression, {"reference": "cached"}, {"max_steps": 3})
+    assert main(["train", "--config", str(cfg)]) == 0
     record = json.loads((run_dir / "balora_run.json").read_text())
-    assert record["method"] == "ba-lora"
+    assert record["method"] == "ba-lora" and record["regularizers"]["reference"] == "cached"
+    assert filled == ["cached"]  # filled once, before training
+
+
+@pytest.mark.parametrize("epochs,cached", [(2.0, True), (1.0, False)])
+def test_a_long_nlu_run_switches_to_the_cache_by_itself(tmp_path, monkeypatch, epochs, cached):
+    from balora.cli.main import main
+
+    filled = _count_fills(monkeypatch)
+    cfg, _ = _tiny_run(tmp_path, False, {}, {"epochs": epochs, "cached_reference_epochs": 2.0})
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert filled == (["cached"] if cached else [])

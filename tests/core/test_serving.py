@@ -28,7 +28,7 @@ def _run(tmp_path, method="ba-lora", r=4):
         tiny_llama().save_pretrained(base_dir)
     run = tmp_path / f"run-{method}-{r}"
     run.mkdir()
-    model = prepare_model(LlamaForCausalLM.from_pretrained(base_dir), method, r=r)
+    model = prepare_model(LlamaForCausalLM.from_pretrained(base_dir), method, r=r).model
     if method == "ba-lora":
         save_run_adapters(model, run, initial=True)
     batch = nlg_batch()

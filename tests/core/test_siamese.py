@@ -15,7 +15,8 @@ from transformers import BertTokenizerFast
 
 from balora import prepare_model
 from balora.export import export_adapter
-from balora.heads import PooledClassifier, load_classifier, pool
+from balora.classifier_loading import load_classifier
+from balora.heads import PooledClassifier, pool
 from balora.run_layout import save_run_adapters
 from balora.training.nlu import PairCollator, describe_labels, run_nlu, tokenize_nlu
 from balora.training.run_config import build_config
@@ -120,7 +121,7 @@ def test_exported_siamese_adapter_reproduces_the_finetuned_model(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     torch.manual_seed(0)
-    model = prepare_model(load_classifier(str(base), 3, "mean", pair_encoding="siamese"), "ba-lora", r=4)
+    model = prepare_model(load_classifier(str(base), 3, "mean", pair_encoding="siamese"), "ba-lora", r=4).model
     save_run_adapters(model, run, initial=True)
     train_few_steps(model, batch)
     with torch.no_grad():

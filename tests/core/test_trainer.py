@@ -33,31 +33,32 @@ def _args(tmp_path, **kw):
     return TrainingArguments(**base)
 
 
-def _train_loss(model, batch, cfg=None):
-    trainer = BALoRATrainer(model=model, args=_args("/tmp/balora-test-unused"), balora_config=cfg)
-    model.train()
-    return trainer.compute_loss(model, batch)
+def _train_loss(prepared, batch, tmp_path):
+    trainer = BALoRATrainer(model=prepared.model, args=_args(tmp_path), objective=prepared.objective())
+    prepared.model.train()
+    return trainer.compute_loss(prepared.model, batch)
 
 
-def test_all_lambdas_zero_equals_plain_pissa():
+def test_all_lambdas_zero_equals_plain_pissa(tmp_path):
     batch = nlu_batch()
     plain = prepare_model(tiny_bert(), "pissa", r=4)
     reg = prepare_model(tiny_bert(), "ba-lora", r=4,
-                        balora=BALoRAConfig(lambda_consistency=0, lambda_diversity=0, lambda_svd=0))
-    plain_loss = _train_loss(plain, batch)
-    reg_loss = _train_loss(reg, batch)
+                        config=BALoRAConfig(lambda_consistency=0, lambda_diversity=0, lambda_svd=0))
+    plain_loss = _train_loss(plain, batch, tmp_path)
+    reg_loss = _train_loss(reg, batch, tmp_path)
     assert reg_loss.item() == pytest.approx(plain_loss.item(), abs=1e-6)
 
 
-def test_nlu_loss_is_task_plus_weighted_terms_and_consistency_zero_at_step0():
+def test_nlu_loss_is_task_plus_weighted_terms_and_consistency_zero_at_step0(tmp_path):
     batch = nlu_batch()
     cfg = BALoRAConfig(lambda_consistency=0.5, lambda_diversity=0.2, lambda_svd=0.3, svd_top_k=1)
-    model = prepare_model(tiny_bert(), "ba-lora", r=4, balora=cfg)
+    prepared = prepare_model(tiny_bert(), "ba-lora", r=4, config=cfg)
+    model = prepared.model
     model.train()
     with torch.no_grad():
         out = model(**batch)
         expected = (out.loss + 0.5 * 0.0 + 0.2 * R.nlu_diversity(out.logits) + 0.3 * R.nlu_svd(out.logits, 1))
-    trainer = BALoRATrainer(model=model, args=_args("/tmp/balora-test-unused"))
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=_args(tmp_path))
     loss = trainer.compute_loss(model, batch)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert trainer._sums["consistency"] == pytest.approx(0.0, abs=1e-10)
@@ -65,8 +66,9 @@ def test_nlu_loss_is_task_plus_weighted_terms_and_consistency_zero_at_step0():
 
 def test_training_logs_each_term_and_consistency_grows(tmp_path):
     data = ListDataset(nlu_batch(n=16))
-    model = prepare_model(tiny_bert(), "ba-lora", r=4)
-    trainer = BALoRATrainer(model=model, args=_args(tmp_path, max_steps=6), train_dataset=data)
+    prepared = prepare_model(tiny_bert(), "ba-lora", r=4)
+    model = prepared.model
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=_args(tmp_path, max_steps=6), train_dataset=data)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss_task" in h]
     assert len(logs) == 6
@@ -79,17 +81,19 @@ def test_training_logs_each_term_and_consistency_grows(tmp_path):
 
 def test_batch_of_one_skips_batch_terms_with_a_logged_count(tmp_path):
     data = ListDataset(nlu_batch(n=3))
-    model = prepare_model(tiny_bert(), "ba-lora", r=4)
-    trainer = BALoRATrainer(model=model, args=_args(tmp_path, per_device_train_batch_size=1, max_steps=2), train_dataset=data)
+    prepared = prepare_model(tiny_bert(), "ba-lora", r=4)
+    model = prepared.model
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=_args(tmp_path, per_device_train_batch_size=1, max_steps=2), train_dataset=data)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss_task" in h]
     assert all(h.get("balora_skipped_diversity") == 1 and h.get("balora_skipped_svd") == 1 for h in logs)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
 
 
-def test_nan_term_raises_naming_the_term(monkeypatch):
-    model = prepare_model(tiny_bert(), "ba-lora", r=4)
-    trainer = BALoRATrainer(model=model, args=_args("/tmp/balora-test-unused"))
+def test_nan_term_raises_naming_the_term(monkeypatch, tmp_path):
+    prepared = prepare_model(tiny_bert(), "ba-lora", r=4)
+    model = prepared.model
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=_args(tmp_path))
     monkeypatch.setattr(R, "nlu_diversity", lambda z: z.sum() * float("nan"))
     model.train()
     trainer.compute_loss(model, nlu_batch()).backward()
@@ -98,17 +102,18 @@ def test_nan_term_raises_naming_the_term(monkeypatch):
         trainer.guard.check(model, 1)
 
 
-def test_regression_head_uses_pooled_features():
+def test_regression_head_uses_pooled_features(tmp_path):
     """The regression objective's loss is MSE + the three terms on the pooled features fed to the head (the
     BERT pooler output here), against the pretrained model's features: checked against a hand computation."""
     batch = nlu_batch(num_labels=1)
     cfg = BALoRAConfig(lambda_consistency=0.5, lambda_diversity=0.2, lambda_svd=0.3, svd_top_k=2)
-    model = prepare_model(tiny_bert(num_labels=1), "ba-lora", r=4, balora=cfg)
+    prepared = prepare_model(tiny_bert(num_labels=1), "ba-lora", r=4, config=cfg)
+    model = prepared.model
     with torch.no_grad():  # move the adapter away from its init, so the consistency term is not 0
         for name, param in model.named_parameters():
             if "lora_B" in name and ".default." in name:
                 param.add_(0.05 * torch.randn_like(param))
-    loss = _train_loss(model, batch)
+    loss = _train_loss(prepared, batch, tmp_path)
     assert torch.isfinite(loss)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
     with torch.no_grad():
@@ -163,20 +168,21 @@ def test_fused_nlg_terms_equal_reference_formulas():
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_nlg_trainer_loss_matches_formulas(fused):
+def test_nlg_trainer_loss_matches_formulas(fused, tmp_path):
     batch = nlg_batch()
     cfg = BALoRAConfig(task="nlg", lambda_consistency=0.5, lambda_diversity=0.1, lambda_svd=0.2, svd_top_k=2,
                        svd_estimator="exact", fused_nlg=fused)
-    model = prepare_model(tiny_llama(), "ba-lora", r=4, balora=cfg)
+    prepared = prepare_model(tiny_llama(), "ba-lora", r=4, config=cfg)
+    model = prepared.model
     model.train()
     with torch.no_grad():
         out = model(**batch)
-        with reference_mode(model, model.balora.reference) as ref:
+        with reference_mode(model, prepared.reference) as ref:
             ref_logits = ref(**{k: v for k, v in batch.items() if k != "labels"}).logits
         mask = R.shifted_label_mask(batch["labels"])
         expected = (out.loss + 0.5 * R.nlg_consistency(out.logits, ref_logits, mask)
                     + 0.1 * R.nlg_diversity(out.logits, mask) + 0.2 * R.nlg_svd(out.logits, mask, 2, estimator="exact"))
-    trainer = BALoRATrainer(model=model, args=_args("/tmp/balora-test-unused"))
+    trainer = BALoRATrainer(model=model, objective=prepared.objective(), args=_args(tmp_path))
     loss = trainer.compute_loss(model, batch)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     assert trainer._sums["consistency"] == pytest.approx(0.0, abs=1e-6)
@@ -184,38 +190,50 @@ def test_nlg_trainer_loss_matches_formulas(fused):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad and p.grad is not None)
 
 
-def test_nlg_lambdas_zero_equals_plain_causal_lm_loss():
+def test_nlg_lambdas_zero_equals_plain_causal_lm_loss(tmp_path):
     batch = nlg_batch()
     plain = prepare_model(tiny_llama(), "pissa", r=4)
-    reg = prepare_model(tiny_llama(), "ba-lora", r=4, balora=BALoRAConfig(
+    reg = prepare_model(tiny_llama(), "ba-lora", r=4, config=BALoRAConfig(
         task="nlg", lambda_consistency=0, lambda_diversity=0, lambda_svd=0))
-    assert _train_loss(reg, batch).item() == pytest.approx(_train_loss(plain, batch).item(), rel=1e-5)
+    assert _train_loss(reg, batch, tmp_path).item() == pytest.approx(_train_loss(plain, batch, tmp_path).item(), rel=1e-5)
 
 
-def test_cached_teacher_logits_give_the_same_loss_as_the_live_reference():
+def test_cached_teacher_logits_give_the_same_loss_as_the_live_reference(tmp_path):
     from dataclasses import replace
-
-    from transformers import DataCollatorWithPadding  # noqa: F401  (the NLU pipeline's collator)
 
     from balora.reference import TeacherCache
 
     batch = nlu_batch(n=8)
-    live = prepare_model(tiny_bert(), "ba-lora", r=4)
+    prepared = prepare_model(tiny_bert(), "ba-lora", r=4)
+    live = prepared.model
     with torch.no_grad():  # move off the initialisation so the consistency term is non-zero
         for p in live.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     live.train()
-    live_loss = BALoRATrainer(model=live, args=_args("/tmp/balora-test-unused")).compute_loss(live, batch)
+    live_loss = BALoRATrainer(model=live, objective=prepared.objective(), args=_args(tmp_path)).compute_loss(live, batch)
 
     cache = TeacherCache()
     index = torch.arange(8)
-    with torch.no_grad(), reference_mode(live, live.balora.reference) as ref:
+    with torch.no_grad(), reference_mode(live, prepared.reference) as ref:
         cache.put("logits", index, ref(**{k: v for k, v in batch.items() if k != "labels"}).logits, 8)
-    live.balora.reference = replace(live.balora.reference, mode="cached")
-    trainer = BALoRATrainer(model=live, args=_args("/tmp/balora-test-unused"), teacher_cache=cache)
+    cached = replace(prepared.reference, mode="cached", cache=cache)
+    trainer = BALoRATrainer(model=live, objective=prepared.objective(cached), args=_args(tmp_path))
     cached_loss = trainer.compute_loss(live, {**batch, "balora_index": index})
     assert cached_loss.item() == pytest.approx(live_loss.item(), rel=1e-6)
     assert trainer._sums["consistency"] > 1e-6
     with pytest.raises(KeyError, match="no entry for example index"):
         trainer.compute_loss(live, {**batch, "balora_index": index + 100})
+
+
+def test_the_trainer_takes_the_objective_not_the_prepared_result(tmp_path):
+    prepared = prepare_model(tiny_bert(), "ba-lora", r=4)
+    with pytest.raises(TypeError, match=r"model=prepared.model, objective=prepared.objective\(\)"):
+        BALoRATrainer(model=prepared, args=_args(tmp_path))
+    plain = BALoRATrainer(model=tiny_bert(), args=_args(tmp_path))  # no regularisers: the task loss alone
+    assert not plain.objective.regularized and plain.lambdas() == (0.0, 0.0, 0.0)
+    batch = nlu_batch()
+    plain.model.train()
+    with torch.no_grad():
+        expected = plain.model(**batch).loss
+    assert plain.compute_loss(plain.model, batch).item() == pytest.approx(expected.item(), rel=1e-6)

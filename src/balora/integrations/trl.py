@@ -40,20 +40,21 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("balora.integrations.trl needs TRL: pip install 'balora[trl]'") from err
 
+from ..peft_compat import add_sft_tokens
 from ..trainer import BALoRATrainer
 
 
 class BALoRASFTTrainer(BALoRATrainer, SFTTrainer):
     """``trl.SFTTrainer`` whose training loss is BA-LoRA's.
 
-    Use as SFTTrainer, with a model from :func:`balora.prepare_model` (``method="ba-lora"`` or any
-    ``+reg`` / baseline method)::
+    Use as SFTTrainer, with a model and its objective from :func:`balora.prepare_model` (``method="ba-lora"`` or
+    any ``+reg`` / baseline method)::
 
-        model = balora.prepare_model(AutoModelForCausalLM.from_pretrained(path), "ba-lora", r=8)
-        trainer = BALoRASFTTrainer(model=model, args=SFTConfig(..., packing=True), train_dataset=ds,
-                                   processing_class=tokenizer)
+        prepared = balora.prepare_model(AutoModelForCausalLM.from_pretrained(path), "ba-lora", r=8)
+        trainer = BALoRASFTTrainer(model=prepared.model, objective=prepared.objective(),
+                                   args=SFTConfig(..., packing=True), train_dataset=ds, processing_class=tokenizer)
 
-    Extra arguments are BALoRATrainer's (``balora_config``, ``reference``).
+    The extra argument is BALoRATrainer's ``objective``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -87,9 +88,7 @@ class BALoRASFTTrainer(BALoRATrainer, SFTTrainer):
             local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
         else:
             local = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
-        total = self.accelerator.gather_for_metrics(local.reshape(1)).sum().item()
-        self._total_train_tokens += total // self._tp_size
-        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        add_sft_tokens(self, self.accelerator.gather_for_metrics(local.reshape(1)).sum().item())
 
 
 __all__ = ["BALoRASFTTrainer"]

@@ -2,8 +2,8 @@
 
 A TrainerCallback, so it works for any run of :func:`balora.training.nlu.run_nlu` (``extra_callbacks``). At
 step 0 (before the first update), at every step in ``steps`` and at the end of training it runs the model in
-eval mode over the subset, with a forward pre-hook on the head's final linear layer (peft's trainable copy
-when the head is in ``modules_to_save``), and keeps the features, the logits' argmax and the labels.
+eval mode over the subset, with forward pre-hooks on the head's final layer (:func:`balora.pooling.head_layers`),
+and keeps the features (one row per text, :func:`balora.pooling.head_rows`), the logits' argmax and the labels.
 """
 
 from __future__ import annotations
@@ -14,22 +14,9 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-__all__ = ["FeatureCapture", "head_input_module"]
+from ..pooling import reading_head_inputs
 
-
-def head_input_module(model: torch.nn.Module, num_labels: int) -> torch.nn.Module:
-    """The module whose input is the penultimate feature: a RoBERTa-style head's ``out_proj`` (peft's active copy,
-    not ``original_module``), else the top ``classifier`` / ``score`` module itself (for peft a
-    ``ModulesToSaveWrapper``, whose input is the same feature and which may not call its inner Linear)."""
-    mods = dict(model.named_modules())
-    outs = [n for n, m in mods.items() if n.endswith("out_proj") and ("classifier" in n or "score" in n)
-            and "original_module" not in n and isinstance(m, torch.nn.Linear) and m.out_features == num_labels]
-    if outs:
-        return mods[outs[-1]]
-    heads = [n for n in mods if n.split(".")[-1] in ("classifier", "score")]
-    if not heads:
-        raise ValueError(f"FeatureCapture: no 'classifier' / 'score' head in {type(model).__name__}")
-    return mods[min(heads, key=len)]
+__all__ = ["FeatureCapture"]
 
 
 class FeatureCapture(TrainerCallback):
@@ -49,14 +36,9 @@ class FeatureCapture(TrainerCallback):
     def capture(self, model: torch.nn.Module, tokenizer: Any, step: int) -> None:
         if step in self.captured:
             return
-        head = head_input_module(model, self.num_labels)
         feats: list[torch.Tensor] = []
-        hook = head.register_forward_pre_hook(lambda m, args: feats.append(args[0].detach().float().cpu()))
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
         preds = []
-        try:
+        with reading_head_inputs(model) as run:
             for i in range(0, len(self.texts), self.batch_size):
                 chunk = self.texts[i:i + self.batch_size]
                 if chunk and isinstance(chunk[0], (tuple, list)):
@@ -66,14 +48,10 @@ class FeatureCapture(TrainerCallback):
                     enc = tokenizer(list(chunk), truncation=True, max_length=self.max_length, padding=True,
                                     return_tensors="pt")
                 enc.pop("token_type_ids", None) if "token_type_ids" not in _forward_args(model) else None
-                out = model(**{k: v.to(device) for k, v in enc.items()})
+                out, rows = run(enc)
                 preds.append(out.logits.argmax(-1).cpu())
-        finally:
-            hook.remove()
-            model.train(was_training)
+                feats.append(rows)
         x = torch.cat(feats)
-        if x.dim() != 2:
-            raise ValueError("FeatureCapture: the head sees per-token features; use model.pooling: last")
         self.captured[step] = {"features": x.numpy(), "pred": torch.cat(preds).numpy(), "labels": self.labels}
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):

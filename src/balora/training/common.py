@@ -79,8 +79,8 @@ def _cuda_available() -> bool:
 
 
 def build_trainer(cfg: RunConfig, model: Any, train_ds: Any, eval_ds: Optional[Any], collator: Any, tokenizer: Any,
-                  teacher_cache: Any = None, compute_metrics: Any = None, callbacks: Optional[list] = None,
-                  reference: Any = None) -> Any:
+                  objective: Any = None, compute_metrics: Any = None, callbacks: Optional[list] = None) -> Any:
+    """The run's :class:`~balora.trainer.BALoRATrainer`, handed its ``objective`` (``PreparedModel.objective()``)."""
     from ..trainer import BALoRATrainer
 
     return BALoRATrainer(
@@ -92,8 +92,7 @@ def build_trainer(cfg: RunConfig, model: Any, train_ds: Any, eval_ds: Optional[A
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
         callbacks=callbacks,
-        teacher_cache=teacher_cache,
-        reference=reference,
+        objective=objective,
     )
 
 
@@ -160,11 +159,15 @@ def _now() -> str:
 
 
 def check_runtime(cfg: RunConfig, has_eval: bool) -> None:
-    """Settings the machine cannot run (e.g. bf16 on a CPU), reported before anything is set up or written.
+    """Settings the machine cannot run (bf16 or fp16 on a CPU), reported before anything is set up or written.
 
-    transformers' own TrainingArguments check is the authority (bf16 without a bf16-capable device fails there);
-    building the arguments is cheap and writes nothing.
+    transformers' own TrainingArguments check is the authority for bf16 (without a bf16-capable device it fails
+    there); building the arguments is cheap and writes nothing. fp16 mixed precision needs a CUDA device: transformers
+    accepts it on a CPU, where the first step then fails with a non-finite gradient.
     """
+    if cfg.model.dtype == "float16" and not _cuda_available():
+        raise ValueError("the training settings cannot run here (model.dtype=float16): float16 training needs a CUDA "
+                         "GPU; on a CPU use model.dtype float32 (or bfloat16 where the CPU supports it)")
     try:
         training_arguments(cfg, has_eval)
     except ValueError as err:
@@ -255,11 +258,12 @@ def mark_failure(run_dir: Path) -> Iterator[None]:
         raise
 
 
-def finish_run(cfg: RunConfig, run_dir: Path, model: Any, metrics: dict, extra: Optional[dict] = None,
+def finish_run(cfg: RunConfig, run_dir: Path, prepared: Any, metrics: dict, extra: Optional[dict] = None,
                status: str = "completed") -> Path:
     """Write ``balora_run.json`` (atomically): what ran, on what, with which settings, the metrics and ``status``
-    (``"completed"``; NLG writes ``"running"`` after training and ``"completed"`` after its evaluations)."""
-    info = getattr(model, "balora", None)
+    (``"completed"``; NLG writes ``"running"`` after training and ``"completed"`` after its evaluations).
+    ``prepared``: the :class:`~balora.methods.PreparedModel` (its regulariser settings are recorded)."""
+    m = cfg.method
     flat_metrics = {f"{split}_{k}": v for split, values in metrics.items() for k, v in values.items()
                     if isinstance(v, (int, float))}
     started = read_record(run_dir).get("started")
@@ -270,9 +274,9 @@ def finish_run(cfg: RunConfig, run_dir: Path, model: Any, metrics: dict, extra: 
         "method": cfg.method.name,
         "base_model": cfg.model.name_or_path,
         "task_kind": cfg.kind,
-        "balora": info.balora.to_dict() if info is not None and info.balora is not None else None,
-        "adapter": {"r": cfg.method.r, "alpha": cfg.method.alpha or cfg.method.r,
-                    "target_modules": cfg.method.target_modules, "pissa_niter": cfg.method.pissa_niter},
+        "regularizers": prepared.config.to_dict() if prepared.config is not None else None,
+        "adapter": {"r": m.r, "alpha": m.alpha or m.r, "target_modules": m.target_modules, "pissa_niter": m.pissa_niter,
+                    **({"quantize": m.quantize, "quantize_group_size": m.quantize_group_size} if m.quantize else {})},
         "training": {k: v for k, v in cfg.to_dict()["train"].items() if k not in ("output_dir", "progress")},
         "metrics": flat_metrics,
         "config": cfg.to_dict(),

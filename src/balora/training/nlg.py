@@ -6,9 +6,10 @@ data, model and evaluation are :mod:`balora.training.pipeline`'s, shared with :f
 1. tokenizer + causal LM (fp32 unless ``model.dtype`` says otherwise);
 2. :func:`balora.data.instruct.build_instruct_dataset` (loss on responses only; truncated examples are
    counted and reported in :class:`NLGResult` and ``balora_run.json``);
-3. :func:`balora.methods.prepare_model` with the NLG :class:`~balora.config.BALoRAConfig` from ``cfg.balora``;
-   PiSSA-like inits save their step-0 adapter first (needed to export for the original base);
-4. :class:`~balora.trainer.BALoRATrainer` with :class:`~balora.data.instruct.DataCollatorForResponseOnly`;
+3. :func:`balora.training.pipeline.prepare_method` with the NLG :class:`~balora.config.BALoRAConfig`
+   ``cfg.regularizers``; PiSSA-like inits save their step-0 adapter first (needed to export for the original base);
+4. :class:`~balora.trainer.BALoRATrainer` with the prepared objective and
+   :class:`~balora.data.instruct.DataCollatorForResponseOnly`;
 5. optional held-out loss on ``data.validation`` (plain token-level cross-entropy, no regularisers, so the
    methods are comparable) and generation benchmarks (:func:`balora.evaluation.tasks.evaluate_model`);
 6. the adapter and ``balora_run.json``.
@@ -135,8 +136,10 @@ def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # generation pads with it
     collator = DataCollatorForResponseOnly(tokenizer)
-    model = pipeline.prepare_method(cfg, model, len(train_ds), run_dir, train_data=(train_ds, collator))
-    trainer = build_trainer(cfg, model, train_ds, None, collator, tokenizer, callbacks=extra_callbacks)
+    prepared = pipeline.prepare_method(cfg, model, len(train_ds), run_dir, train_data=(train_ds, collator))
+    model = prepared.model
+    trainer = build_trainer(cfg, model, train_ds, None, collator, tokenizer, objective=prepared.objective(),
+                            callbacks=extra_callbacks)
     log_history, seconds = pipeline.train(cfg, trainer, run_dir)
     result = NLGResult(run_dir=str(run_dir), log_history=log_history, train_seconds=seconds,
                        instruct=dataclasses.asdict(stats), truncated=stats.n_truncated)
@@ -148,7 +151,7 @@ def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path
         pipeline.save_adapter(model, run_dir)
 
     def record(status: str) -> None:
-        finish_run(cfg, run_dir, model, result.metrics, status=status, extra={
+        finish_run(cfg, run_dir, prepared, result.metrics, status=status, extra={
             "data": stats.source, "instruct": result.instruct, "truncated": result.truncated,
             "held_out_instruct": {k: dataclasses.asdict(s) for k, (_, s) in held_out.items()},
             "evals": result.evals, "train_seconds": round(result.train_seconds, 2),

@@ -130,12 +130,14 @@ def tokenize_nlu(data: NLUData, tokenizer: Any, max_length: int, pair_encoding: 
     # also skip `encode` and so the truncation count.
     import hashlib
 
+    from ..peft_compat import dataset_fingerprint
+
     token = "|".join(map(str, (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer),
                                max_length, data.text_columns, data.label_column, data.regression)
                            + (("siamese",) if siamese else ())))
     out = {}
     for split, ds in data.splits.items():
-        fingerprint = hashlib.sha256(f"{getattr(ds, '_fingerprint', id(ds))}|{token}".encode()).hexdigest()[:16]
+        fingerprint = hashlib.sha256(f"{dataset_fingerprint(ds, id(ds))}|{token}".encode()).hexdigest()[:16]
         enc = ds.map(encode, batched=True, remove_columns=list(ds.column_names), desc=f"tokenising {split}",
                      new_fingerprint=fingerprint, load_from_cache_file=False)
         if split == "train":
@@ -213,30 +215,17 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
                             pad_token_id=tokenizer.pad_token_id,
                             problem_type="regression" if data.regression else "single_label_classification",
                             pooling=cfg.model.pooling, pair_encoding=cfg.model.pair_encoding)
-    from ..reference import has_dropout
-
     collator = nlu_collator(tokenizer, cfg.model.pair_encoding)
     # LP-FT warm start before prepare_model, so peft's frozen copy of the head (the reference's) is the warmed one.
     warmup = _warm_up_head(cfg, model, encoded["train"], collator)
-    balora_cfg = cfg.balora_config()
-    use_cache = (cfg.train.cached_reference_epochs > 0 and cfg.train.epochs >= cfg.train.cached_reference_epochs
-                 and balora_cfg.reference == "auto" and not data.regression and cfg.train.max_steps <= 0
-                 and not has_dropout(model)) or balora_cfg.reference == "cached"
-    model = pipeline.prepare_method(cfg, model, len(encoded["train"]), run_dir, balora=balora_cfg,
-                                    train_data=(encoded["train"], collator))
-    info = model.balora
-    reference = info.reference
-    if use_cache and info.regularized:
-        from ..objectives import RegressionObjective
-
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model.to(device)
-        reference = reference.fill(model, encoded["train"], collator, cfg.train.eval_batch_size, device,
-                                   features=RegressionObjective.cache_rows if data.regression else None)
-        info.reference = reference  # still readable there (run records); the trainer gets it explicitly
+    prepared = pipeline.prepare_method(cfg, model, len(encoded["train"]), run_dir, regression=data.regression,
+                                       train_data=(encoded["train"], collator))
+    model = prepared.model
     metric_fn = compute_metrics or _default_metrics(data)
     trainer = build_trainer(cfg, model, encoded["train"], encoded.get("validation"), collator, tokenizer,
-                            reference=reference, compute_metrics=metric_fn, callbacks=extra_callbacks)
+                            objective=prepared.objective(_filled_reference(cfg, prepared, encoded["train"], collator,
+                                                                           data.regression)),
+                            compute_metrics=metric_fn, callbacks=extra_callbacks)
     if not cfg.train.progress:  # no per-log dict printing either (the caller shows its own progress)
         from transformers.trainer_callback import PrinterCallback
 
@@ -264,10 +253,24 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
         result.metrics[split] = metric_fn(_EvalPrediction(logits, label_ids))
     if save_adapter:
         pipeline.save_adapter(model, run_dir)
-    finish_run(cfg, run_dir, model, result.metrics, extra={"num_labels": data.num_labels, "label_names": data.label_names,
+    finish_run(cfg, run_dir, prepared, result.metrics, extra={"num_labels": data.num_labels, "label_names": data.label_names,
                                                            "truncated": truncated, "data": data.description or cfg.data.train,
                                                            "head": warmup, "injection": injection})
     return result
+
+
+def _filled_reference(cfg: RunConfig, prepared: Any, train_ds: Any, collator: Any, regression: bool) -> Any:
+    """The run's reference; a cached one (chosen by :func:`balora.reference.choose_reference`) filled once over the
+    training set, with the pooled head inputs too for a regression head."""
+    reference = prepared.reference
+    if reference is None or reference.mode != "cached":
+        return reference
+    from ..objectives import RegressionObjective
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    prepared.model.to(device)
+    return reference.fill(prepared.model, train_ds, collator, cfg.train.eval_batch_size, device,
+                          features=RegressionObjective.cache_rows if regression else None)
 
 
 def _inject(cfg: RunConfig, data: NLUData) -> dict:
@@ -289,8 +292,10 @@ def _inject(cfg: RunConfig, data: NLUData) -> dict:
 
 def _warm_up_head(cfg: RunConfig, model: Any, train_ds: Any, collator: Any) -> dict:
     """The head's pooling and, unless ``method.head_warmup`` is none (or the method trains no head), its
-    linear-probe warm start (:func:`balora.heads.warm_up_head`) on the training set."""
-    from ..heads import PooledClassifier, warm_up_head
+    linear-probe warm start (:func:`balora.training.head_warmup.warm_up_head`) on the training set."""
+    from ..heads import PooledClassifier
+    from ..peft_compat import dataset_fingerprint
+    from .head_warmup import warm_up_head
 
     info: dict[str, Any] = {"pooling": model.pooling if isinstance(model, PooledClassifier) else "cls"}
     if cfg.method.head_warmup == "none":
@@ -301,7 +306,7 @@ def _warm_up_head(cfg: RunConfig, model: Any, train_ds: Any, collator: Any) -> d
     model.to(device)
     # Features depend on the frozen base, the pooling and the tokenised data only (not on the seed): runs of a
     # grid in one process (balora demo) share them. The dataset fingerprint covers data and tokenisation.
-    fingerprint = getattr(train_ds, "_fingerprint", None)
+    fingerprint = dataset_fingerprint(train_ds)
     key = (cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.dtype, info["pooling"], fingerprint) if fingerprint else None
     info.update(warm_up_head(model, train_ds, collator, cfg.method.head_warmup, cfg.train.eval_batch_size,
                              cache_key=key))
@@ -331,7 +336,7 @@ def predict_by_length(trainer: Any, dataset: Any) -> tuple[np.ndarray, np.ndarra
     Trainer pads each evaluation batch to its longest row; sorted by length, a batch holds rows of about the same
     length and most of the padding (and its compute) goes away. The rows are put back in their order after.
     """
-    from ..heads import length_order
+    from ..data.order import length_order
 
     order = length_order(dataset, longest_first=True)  # a too-large batch fails at once
     pred = trainer.predict(dataset.select(order))

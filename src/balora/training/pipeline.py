@@ -5,8 +5,9 @@ head and evaluation; the stages around them are here, in the order a run goes th
 
 1. :func:`open_run`: the settings are checked (after the caller checked its data), the run folder is created with
    its record marked ``running``, and marked ``failed`` with the error if anything later raises;
-2. :func:`prepare_method`: the method is put on the loaded model (adapter init seeded so a resume rebuilds it)
-   and a residual init's step-0 adapter is saved (needed to export for the original base);
+2. :func:`prepare_method`: the method is put on the loaded model (adapter init seeded so a resume rebuilds it),
+   the pretrained reference is chosen once, and a residual init's step-0 adapter is saved (needed to export for the
+   original base); the caller hands ``prepared.objective()`` to the trainer;
 3. :func:`train`: the Trainer runs (from the last checkpoint with ``train.resume``);
 4. :func:`save_adapter` and :func:`balora.training.common.finish_run`: the adapter and the run record.
 
@@ -42,11 +43,12 @@ def open_run(cfg: RunConfig, has_eval: bool) -> Iterator[Path]:
             yield run_dir
 
 
-def prepare_method(cfg: RunConfig, model: Any, n_train: int, run_dir: Path, balora: Any = None,
+def prepare_method(cfg: RunConfig, model: Any, n_train: int, run_dir: Path, regression: bool = False,
                    train_data: Any = None) -> Any:
-    """:func:`balora.methods.prepare_model` with the run's method settings; saves a residual init's step-0 adapter.
+    """:func:`balora.methods.prepare_model` with the run's method and regulariser settings and the reference
+    :func:`balora.reference.choose_reference` decides for the run (``regression``: an NLU regression target); saves a
+    residual init's step-0 adapter. Returns the :class:`~balora.methods.PreparedModel`.
 
-    ``balora``: the :class:`~balora.config.BALoRAConfig` (default ``cfg.balora_config()``).
     ``train_data``: ``(train dataset, collator)``; the data-driven inits (corda, eva, lora-ga) draw
     ``method.init_batches`` batches of ``train.batch_size`` from it, seeded with ``train.seed``.
     """
@@ -54,20 +56,27 @@ def prepare_method(cfg: RunConfig, model: Any, n_train: int, run_dir: Path, balo
 
     from ..inits import needs_data, sample_batches
     from ..methods import parse_method, prepare_model
-    from ..reference import init_modifies_base
+    from ..reference import choose_reference, init_modifies_base
 
+    m, t = cfg.method, cfg.train
+    base_method, regularized = parse_method(m.name)
+    reference = None
+    if regularized:  # decided on the loaded model, before the adapter (and its dropout) is added
+        reference = choose_reference(cfg.regularizers.reference, cfg.kind, model=model, epochs=t.epochs,
+                                     max_steps=t.max_steps, cache_from_epochs=t.cached_reference_epochs,
+                                     regression=regression)
     init_batches = None
-    if needs_data(parse_method(cfg.method.name)[0]) and train_data is not None:
-        init_batches = sample_batches(*train_data, cfg.method.init_batches, cfg.train.batch_size, cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)  # the adapter init (and pissa_niter's sketch) is reproducible on resume
-    model = prepare_model(model, cfg.method.name, r=cfg.method.r, alpha=cfg.method.alpha,
-                          target_modules=cfg.method.target_modules, dropout=cfg.method.dropout,
-                          pissa_niter=cfg.method.pissa_niter,
-                          balora=cfg.balora_config() if balora is None else balora, init_batches=init_batches,
-                          **peft_extra_kwargs(cfg.method.name, cfg.train.total_steps(n_train)))
+    if needs_data(base_method) and train_data is not None:
+        init_batches = sample_batches(*train_data, m.init_batches, t.batch_size, t.seed)
+    torch.manual_seed(t.seed)  # the adapter init (and pissa_niter's sketch) is reproducible on resume
+    prepared = prepare_model(model, m.name, r=m.r, alpha=m.alpha, target_modules=m.target_modules, dropout=m.dropout,
+                             pissa_niter=m.pissa_niter, config=cfg.regularizers, reference=reference,
+                             quantize=m.quantize, quantize_group_size=m.quantize_group_size, init_batches=init_batches,
+                             **peft_extra_kwargs(m.name, t.total_steps(n_train)))
+    model = prepared.model
     if getattr(model, "peft_config", None) and init_modifies_base(model.peft_config["default"]):
         save_run_adapters(model, run_dir, initial=True)
-    return model
+    return prepared
 
 
 def train(cfg: RunConfig, trainer: Any, run_dir: Path) -> tuple[list[dict], float]:

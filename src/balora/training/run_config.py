@@ -1,8 +1,9 @@
 """RunConfig: everything one training run needs, as dataclasses with one help text per field.
 
-Loadable from YAML (sections ``model``, ``data``, ``method``, ``balora``, ``train``) and overridable on the
-command line with ``--section.key value`` (values parsed as YAML scalars: ``--train.epochs 3``,
-``--method.target_modules '[query, value]'``).
+Loadable from YAML (sections ``model``, ``data``, ``method``, ``regularizers``, ``train``, ``eval``) and overridable
+on the command line with ``--section.key value`` (values parsed as YAML scalars: ``--train.epochs 3``,
+``--method.target_modules '[query, value]'``). The regulariser section is a :class:`~balora.config.BALoRAConfig`,
+built and checked once here; its former name ``balora`` is still read (:data:`SECTION_ALIASES`).
 """
 
 from __future__ import annotations
@@ -10,84 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from .._fields import help_field
 from ..config import BALoRAConfig
 from ..config_io import load_yaml, parse_yaml
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        return " or ".join("empty" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        return f"a list of {_type_name(item)}" if item is not Any else "a list"
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "text", dict: "a mapping", list: "a list"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """``(ok, value)``: whether ``value`` fits the annotation ``tp`` (an int is accepted, as a float, for a float)."""
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        for arg in typing.get_args(tp):
-            ok, out = _coerce(value, arg)
-            if ok:
-                return True, out
-        return False, value
-    if tp is type(None):
-        return value is None, value
-    if origin is typing.Literal:
-        return value in typing.get_args(tp), value
-    if tp is Any:
-        return True, value
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, list):
-            return False, value
-        checked = [_coerce(v, item) for v in value]
-        return all(ok for ok, _ in checked), [v for _, v in checked]
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        return False, value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if isinstance(tp, type):
-        return isinstance(value, tp), value
-    return True, value
-
-
-def check_field_types(cls: Any, values: dict, section: str) -> dict:
-    """Check (and lightly coerce: int -> float) ``values`` against the annotations of dataclass ``cls``.
-
-    The one place where a config value of the wrong type is reported, naming ``section.field``, the value and the
-    expected type (YAML and ``--section.key value`` overrides both arrive here), before any range check compares it.
-    """
-    hints = typing.get_type_hints(cls)
-    out = dict(values)
-    for name, value in values.items():
-        if name not in hints:
-            continue
-        ok, coerced = _coerce(value, hints[name])
-        if not ok:
-            raise ValueError(f"{section}.{name} must be {_type_name(hints[name])}, got {value!r} "
-                             f"({type(value).__name__})")
-        out[name] = coerced
-    return out
-
-
-def _check_types(obj: Any, section: str) -> None:
-    """Dataclass __post_init__ hook: :func:`check_field_types` on the instance's own fields."""
-    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    for name, value in check_field_types(type(obj), values, section).items():
-        object.__setattr__(obj, name, value)
+from .field_types import check_field_types, check_types
 
 
 @dataclass
@@ -107,7 +37,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from ..heads import POOLINGS, check_pair_encoding
 
-        _check_types(self, "model")
+        check_types(self, "model")
         if self.pooling not in POOLINGS:
             raise ValueError(f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         check_pair_encoding(self.pair_encoding, "model.pair_encoding")
@@ -140,7 +70,7 @@ class DataConfig:
                                           "the run.", default=None)
 
     def __post_init__(self) -> None:
-        _check_types(self, "data")
+        check_types(self, "data")
         if self.task_type not in ("auto", "classification", "regression"):
             raise ValueError(f"data.task_type must be auto, classification or regression, got {self.task_type!r}")
         for name in ("train_limit", "eval_limit"):
@@ -171,14 +101,26 @@ class MethodConfig:
                              "the adapters train (LP-FT): 'logreg' (scikit-learn logistic regression; ridge for "
                              "regression) or 'none' (random head). The consistency term's reference then uses the "
                              "warmed head. Its cost is recorded as head_warmup_seconds.", default="logreg")
+    quantize: Optional[str] = help_field("Quantise the frozen base of the adapted layers after the adapter init (torchao, "
+                                         "balora.quant): int8 or int4; with a PiSSA init this is QPiSSA (only the residual "
+                                         "is quantised). lora and pissa methods (and their +reg, ba-lora) only; empty = "
+                                         "no quantisation.", default=None)
+    quantize_group_size: int = help_field("Group size of int4 quantisation.", default=128)
 
     def __post_init__(self) -> None:
         from ..heads import HEAD_WARMUPS
 
-        _check_types(self, "method")
+        check_types(self, "method")
         from ..methods import parse_method
 
-        parse_method(self.name)
+        base_method, _ = parse_method(self.name)
+        if self.quantize is not None and self.quantize not in ("int8", "int4"):
+            raise ValueError(f"method.quantize must be int8, int4 or empty, got {self.quantize!r}")
+        if self.quantize is not None and base_method not in ("lora", "pissa"):
+            raise ValueError(f"method.quantize is offered for the lora and pissa methods (and their +reg, ba-lora), "
+                             f"not for method.name {self.name!r}")
+        if self.quantize_group_size < 1:
+            raise ValueError(f"method.quantize_group_size must be >= 1, got {self.quantize_group_size}")
         if self.head_warmup not in HEAD_WARMUPS:
             raise ValueError(f"method.head_warmup must be one of {', '.join(HEAD_WARMUPS)}, got {self.head_warmup!r}")
         if self.r < 1:
@@ -210,10 +152,10 @@ class TrainConfig:
     progress: bool = help_field("Show progress bars.", default=True)
     resume: bool = help_field("Resume from the last checkpoint in output_dir when there is one.", default=False)
     overwrite: bool = help_field("Train afresh into an output_dir that holds a completed run, removing its record, adapters and checkpoints first (without it such a folder is refused).", default=False)
-    cached_reference_epochs: float = help_field("NLU: use cached per-example teacher logits (balora.reference='cached') when training for at least this many epochs and the model has no active dropout (a cache cannot replay the student's dropout masks, docs/method.md); 0 = never switch automatically.", default=2.0)
+    cached_reference_epochs: float = help_field("NLU: use cached per-example teacher logits (regularizers.reference='cached') when training for at least this many epochs and the model has no active dropout (a cache cannot replay the student's dropout masks, docs/method.md); 0 = never switch automatically.", default=2.0)
 
     def __post_init__(self) -> None:
-        _check_types(self, "train")
+        check_types(self, "train")
         for name in ("batch_size", "eval_batch_size", "grad_accum", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -253,7 +195,7 @@ class EvalOptions:
     max_new_tokens: int = help_field("Maximum generated tokens per problem.", default=512)
 
     def __post_init__(self) -> None:
-        _check_types(self, "eval")
+        check_types(self, "eval")
         from ..evaluation.tasks import TASKS
 
         if self.task not in TASKS:
@@ -274,7 +216,9 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data."})
     method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "Adapter method."})
-    balora: dict = field(default_factory=dict, metadata={"help": "BALoRAConfig fields (see balora.config)."})
+    regularizers: Optional[BALoRAConfig] = field(default=None, metadata={
+        "help": "The BA-LoRA regularisers and the reference (BALoRAConfig, see balora.config; its task is kind). "
+                "Empty = the defaults of the task."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation and logging."})
     eval: list = field(default_factory=list, metadata={"help": "NLG: generation benchmarks run after training, "
                        "a list of {task, data, limit, batch_size, max_new_tokens} (see EvalOptions)."})
@@ -284,9 +228,28 @@ class RunConfig:
             raise ValueError(f"kind must be 'nlu' or 'nlg', got {self.kind!r}")
         if self.kind not in ("nlu", "nlg"):
             raise ValueError(f"kind must be 'nlu' or 'nlg', got {self.kind!r}")
+        if self.regularizers is None:
+            self.regularizers = BALoRAConfig(task=self.kind)
+        elif self.regularizers.task != self.kind:
+            raise ValueError(f"regularizers.task is {self.regularizers.task!r} but kind is {self.kind!r}: "
+                             "the regularisers' task is the run's kind")
+        self.regularizers_given: Optional[tuple[str, ...]] = None  # build_config: the regulariser keys given
 
-    def balora_config(self) -> BALoRAConfig:
-        return BALoRAConfig(task=self.kind, **self.balora)
+    def identity(self) -> dict:
+        """The settings that identify a run, in the form sweep records have always been keyed by (so a sweep resumes,
+        and its report regenerates, from records written before): :meth:`to_dict` with the regulariser options as
+        given (not their defaults) under the section's former name ``balora``, and ``method.quantize`` /
+        ``quantize_group_size`` only when quantising."""
+        values = self.to_dict()
+        reg = values.pop(REGULARIZERS)
+        given = self.regularizers_given
+        if given is None:  # built in code: the options that differ from the task's defaults
+            default = BALoRAConfig(task=self.kind).to_dict()
+            given = tuple(k for k in reg if k != "task" and reg[k] != default[k])
+        values["balora"] = {k: reg[k] for k in given}
+        if values["method"]["quantize"] is None:
+            del values["method"]["quantize"], values["method"]["quantize_group_size"]
+        return values
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -310,21 +273,36 @@ def parse_eval_section(raw: Any, source: str = "<config>") -> list[EvalOptions]:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}
+REGULARIZERS = "regularizers"
+# Former section names, still read from YAML files, --section.key overrides and sweep paths.
+SECTION_ALIASES = {"balora": REGULARIZERS}
+
+
+def canonical_path(path: str) -> str:
+    """``"balora.lambda_svd"`` -> ``"regularizers.lambda_svd"`` (a section's former name); others unchanged."""
+    section, dot, rest = str(path).partition(".")
+    return SECTION_ALIASES.get(section, section) + dot + rest
+
+
+def regularizer_fields() -> set[str]:
+    """The keys of the ``regularizers`` section: BALoRAConfig's fields but ``task`` (which is the run's kind)."""
+    return {f.name for f in dataclasses.fields(BALoRAConfig)} - {"task"}
 
 
 def build_config(raw: dict, source: str = "<config>") -> RunConfig:
     """RunConfig from a nested dict; unknown sections/keys are errors naming the source and the key."""
-    raw = dict(raw or {})
+    raw = _canonical_sections(dict(raw or {}), source)
     kwargs: dict[str, Any] = {}
+    regularizers: Optional[dict] = None
     for key, value in raw.items():
         if key == "kind":
             kwargs["kind"] = value
-        elif key == "balora":
-            known = {f.name for f in dataclasses.fields(BALoRAConfig)} - {"task"}
+        elif key == REGULARIZERS:
+            known = regularizer_fields()
             bad = set(value or {}) - known
             if bad:
-                raise ValueError(f"{source}: unknown balora option(s) {sorted(bad)}; known: {sorted(known)}")
-            kwargs["balora"] = check_field_types(BALoRAConfig, dict(value or {}), "balora")
+                raise ValueError(f"{source}: unknown {REGULARIZERS} option(s) {sorted(bad)}; known: {sorted(known)}")
+            regularizers = check_field_types(BALoRAConfig, dict(value or {}), REGULARIZERS)
         elif key == "eval":
             kwargs["eval"] = parse_eval_section(value, source)
         elif key in SECTIONS:
@@ -338,10 +316,32 @@ def build_config(raw: dict, source: str = "<config>") -> RunConfig:
             except TypeError as err:
                 raise ValueError(f"{source}: section {key}: {err}") from err
         else:
-            raise ValueError(f"{source}: unknown section {key!r}; expected kind, model, data, method, balora, train, eval")
+            raise ValueError(f"{source}: unknown section {key!r}; expected kind, model, data, method, "
+                             f"{REGULARIZERS}, train, eval")
+    kind = kwargs.get("kind", "nlu")
+    if regularizers is not None and kind in ("nlu", "nlg"):  # a bad kind is named by RunConfig below
+        try:
+            kwargs[REGULARIZERS] = BALoRAConfig(task=kind, **regularizers)
+        except ValueError as err:
+            raise ValueError(f"{source}: section {REGULARIZERS}: {err}") from err
     cfg = RunConfig(**kwargs)
-    cfg.balora_config()  # validate early, naming the bad field
+    cfg.regularizers_given = tuple(regularizers or ())
     return cfg
+
+
+def _canonical_sections(raw: dict, source: str) -> dict:
+    """Rename former section names (:data:`SECTION_ALIASES`); a section given under both names is merged in the
+    order given (so ``--balora.x`` overrides a file's ``regularizers:`` and the reverse)."""
+    out: dict = {}
+    for key, value in raw.items():
+        name = SECTION_ALIASES.get(key, key)
+        if name in out and isinstance(out[name], dict) and isinstance(value, dict):
+            out[name] = merge(out[name], value)
+        elif name in out and out[name] is not None and value is not None:
+            raise ValueError(f"{source}: section {name!r} given twice (also under its former name); keep one")
+        else:
+            out[name] = value if name not in out or value is not None else out[name]
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict:
