@@ -142,7 +142,7 @@ def test_nlu_grid_order_overrides_and_shards() -> None:
     sst = next(c for c in cells if c.spec.task == "sst2" and c.spec.method == "ba-lora")
     assert rte.config.train.epochs == 20 and rte.config.data.train_limit == 100 and rte.config.train.lr == 1e-3
     assert sst.config.train.epochs == 3.0 and sst.config.data.train_limit is None
-    assert sst.config.balora_config().lambda_svd == 0.1
+    assert sst.config.regularizers.lambda_svd == 0.1
     # Every cell is its own run (the seed is part of the key); changing a setting makes new runs.
     _, other = _nlu(overrides=["--train.lr", "1e-3", "--balora.lambda_svd", "0.5"], methods=["lora", "ba-lora"],
                     tasks=["RTE", "sst-2"], seeds=2, per_task={"rte": {"train.epochs": 20, "data.train_limit": 100}})

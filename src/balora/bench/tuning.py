@@ -129,7 +129,7 @@ def run_tuned(tune: TuneConfig, cell_fn: Callable, cells: list, run: Callable[..
         for point in points:
             row = []
             for seed in tune.seeds:
-                raw = copy.deepcopy(base.config.to_dict())
+                raw = copy.deepcopy(base.config.identity())  # round-trips through build_config
                 for path, value in {**point, "train.seed": seed}.items():
                     raw = set_path(raw, path, value)
                 cfg = build_config(raw, f"tuning {base.label} {point}")
@@ -154,7 +154,7 @@ def run_tuned(tune: TuneConfig, cell_fn: Callable, cells: list, run: Callable[..
                                  for p, s in zip(points, scores)],
                   "choice": points[best], "split": {**holdout, "stratified": True}, "selection_seeds": tune.seeds}
         for c in members:
-            raw = copy.deepcopy(c.config.to_dict())
+            raw = copy.deepcopy(c.config.identity())
             for path, value in points[best].items():
                 raw = set_path(raw, path, value)
             cfg = build_config(raw, f"tuned {c.label}")
