@@ -2,8 +2,9 @@
 
 import pytest
 
-from balora.bench.nlg import load_nlg_bench_config
-from balora.bench.nlu import load_bench_config
+from balora.bench.nlg import NLGBenchOptions, nlg_sweep
+from balora.bench.nlu import NLUBenchOptions, nlu_sweep
+from balora.bench.sweep import load_options
 from balora.config_io import load_yaml, parse_yaml
 
 
@@ -15,16 +16,17 @@ def test_exponent_without_dot_is_a_float():
 
 def test_sweep_configs_read_exponents_as_floats(tmp_path):
     nlu = tmp_path / "nlu.yaml"
-    nlu.write_text("models: [m]\nmethods: [lora]\ntasks: [sst2]\nlr: 1e-3\nweight_decay: 1e-2\n"
-                   "per_task: {sst2: {lr: 5e-4}}\n")
-    cfg = load_bench_config(str(nlu))
-    assert isinstance(cfg.lr, float) and cfg.lr == pytest.approx(1e-3)
-    assert isinstance(cfg.weight_decay, float) and cfg.weight_decay == pytest.approx(1e-2)
-    assert cfg.task_hparams("sst2")["lr"] == pytest.approx(5e-4)
+    nlu.write_text("bench: {models: [m], methods: [lora], tasks: [sst2], per_task: {sst2: {train.weight_decay: 1e-2}}}\n"
+                   "train: {lr: 1e-3}\n")
+    sweep = nlu_sweep(load_options(NLUBenchOptions, str(nlu), "bench"), str(nlu))
+    assert isinstance(sweep.run["train"]["lr"], float) and sweep.run["train"]["lr"] == pytest.approx(1e-3)
+    wd = sweep.per_value["data.train"]["glue:sst2"]["train.weight_decay"]
+    assert isinstance(wd, float) and wd == pytest.approx(1e-2)
     nlg = tmp_path / "nlg.yaml"
-    nlg.write_text("model: m\ntrain: t.jsonl\neval_tasks: [gsm8k]\neval_data: [g.jsonl]\nlr: 2e-4\n")
-    cfg = load_nlg_bench_config(str(nlg))
-    assert isinstance(cfg.lr, float) and cfg.lr == pytest.approx(2e-4)
+    nlg.write_text("model: {name_or_path: m}\ndata: {train: t.jsonl}\neval: [{task: gsm8k, data: g.jsonl}]\n"
+                   "train: {lr: 2e-4}\n")
+    sweep = nlg_sweep(load_options(NLGBenchOptions, str(nlg), "bench"), str(nlg))
+    assert isinstance(sweep.run["train"]["lr"], float) and sweep.run["train"]["lr"] == pytest.approx(2e-4)
 
 
 def test_load_yaml_errors_name_the_file(tmp_path):

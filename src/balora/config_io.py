@@ -6,15 +6,12 @@ float, so the loader adds that resolver (YAML 1.2 reads it as a float too).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Mapping, Optional, TypeVar, Union
+from typing import Any, Union
 
 import yaml
 
-
-T = TypeVar("T")
 
 
 class _Loader(yaml.SafeLoader):
@@ -49,21 +46,3 @@ def load_yaml(path: Union[str, Path]) -> dict:
     if not isinstance(raw, dict):
         raise ValueError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw
-
-
-def load_flat_config(cls: type[T], path: Optional[Union[str, Path]] = None,
-                     overrides: Optional[Mapping[str, Any]] = None) -> T:
-    """A flat config dataclass ``cls`` from a YAML file whose keys are its fields, with ``overrides`` on top
-    (``None`` values ignored: a flag not given). An unknown key or a bad value is an error naming the file."""
-    raw: dict[str, Any] = {}
-    if path:
-        raw = load_yaml(path)
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        bad = set(raw) - known
-        if bad:
-            raise ValueError(f"{path}: unknown setting(s) {sorted(bad)}; known: {sorted(known)}")
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return cls(**raw)
-    except ValueError as err:
-        raise ValueError(f"{path or '<command line>'}: {err}") from err

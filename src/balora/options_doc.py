@@ -31,7 +31,7 @@ def _table(cls: type, prefix: str) -> list[str]:
 
 def render() -> str:
     from .config import BALoRAConfig
-    from .demo import DemoConfig
+    from .bench.multiemo import DemoConfig
     from .training.run_config import SECTIONS, EvalOptions
 
     out = ["# Options", "",

@@ -261,3 +261,28 @@ def test_reading_of_a_paired_difference_follows_the_metric_direction():
     table = comparisons_table([{**row, "metric": "accuracy"}, {**row, "metric": "loss"}, {**row, "metric": "ece"}])
     readings = [line.rsplit("|", 2)[-2].strip() for line in table.splitlines()[2:]]
     assert readings == ["A better", "B better", "B better"]  # a higher loss or ECE is worse
+
+
+def test_tuned_analysis_selects_on_the_carved_split_and_records_the_choice(setup, tmp_path):
+    """sweep.tune on a real analysis: the selection runs see only a hold-out of the training split (10 of 40
+    rows, never the 30 test rows); each final run records the grid, the score per value and the choice."""
+    root, base = setup
+    config = {**base, "analysis": {"seeds": [0], "n_boot": 20},
+              "sweep": {"variants": {"lora": {"method.name": "lora"}, "ba-lora": {"method.name": "ba-lora"}},
+                        "tune": {"grid": {"train.lr": [1e-3, 1e-2]}, "metric": "metrics.test.accuracy",
+                                 "fraction": 0.25, "split_seed": 1, "seeds": [0]}}}
+    res = run_analysis("ablation", write(root, "tuned", config), out=str(tmp_path / "out"), progress=False)
+    assert not res["summary"].failed
+    records = read_results(tmp_path / "out" / "records.jsonl")
+    select = [r for r in records if r.get("phase") == "select"]
+    final = [r for r in records if r.get("tuning")]
+    assert len(select) == 4 and len(final) == 2
+    assert sorted(r["key"] for r in res["records"]) == sorted(r["key"] for r in final)  # the report: finals only
+    assert all(len(r["test_references"]) == 10 for r in select)  # the hold-out, not the test set
+    assert all(len(r["test_references"]) == 30 for r in final)  # tested once, on the test set
+    for r in final:
+        tuning = r["tuning"]
+        assert [v["values"]["train.lr"] for v in tuning["validation"]] == [1e-3, 1e-2]
+        best = max(tuning["validation"], key=lambda v: v["score"])  # ties: the first
+        assert tuning["choice"] == best["values"] and r["hparams"]["tuned"] == best["values"]
+        assert tuning["split"] == {"fraction": 0.25, "seed": 1, "stratified": True}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from balora.bench import runner
-from balora.bench.nlu import NLUBenchConfig, load_bench_config, nlu_specs
+from balora.bench.nlu import NLUBenchOptions, glue_task_of, nlu_sweep
+from balora.bench.sweep import expand, load_options
 from balora.bench.runner import RunSpec, TruncatedLineWarning, append_record, read_results, run_grid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,49 +127,69 @@ def test_failed_run_is_reported_not_recorded(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ GLUE grid
+def _nlu(path=None, overrides=(), **opts):
+    sweep = nlu_sweep(NLUBenchOptions(**{"models": ["m"], **opts}), path, list(overrides))
+    return sweep, expand(sweep, task_fn=glue_task_of)
+
+
 def test_nlu_grid_order_overrides_and_shards() -> None:
-    cfg = NLUBenchConfig(models=["m"], methods=["lora", "ba-lora"], tasks=["RTE", "sst-2"], seeds=2, lr=1e-3,
-                         per_task={"rte": {"epochs": 20, "train_limit": 100}}, balora={"lambda_svd": 0.1})
-    specs = nlu_specs(cfg)
-    assert len(specs) == 8 and [s.seed for s in specs] == [0] * 4 + [1] * 4
-    rte = next(s for s in specs if s.task == "rte" and s.method == "lora")
-    sst = next(s for s in specs if s.task == "sst2" and s.method == "ba-lora")
-    assert rte.hparams["epochs"] == 20 and rte.hparams["train_limit"] == 100 and "balora" not in rte.hparams
-    assert sst.hparams["epochs"] == 3.0 and sst.hparams["balora"] == {"lambda_svd": 0.1}
-    assert sst.hparams["alpha"] == 8  # default alpha = r
-    shards = [nlu_specs(NLUBenchConfig(**{**cfg.__dict__, "shard": f"{i}/3"})) for i in range(3)]
-    assert sorted(s.key() for part in shards for s in part) == sorted(s.key() for s in specs)
+    sweep, cells = _nlu(overrides=["--train.lr", "1e-3", "--balora.lambda_svd", "0.1"], methods=["lora", "ba-lora"],
+                        tasks=["RTE", "sst-2"], seeds=2,
+                        per_task={"rte": {"train.epochs": 20, "data": {"train_limit": 100}}})
+    assert len(cells) == 8 and [c.config.train.seed for c in cells] == [0] * 4 + [1] * 4
+    assert [c.spec.task for c in cells[:4]] == ["rte", "rte", "sst2", "sst2"]
+    rte = next(c for c in cells if c.spec.task == "rte" and c.spec.method == "lora")
+    sst = next(c for c in cells if c.spec.task == "sst2" and c.spec.method == "ba-lora")
+    assert rte.config.train.epochs == 20 and rte.config.data.train_limit == 100 and rte.config.train.lr == 1e-3
+    assert sst.config.train.epochs == 3.0 and sst.config.data.train_limit is None
+    assert sst.config.regularizers.lambda_svd == 0.1
+    # Every cell is its own run (the seed is part of the key); changing a setting makes new runs.
+    _, other = _nlu(overrides=["--train.lr", "1e-3", "--balora.lambda_svd", "0.5"], methods=["lora", "ba-lora"],
+                    tasks=["RTE", "sst-2"], seeds=2, per_task={"rte": {"train.epochs": 20, "data.train_limit": 100}})
+    assert len({c.spec.key() for c in cells}) == 8
+    assert not {c.spec.key() for c in cells if c.spec.method == "ba-lora"} & {c.spec.key() for c in other}
+    shards = [expand(dataclasses.replace(sweep, shard=f"{i}/3"), task_fn=glue_task_of) for i in range(3)]
+    assert sorted(c.spec.key() for part in shards for c in part) == sorted(c.spec.key() for c in cells)
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"methods": ["lora", "qlora"]}, "method must be one of"),
-    ({"shard": "2/2"}, "shard must be 'i/n'"),
-    ({"per_task": {"rte": {"optimizer": "sgd"}}}, r"per_task.rte: unknown setting\(s\) \['optimizer'\]"),
     ({"seeds": 0}, "seeds must be >= 1"),
     ({"tasks": ["squad"]}, "unknown GLUE task 'squad'"),
+    ({"per_task": {"rte": 3}}, "per_task.rte must be a mapping"),
 ])
-def test_nlu_config_errors(kwargs: dict, message: str) -> None:
+def test_nlu_options_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        NLUBenchConfig(**{"models": ["m"], **kwargs})
+        NLUBenchOptions(**{"models": ["m"], **kwargs})
+
+
+def test_nlu_sweep_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match=r"per_value.data.train.glue:rte.train.optimizer: unknown field 'optimizer'"):
+        _nlu(per_task={"rte": {"train.optimizer": "sgd"}})
+    with pytest.raises(ValueError, match="no model"):
+        nlu_sweep(NLUBenchOptions(), None, [])
+    with pytest.raises(ValueError, match="train.lr must be"):
+        _nlu(overrides=["--train.lr", "fast"])
 
 
 def test_paper_configs_load(tmp_path: Path) -> None:
     paths = sorted((REPO / "configs" / "nlu").glob("*.yaml"))
     assert paths
     for path in paths:
-        cfg = load_bench_config(str(path), {"models": ["m"]})
-        assert cfg.r == 8
-        for task in cfg.tasks:
-            try:
-                hp = cfg.task_hparams(task)
-            except ValueError as err:  # where the paper's text lost the learning rate
-                assert f"lr is not set for task {task!r}" in str(err)
-                hp = load_bench_config(str(path), {"models": ["m"], "lr": 1e-4}).task_hparams(task)
-            assert hp["epochs"] > 0 and hp["batch_size"] in (16, 32) and hp["alpha"] in (8, 16)
+        opts = load_options(NLUBenchOptions, str(path), "bench", {"models": ["m"]})
+        try:
+            sweep, cells = _nlu(str(path), **opts.__dict__)
+        except ValueError as err:  # where the paper's text lost the learning rate
+            assert "train.lr must be a number" in str(err), path
+            sweep, cells = _nlu(str(path), ["--train.lr", "1e-4"], **opts.__dict__)
+        assert cells and {c.spec.task for c in cells} == set(opts.tasks)
+        for c in cells:
+            assert c.config.method.r == 8 and c.config.train.epochs > 0 and c.config.train.batch_size in (16, 32)
+            assert (c.config.method.alpha or c.config.method.r) in (8, 16)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("models: [m]\nlearning_rate: 0.1\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: unknown setting\(s\) \['learning_rate'\]"):
-        load_bench_config(str(bad))
+    bad.write_text("bench: {models: [m], learning_rate: 0.1}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: bench: unknown option\(s\) \['learning_rate'\]"):
+        load_options(NLUBenchOptions, str(bad), "bench")
 
 
 def test_bench_cli_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -175,14 +197,17 @@ def test_bench_cli_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
 
     results = tmp_path / "r.jsonl"
     args = ["bench", "nlu", "--models", "m", "--methods", "lora", "--tasks", "rte", "mrpc", "--seeds", "2",
-            "--results", str(results), "--dry-run"]
+            "--results", str(results), "--dry-run", "--train.lr", "1e-3"]
     assert main(args) == 0
     assert "4 of 4 runs to do" in capsys.readouterr().out
-    spec = RunSpec("m", "lora", "rte", 0, NLUBenchConfig(models=["m"], methods=["lora"], tasks=["rte"]).task_hparams("rte")
-                   | {"r": 8, "target_modules": "all-linear"})
-    append_record(results, {"key": spec.key()})
+    _, cells = _nlu(overrides=["--train.lr", "1e-3"], methods=["lora"], tasks=["rte", "mrpc"], seeds=2)
+    append_record(results, {"key": cells[0].spec.key()})
     assert main(args) == 0
     assert "3 of 4 runs to do" in capsys.readouterr().out
+    assert main(args[:-1] + ["2e-3"]) == 0  # another learning rate: other runs
+    assert "4 of 4 runs to do" in capsys.readouterr().out
+    assert main(args[:-2] + ["--train.lr", "-1"]) == 2
+    assert "train.lr must be a finite number > 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -197,7 +222,7 @@ def test_bench_nlu_end_to_end_minilm(shared_data: Path, tmp_path: Path, capsys: 
         pytest.skip(str(err))
     results = tmp_path / "r.jsonl"
     args = ["bench", "nlu", "--models", model, "--methods", "lora", "--tasks", "rte", "--seeds", "1",
-            "--train-limit", "32", "--eval-limit", "32", "--max-steps", "2", "--batch-size", "8",
+            "--data.train_limit", "32", "--data.eval_limit", "32", "--train.max_steps", "2", "--train.batch_size", "8",
             "--glue-dir", str(shared_data / "glue" / "glue_data"), "--ood", "--results", str(results),
             "--out-dir", str(tmp_path / "runs")]
     assert main(args) == 0

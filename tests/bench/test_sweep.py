@@ -62,3 +62,50 @@ def test_bad_axes_are_named(tmp_path):
     sweep = load_sweep(str(path), ["--method.r", "16"])
     cells = expand(sweep)
     assert [c.config.train.lr for c in cells] == [1e-3, 1e-3] and cells[0].config.method.r == 16  # 1e-3 a float
+
+
+def test_per_value_settings_and_shards(tmp_path):
+    sweep = SweepConfig(run=BASE, grid={"train.seed": [0, 1], "data.train": ["a.csv", "b.csv"]},
+                        per_value={"data.train": {"b.csv": {"train.epochs": 2, "method": {"r": 4}}}})
+    cells = expand(sweep)
+    b = [c for c in cells if c.config.data.train == "b.csv"]
+    a = [c for c in cells if c.config.data.train == "a.csv"]
+    assert all(c.config.train.epochs == 2 and c.config.method.r == 4 for c in b)
+    assert all(c.config.train.epochs == 1 and c.config.method.r == 8 for c in a)
+    assert len({c.spec.key() for c in cells}) == 4
+    shards = [expand(SweepConfig(**{**sweep.__dict__, "shard": f"{i}/3"})) for i in range(3)]
+    assert [len(s) for s in shards] == [2, 1, 1]
+    assert sorted(c.spec.key() for s in shards for c in s) == sorted(c.spec.key() for c in cells)
+    with pytest.raises(ValueError, match=r"sweep.per_value.data.train.b.csv.train.epoch: unknown field 'epoch'"):
+        SweepConfig(run=BASE, per_value={"data.train": {"b.csv": {"train.epoch": 2}}})
+    with pytest.raises(ValueError, match="shard must be 'i/n'"):
+        SweepConfig(run=BASE, shard="3/3")
+
+
+def test_options_come_from_their_section_with_command_line_values_on_top(tmp_path):
+    from dataclasses import dataclass
+
+    from balora._fields import help_field
+    from balora.bench.sweep import load_options
+
+    @dataclass
+    class Opts:
+        size: int = help_field("Size.", default=1)
+        name: str = help_field("Name.", default="n")
+
+        def __post_init__(self):
+            if self.size < 1:
+                raise ValueError(f"size must be >= 1, got {self.size}")
+
+    path = tmp_path / "s.yaml"
+    path.write_text("kind: nlu\nbench: {size: 5, name: file}\nsweep: {grid: {train.seed: [0]}}\n")
+    assert load_options(Opts, str(path), "bench", {"name": "flag"}) == Opts(5, "flag")
+    assert load_options(Opts, None, "bench") == Opts()
+    assert load_sweep(str(path)).run == {"kind": "nlu"}  # the options section is not a run setting
+    path.write_text("bench: {size: 0}\n")
+    with pytest.raises(ValueError, match=r"s.yaml: bench: size must be >= 1, got 0"):
+        load_options(Opts, str(path), "bench")
+    path.write_text("bench: {sise: 2}\n")
+    with pytest.raises(ValueError, match=r"s.yaml: bench: unknown option\(s\) \['sise'\]"):
+        load_options(Opts, str(path), "bench")
+

@@ -30,22 +30,23 @@ def test_every_command_module_is_in_the_table() -> None:
 @pytest.mark.parametrize("cuda", [False, True])
 def test_nlu_sweep_measures_memory_on_the_training_device(cuda: bool, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """`balora bench nlu` passed no device to run_grid, so on a GPU it recorded CPU RSS as peak memory."""
+    """`balora bench nlu` passed no device to run_grid, so on a GPU it recorded CPU RSS as peak memory. The grid
+    runner is replaced by a fake that records what it was given (no training), and must have been called."""
     import torch
 
-    import balora.bench.nlu as bench_nlu
-    import balora.bench.runner as runner
+    import balora.bench.sweep as sweep
 
-    seen: dict = {}
+    seen: list[dict] = []
 
     def fake_run_grid(specs, run_fn, results, out_dir, **kwargs):
-        seen.update(kwargs)
-        return runner.GridSummary()
+        seen.append({"specs": list(specs), **kwargs})
+        return sweep.GridSummary()
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(runner, "run_grid", fake_run_grid)
-    monkeypatch.setattr(bench_nlu, "make_nlu_run_fn", lambda cfg: None)
-    args = ["bench", "nlu", "--models", "m", "--methods", "lora", "--tasks", "rte", "--results",
+    monkeypatch.setattr(sweep, "run_grid", fake_run_grid)
+    args = ["bench", "nlu", "--models", "m", "--methods", "lora", "--tasks", "rte", "--seeds", "1", "--results",
             str(tmp_path / "r.jsonl"), "--out-dir", str(tmp_path / "runs")]
     assert cli_main.main(args) == 0
-    assert seen.get("device", "cpu") == ("cuda" if cuda else "cpu")
+    (call,) = seen
+    assert call["device"] == ("cuda" if cuda else "cpu")
+    assert [(s.method, s.task, s.seed) for s in call["specs"]] == [("lora", "rte", 0)]

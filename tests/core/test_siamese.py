@@ -143,13 +143,14 @@ def test_exported_siamese_adapter_reproduces_the_finetuned_model(tmp_path):
     torch.testing.assert_close(merged, tuned, atol=1e-5, rtol=1e-5)
 
 
-def test_bench_records_pair_encoding_only_when_siamese():
-    """Cross runs keep the keys they had before pair_encoding existed (a resumed sweep skips them)."""
-    from balora.bench.nlu import NLUBenchConfig, nlu_specs
+def test_bench_pair_encoding_per_task():
+    """A GLUE sweep sets the pair encoding per task (model.pair_encoding in per_task); a bad value is named."""
+    from balora.bench.nlu import NLUBenchOptions, glue_task_of, nlu_sweep
+    from balora.bench.sweep import expand
 
-    cfg = NLUBenchConfig(models=["m"], methods=["lora"], tasks=["rte", "mrpc"], seeds=1, lr=1e-3,
-                         per_task={"rte": {"pair_encoding": "siamese"}})
-    rte, mrpc = nlu_specs(cfg)
-    assert rte.hparams["pair_encoding"] == "siamese" and "pair_encoding" not in mrpc.hparams
-    with pytest.raises(ValueError, match="pair_encoding must be one of"):
-        NLUBenchConfig(models=["m"], methods=["lora"], tasks=["rte"], pair_encoding="bi")
+    opts = NLUBenchOptions(models=["m"], methods=["lora"], tasks=["rte", "mrpc"], seeds=1,
+                           per_task={"rte": {"model.pair_encoding": "siamese"}})
+    rte, mrpc = expand(nlu_sweep(opts), task_fn=glue_task_of)
+    assert rte.config.model.pair_encoding == "siamese" and mrpc.config.model.pair_encoding == "cross"
+    with pytest.raises(ValueError, match="model.pair_encoding"):
+        expand(nlu_sweep(opts, overrides=["--model.pair_encoding", "bi"]), task_fn=glue_task_of)

@@ -11,8 +11,8 @@ from scipy import stats as sst
 from sklearn.metrics import f1_score, matthews_corrcoef
 
 from balora.bench.runner import RunSpec
-from balora.reports.bench_paired import METRIC_FN, constant_baseline, is_collapsed, paired_page
-from balora.reports.stats import paired_bootstrap
+from balora.reports.bench_paired import METRIC_FN, constant_baseline, paired_page
+from balora.reports.scoring import is_collapsed, paired_bootstrap
 
 # RTE dev of 10 examples, 7 of class 1 (majority accuracy 70.00). Per seed:
 #   lora   : right on all 10                         -> 100.00

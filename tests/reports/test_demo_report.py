@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from balora.reports.demo import write_report
-from balora.reports.stats import majority_baseline
-from balora.demo import compare, score_run, summarize
-from balora.reports.demo import format_runs, format_table
+from balora.reports.multiemo import compare, format_runs, format_table, score_run, summarize, write_report
+from balora.reports.scoring import majority_baseline
 
 
 def _results(tmp_path):
@@ -71,7 +69,7 @@ def test_comparisons_are_paired_and_point_the_right_way(tmp_path):
 def test_anchor_report_pairs_the_two_configurations(tmp_path):
     import pytest
 
-    from balora.reports.demo import anchor_report
+    from balora.reports.multiemo import anchor_report
 
     warmed, random = _results(tmp_path), _results(tmp_path)
     anchor_report(warmed, random, tmp_path / "anchors.md", n_boot=100)

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from balora.bench.nlg import NLGBenchConfig, make_nlg_run_fn, nlg_specs
+from balora.bench.nlg import NLGBenchOptions, make_nlg_cell_fn, nlg_cells, nlg_sweep
+from balora.bench.sweep import run_sweep
 from balora.reports.nlg import nlg_table
-from balora.bench.runner import read_results, run_grid
+from balora.bench.runner import read_results
 from balora.training.nlg import EvalOptions, evals_from_test, load_nlg_config, parse_eval_section, run_nlg
 from balora.training.run_config import build_config
 from tests.core.tiny import tiny_llama
@@ -168,15 +169,20 @@ def test_validation_loss_is_plain_cross_entropy(assets, tmp_path) -> None:
 
 
 def test_bench_grid_appends_resumes_and_tabulates(assets, tmp_path) -> None:
-    cfg = NLGBenchConfig(model=str(assets["model"]), methods=["lora"], train=str(assets["train"]), train_format="gsm8k",
-                         eval_tasks=["gsm8k"], eval_data=[str(assets["test"])], max_steps=3, batch_size=4, lr=1e-3,
-                         max_length=MAX_LENGTH, eval_batch_size=3, max_new_tokens=16, base=True,
-                         results=str(tmp_path / "res.jsonl"), out_dir=str(tmp_path / "runs"))
-    specs = nlg_specs(cfg)
-    assert [s.method for s in specs] == ["base", "lora"] and "lr" not in specs[0].hparams
-    first = run_grid(specs, make_nlg_run_fn(cfg), cfg.results, cfg.out_dir, progress=False, stop_on_error=True)
+    opts = NLGBenchOptions(methods=["lora"], base=True,
+                           evals=[{"task": "gsm8k", "data": str(assets["test"]), "batch_size": 3, "max_new_tokens": 16}])
+    overrides = ["--model.name_or_path", str(assets["model"]), "--data.train", str(assets["train"]), "--data.format",
+                 "gsm8k", "--train.max_steps", "3", "--train.lr", "1e-3", f"--model.max_length={MAX_LENGTH}"]
+    sweep = nlg_sweep(opts, None, overrides, {"results": str(tmp_path / "res.jsonl"), "out_dir": str(tmp_path / "runs")})
+    cells = nlg_cells(opts, sweep)
+    assert [c.spec.method for c in cells] == ["base", "lora"]
+    # The base model's key holds only what scores it: a training setting does not make it a new run.
+    lr2 = nlg_cells(opts, nlg_sweep(opts, None, overrides + ["--train.lr", "2e-3"]))
+    assert lr2[0].spec.key() == cells[0].spec.key() and lr2[1].spec.key() != cells[1].spec.key()
+    first = run_sweep(sweep, make_nlg_cell_fn(opts, sweep.results), progress=False, stop_on_error=True, cells=cells,
+                      subdir=False)
     assert len(first.ran) == 2
-    records = read_results(cfg.results)
+    records = read_results(sweep.results)
     assert [r["method"] for r in records] == ["base", "lora"]
     assert all(r["n"] == {"gsm8k": 3} for r in records) and records[0]["score"] == 1.0  # memorised base
     assert records[1]["trainable_params"] > 0 and records[1]["truncated"] == 1 and records[1]["wall_seconds"] > 0
@@ -188,28 +194,29 @@ def test_bench_grid_appends_resumes_and_tabulates(assets, tmp_path) -> None:
         rows = [json.loads(line) for line in (kept / "gsm8k_generations.jsonl").read_text().splitlines()]
         assert len(rows) == 3 and sum(row["correct"] for row in rows) / 3 == r["score"]
         assert json.loads((kept / "gsm8k_summary.json").read_text())["n"] == 3
-    again = run_grid(specs, make_nlg_run_fn(cfg), cfg.results, cfg.out_dir, progress=False)
-    assert not again.ran and len(again.skipped) == 2 and len(read_results(cfg.results)) == 2
+    again = run_sweep(sweep, make_nlg_cell_fn(opts, sweep.results), progress=False, cells=cells)
+    assert not again.ran and len(again.skipped) == 2 and len(read_results(sweep.results)) == 2
     table = nlg_table(records)
     score = records[1]["score"]
     se = (score * (1 - score) / 3) ** 0.5
     assert "| Method | GSM8K | n | seeds | wall (min) | #Params |" in table
     assert "| base | 100.0 ± 0.0 | 3 | 1 |" in table
     assert f"| lora | {score * 100:.1f} ± {se * 100:.1f} | 3 | 1 |" in table
-    with pytest.raises(ValueError, match="eval_data has 0 entries"):
-        NLGBenchConfig(model="m", train="t", eval_tasks=["gsm8k"], eval_data=[])
+    with pytest.raises(ValueError, match="no benchmark to score"):
+        nlg_sweep(NLGBenchOptions(), None, ["--model.name_or_path", "m", "--data.train", "t"])
 
 
 def test_bench_nlg_cli_dry_run_lists_the_grid(assets, tmp_path, capsys) -> None:
     from balora.cli.main import main
 
-    args = ["bench", "nlg", "--model", str(assets["model"]), "--train", str(assets["train"]), "--methods", "lora",
-            "ba-lora", "--base", "--eval-task", "gsm8k", "--eval-data", str(assets["test"]), "--seeds", "2",
+    evals = f"{{task: gsm8k, data: {assets['test']}}}"
+    args = ["bench", "nlg", "--model.name_or_path", str(assets["model"]), "--data.train", str(assets["train"]),
+            "--methods", "lora", "ba-lora", "--base", "--evals", evals, "--seeds", "2",
             "--results", str(tmp_path / "r.jsonl"), "--dry-run"]
     assert main(args) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[1] for line in out[:-1]] == ["base", "lora", "ba-lora", "lora", "ba-lora"]
     assert out[-1].startswith("5 of 5 runs to do")
-    no_data = [a for a in args if a not in ("--eval-data", str(assets["test"]))]
-    assert main(no_data) == 2  # eval_data missing: a clear error (ValueError -> exit code 2), not a traceback
-    assert "eval_data has 0 entries" in capsys.readouterr().err
+    no_data = [a for a in args if a not in ("--evals", evals)]
+    assert main(no_data) == 2  # no benchmark: a clear error (ValueError -> exit code 2), not a traceback
+    assert "no benchmark to score" in capsys.readouterr().err

@@ -19,7 +19,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .sweep import Cell, SweepConfig, expand, load_sweep, run_sweep
+from .sweep import Cell, SweepConfig, expand, load_sweep, result_keys, run_sweep
+from .tuning import selection_data
 from ..config import TASK_DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ ANALYSES: dict[str, str] = {
 class AnalysisOptions:
     """The ``analysis:`` section of an analysis config (besides the run config and ``sweep:``)."""
 
-    seeds: list = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (train.seed axis)."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (train.seed axis)."})
     dataset: str = field(default="", metadata={"help": "'' = the run config's data; 'multiemo' = the packaged "
                                                        "MultiEmo via balora.data.assets."})
     model: str = field(default="", metadata={"help": "'' = the run config's model; 'minilm' / 'smollm2' = the "
@@ -62,7 +63,7 @@ class AnalysisOptions:
     train_domain: str = field(default="hotels", metadata={"help": "MultiEmo training/test domain."})
     train_size: int = field(default=512, metadata={"help": "MultiEmo training sentences (stratified)."})
     test_size: int = field(default=400, metadata={"help": "MultiEmo test sentences (stratified)."})
-    steps: list = field(default_factory=list, metadata={"help": "geometry: steps at which features are captured "
+    steps: list[int] = field(default_factory=list, metadata={"help": "geometry: steps at which features are captured "
                                                                 "(besides 0 and the last); empty = 4 evenly spaced."})
     subset: int = field(default=200, metadata={"help": "geometry: size of the fixed evaluation subset."})
     reference: str = field(default="", metadata={"help": "Variant every other is compared with (paired); default "
@@ -184,7 +185,7 @@ def make_cell_fn(kind: str, opts: AnalysisOptions, out: Path,
 
         cfg = copy.deepcopy(cell.config)
         cfg.train = dataclasses.replace(cfg.train, output_dir=str(run_dir), progress=False)
-        data = (data_fn or (lambda c: _load_data(opts, c)))(cfg)
+        data = selection_data(cell, (data_fn or (lambda c: _load_data(opts, c)))(cfg))  # tuning: the carved split
         if data.regression:
             raise ValueError(f"analysis {kind}: needs a classification task, got a regression target")
         num = data.num_labels
@@ -284,21 +285,19 @@ def _capture_steps(cfg: Any, n_train: int, opts: AnalysisOptions) -> list[int]:
 
 # ------------------------------------------------------------------------------------------ entry point
 def build_analysis(kind: str, config: Optional[str], overrides: Optional[list[str]] = None,
-                   out: Optional[str] = None, seeds: Optional[list[int]] = None) -> tuple[SweepConfig, AnalysisOptions, str]:
-    """(sweep, options, reference variant) of analysis ``kind`` from a config file and overrides."""
+                   out: Optional[str] = None, seeds: Optional[list[int]] = None,
+                   options: Optional[dict] = None) -> tuple[SweepConfig, AnalysisOptions, str]:
+    """(sweep, options, reference variant) of analysis ``kind`` from a config file and overrides; ``options``:
+    AnalysisOptions values given on the command line (over the file's ``analysis:`` section), ``seeds`` one of
+    them."""
     from ..config_io import load_yaml
+    from .sweep import load_options
 
     if kind not in ANALYSES:
         raise ValueError(f"unknown analysis {kind!r}; expected one of {', '.join(ANALYSES)}")
     raw = load_yaml(config) if config else {}
-    section = raw.get("analysis") or {}
-    if not isinstance(section, dict):
-        raise ValueError(f"{config}: 'analysis' must be a mapping of AnalysisOptions fields")
-    known = set(AnalysisOptions.__dataclass_fields__)
-    bad = set(section) - known
-    if bad:
-        raise ValueError(f"{config}: unknown analysis option(s) {sorted(bad)}; known: {sorted(known)}")
-    opts = AnalysisOptions(**{**section, **({"seeds": list(seeds)} if seeds else {})})
+    given = {**(options or {}), **({"seeds": list(seeds)} if seeds else {})}
+    opts = load_options(AnalysisOptions, config, "analysis", given)
     run_kind = (raw.get("kind") or "nlu")
     if run_kind not in TASK_DEFAULTS:
         raise ValueError(f"{config}: kind must be 'nlu' or 'nlg', got {run_kind!r}")
@@ -337,19 +336,24 @@ def build_analysis(kind: str, config: Optional[str], overrides: Optional[list[st
 def run_analysis(kind: str, config: Optional[str] = None, overrides: Optional[list[str]] = None, *,
                  out: Optional[str] = None, seeds: Optional[list[int]] = None, command: str = "",
                  data_fn: Optional[Callable[[Any], Any]] = None, progress: bool = True,
-                 report_only: bool = False) -> dict:
-    """Run (resuming) analysis ``kind`` and write its report; returns ``{"summary", "report", "records"}``."""
+                 report_only: bool = False, options: Optional[dict] = None) -> dict:
+    """Run (resuming) analysis ``kind`` and write its report; returns ``{"summary", "report", "records"}``.
+
+    The report covers the records of the sweep's cells; with ``report_only`` (nothing runs) every record of the
+    results file, so a report is rewritten from its records even when the run config has changed since (a new
+    field with a default changes every run's key)."""
     from ..bench.runner import read_results
     from ..reports.analysis_report import write_report
 
-    sweep, opts, reference = build_analysis(kind, config, overrides, out, seeds)
+    sweep, opts, reference = build_analysis(kind, config, overrides, out, seeds, options)
     out_dir = Path(sweep.results).parent
     cells = expand(sweep)
     summary = None
     if not report_only:
         summary = run_sweep(sweep, make_cell_fn(kind, opts, out_dir, data_fn), progress=progress, cells=cells)
-    keys = {c.spec.key() for c in cells}
-    records = [r for r in read_results(sweep.results) if r["key"] in keys]
+    keys = result_keys(summary, cells) if summary is not None else {c.spec.key() for c in cells}
+    records = [r for r in read_results(sweep.results)
+               if (report_only and r.get("phase") != "select") or r["key"] in keys]
     report = write_report(kind, records, out_dir, description=ANALYSES[kind], reference=reference, command=command, n_boot=opts.n_boot,
                           failed=[f"{s.slug()} {s.hparams.get('variant', '')}: {e}" for s, e in
                                   (summary.failed if summary else [])])

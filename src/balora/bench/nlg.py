@@ -1,10 +1,11 @@
 """NLG sweeps: fine-tune a causal LM with several methods and seeds, score each on generation benchmarks.
 
-:class:`NLGBenchConfig` holds the sweep (``balora bench nlg`` flags and/or a YAML of the same keys);
-:func:`nlg_specs` expands it into :class:`~balora.bench.runner.RunSpec` values (plus the untrained base model
-with ``base``), :func:`make_nlg_run_fn` gives the per-run function that
-:func:`balora.bench.runner.run_grid` calls (JSON Lines append, resume, time and peak memory), and
-:func:`balora.reports.nlg.nlg_table` renders the records in the layout of the paper's Table 1.
+A sweep over the run config (:mod:`balora.bench.sweep`; defaults :data:`RUN_DEFAULTS`, the file's run sections,
+``--section.key value`` overrides, e.g. ``--model.name_or_path DIR --data.train FILE``) crossed over
+:class:`NLGBenchOptions`' methods x seeds, plus the untrained base model with ``base``. The benchmarks are the run
+config's ``eval`` section (or ``--evals``). :func:`nlg_sweep` builds the sweep, :func:`nlg_cells` its cells,
+:func:`make_nlg_cell_fn` the per-run function, and :func:`balora.reports.nlg.nlg_table` renders the records in the
+layout of the paper's Table 1.
 
 A record's payload: ``scores`` (task -> headline metric), ``n`` (task -> problems scored), ``metric``
 (task -> metric name), ``score``/``n_primary`` (the first task), ``train_loss``, ``train_seconds``,
@@ -13,7 +14,9 @@ A record's payload: ``scores`` (task -> headline metric), ``n`` (task -> problem
 
 from __future__ import annotations
 
-import os
+import copy
+import hashlib
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,185 +24,135 @@ from typing import Any, Mapping, Optional
 
 
 from .._fields import help_field
-from ..config_io import load_flat_config
-from .runner import RunFn, RunSpec
+from .runner import RunSpec
+from .sweep import Cell, SweepConfig, expand, load_sweep
 
-__all__ = ["NLGBenchConfig", "load_nlg_bench_config", "nlg_specs", "make_nlg_run_fn"]
+__all__ = ["NLGBenchOptions", "RUN_DEFAULTS", "nlg_sweep", "nlg_cells", "make_nlg_cell_fn", "train_label"]
 
-# Settings of a trained run that change its result (part of the run's key).
-TRAIN_HPARAMS = ("train", "train_format", "train_limit", "epochs", "max_steps", "batch_size", "grad_accum", "lr",
-                 "scheduler", "warmup_ratio", "weight_decay", "r", "alpha", "target_modules", "pissa_niter", "max_length",
-                 "dtype",
-                 "balora")
-EVAL_HPARAMS = ("eval_tasks", "eval_data", "eval_limit", "max_new_tokens")
+#: The run settings of an NLG sweep unless its file or ``--section.key value`` overrides say otherwise.
+RUN_DEFAULTS: dict = {
+    "kind": "nlg",
+    "model": {"max_length": 256},
+    "train": {"epochs": 1.0, "batch_size": 4, "lr": 2e-4, "scheduler": "cosine", "warmup_ratio": 0.03,
+              "logging_steps": 10, "progress": False},
+}
 
 
 @dataclass
-class NLGBenchConfig:
-    """An NLG sweep: one base model, methods x seeds, trained on one instruction set, scored on benchmarks."""
+class NLGBenchOptions:
+    """What an NLG sweep crosses, what it scores and where the generations go (run settings: the run config)."""
 
-    model: str = help_field("Base causal LM (Hub name or local folder).", default="")
-    methods: list[str] = help_field("Methods (balora.methods.METHODS), e.g. lora pissa ba-lora.",
-                               default_factory=lambda: ["lora", "pissa", "ba-lora"])
-    train: str = help_field("Instruction data: a local file or a Hub dataset 'name[:split]'.", default="")
-    train_name: Optional[str] = help_field("Label of the training set in records and tables (default: from --train).",
-                                      default=None)
-    train_format: Optional[str] = help_field("Instruction format (balora.data.templates.FORMATS); detected when empty.",
-                                        default=None)
-    train_limit: Optional[int] = help_field("Use a seeded random subset of this many training examples.", default=None)
-    eval_tasks: list[str] = help_field("Benchmarks after training: gsm8k math math500 humaneval mbpp mt-bench.",
-                                  default_factory=lambda: ["gsm8k"])
-    eval_data: list[str] = help_field("Data of each benchmark, in the order of --eval-tasks (file/folder or Hub name).",
-                                 default_factory=list)
-    eval_limit: Optional[int] = help_field("Score only the first N problems of each benchmark.", default=None)
-    seeds: int = help_field("Number of seeds per method (seeds 0..N-1).", default=1)
+    methods: list[str] = help_field("Methods (balora.methods.METHODS), e.g. lora pissa ba-lora: the method.name axis.",
+                                    default_factory=lambda: ["lora", "pissa", "ba-lora"])
+    seeds: int = help_field("Number of seeds per method (seeds 0..N-1): the train.seed axis.", default=1)
     base: bool = help_field("Also score the untrained base model (method 'base').", default=False)
-    epochs: float = help_field("Training epochs.", default=1.0)
-    max_steps: int = help_field("Stop after this many optimizer steps (overrides epochs when > 0).", default=-1)
-    batch_size: int = help_field("Per-device training batch size.", default=4)
-    grad_accum: int = help_field("Gradient accumulation steps (effective batch = batch_size x grad_accum).", default=1)
-    lr: float = help_field("Peak learning rate (AdamW).", default=2e-4)
-    scheduler: str = help_field("Learning-rate schedule (transformers name).", default="cosine")
-    warmup_ratio: float = help_field("Linear warm-up fraction of the steps.", default=0.03)
-    weight_decay: float = help_field("AdamW weight decay.", default=0.0)
-    r: int = help_field("Adapter rank.", default=8)
-    alpha: Optional[float] = help_field("LoRA alpha (default: r).", default=None)
-    target_modules: Any = help_field("Adapted modules ('all-linear' or a list of names).", default="all-linear")
-    pissa_niter: Optional[int] = help_field("PiSSA-like inits: randomised SVD with this many subspace iterations "
-                                       "(peft pissa_niter_K); exact SVD when empty.", default=None)
-    max_length: int = help_field("Maximum tokens per training example (longer ones are truncated and counted).",
-                            default=256)
-    dtype: str = help_field("Model dtype: float32, bfloat16 or float16.", default="float32")
-    eval_batch_size: int = help_field("Prompts per generate() call.", default=16)
-    max_new_tokens: int = help_field("Maximum generated tokens per problem (greedy).", default=256)
-    balora: dict = help_field("BALoRAConfig overrides for regularised methods (ba-lora, *+reg).", default_factory=dict)
-    results: str = help_field("Results file (JSON Lines, one record per finished run; appended, resumable).",
-                         default="results/nlg.jsonl")
-    out_dir: str = help_field("Parent folder of the per-run output folders.", default="runs/bench_nlg")
-    keep_adapters: bool = help_field("Keep each finished run's folder (adapters, generations).", default=False)
+    evals: list = help_field("Generation benchmarks, each a YAML mapping of the eval section's fields, e.g. "
+                             "'{task: gsm8k, data: test.jsonl, limit: 120}'; replaces the run config's eval section.",
+                             default_factory=list)
+    train_name: Optional[str] = help_field("Label of the training set in records and tables (default: from "
+                                           "data.train).", default=None)
     generations_dir: Optional[str] = help_field(
         "Folder that keeps every run's scored generations (<folder>/<run>/<task>_generations.jsonl and "
         "<task>_summary.json) for auditing, also when the run folder is deleted; empty = <results file without "
         "its .jsonl>_generations next to the results file; 'none' = do not keep them.", default=None)
-    threads: Optional[int] = help_field("torch CPU threads (torch.set_num_threads); empty = torch's default.", default=None)
-    progress: bool = help_field("Show progress bars of training and generation.", default=False)
+    threads: Optional[int] = help_field("torch CPU threads (torch.set_num_threads); empty = torch's default.",
+                                        default=None)
 
     def __post_init__(self) -> None:
-        from ..evaluation.tasks import TASKS
         from ..methods import parse_method
 
-        for name in ("model", "train"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} is empty: give {'a base model' if name == 'model' else 'training data'}")
         if not self.methods and not self.base:
             raise ValueError("methods is empty and base is off: nothing to run")
         for m in self.methods:
             parse_method(m)
-        bad = [t for t in self.eval_tasks if t not in TASKS]
-        if bad:
-            raise ValueError(f"eval_tasks: unknown {bad}; choose from {sorted(TASKS)}")
-        if len(self.eval_data) != len(self.eval_tasks):
-            raise ValueError(f"eval_data has {len(self.eval_data)} entries for {len(self.eval_tasks)} eval_tasks "
-                             f"{self.eval_tasks}: give one data path per task, in the same order")
-        for name in ("seeds", "batch_size", "grad_accum", "r", "max_length", "eval_batch_size", "max_new_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("train_limit", "eval_limit"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 or empty, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.alpha is None:
-            self.alpha = float(self.r)
-        self.model = os.path.expanduser(self.model)
+        if int(self.seeds) < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if not all(isinstance(e, Mapping) for e in self.evals):
+            raise ValueError(f"evals: each entry must be a mapping such as {{task: gsm8k, data: FILE}}, got {self.evals!r}")
 
-    @property
-    def generations_path(self) -> Optional[Path]:
+    def generations_path(self, results: str) -> Optional[Path]:
         """Where the scored generations are kept (see ``generations_dir``); None when they are not kept."""
         if self.generations_dir and self.generations_dir.lower() == "none":
             return None
         if self.generations_dir:
             return Path(self.generations_dir)
-        results = Path(self.results)
-        return results.with_name(f"{results.stem}_generations")
-
-    @property
-    def train_label(self) -> str:
-        """``train_name``, else ``<folder>-<stem>`` of a local file, else the Hub name."""
-        if self.train_name:
-            return self.train_name
-        p = Path(self.train)
-        if p.exists():
-            return f"{p.parent.name}-{p.name.split('.')[0]}" if p.parent.name else p.name.split(".")[0]
-        return self.train
+        return Path(results).with_name(f"{Path(results).stem}_generations")
 
 
-def load_nlg_bench_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> NLGBenchConfig:
-    """Read a sweep YAML (keys = :class:`NLGBenchConfig` fields) and apply ``overrides`` (None values ignored)."""
-    return load_flat_config(NLGBenchConfig, path, overrides)
+def train_label(opts: NLGBenchOptions, train: str) -> str:
+    """``train_name``, else ``<folder>-<stem>`` of a local file, else the Hub name."""
+    if opts.train_name:
+        return opts.train_name
+    p = Path(train)
+    if p.exists():
+        return f"{p.parent.name}-{p.name.split('.')[0]}" if p.parent.name else p.name.split(".")[0]
+    return train
 
 
-def nlg_specs(cfg: NLGBenchConfig) -> list[RunSpec]:
-    """The grid: the base model (with ``base``) first, then seeds x methods (seed-major, so seed 0 finishes first)."""
-    evals = {name: getattr(cfg, name) for name in EVAL_HPARAMS}
-    specs = []
-    if cfg.base:
-        specs.append(RunSpec(cfg.model, "base", cfg.train_label, 0, evals))
-    for seed in range(cfg.seeds):
-        for method in cfg.methods:
-            hp = {name: getattr(cfg, name) for name in TRAIN_HPARAMS}
-            if not _is_regularised(method):
-                hp.pop("balora")
-            specs.append(RunSpec(cfg.model, method, cfg.train_label, seed, {**hp, **evals}))
-    return specs
+def nlg_sweep(opts: NLGBenchOptions, path: Optional[str] = None, overrides: Optional[list[str]] = None,
+              sweep: Optional[Mapping[str, Any]] = None) -> SweepConfig:
+    """The NLG sweep: the run config of ``path`` (over :data:`RUN_DEFAULTS`) with ``overrides`` and ``evals``,
+    crossed over seeds x methods (seed-major, so seed 0 finishes first)."""
+    out = load_sweep(path, overrides, run_defaults=RUN_DEFAULTS, defaults={
+        "grid": {"train.seed": list(range(int(opts.seeds))), "method.name": list(opts.methods)},
+        "results": "results/nlg.jsonl", "out_dir": "runs/bench_nlg"})
+    if opts.evals:
+        out.run["eval"] = [dict(e) for e in opts.evals]
+    for key, value in (sweep or {}).items():
+        setattr(out, key, value)
+    out.__post_init__()
+    for name, what in (("model", "name_or_path"), ("data", "train")):
+        if not (out.run.get(name) or {}).get(what):
+            raise ValueError(f"{name}.{what} is empty: give --{name}.{what} or set it in the config file")
+    if not out.run.get("eval"):
+        raise ValueError("no benchmark to score: give --evals '{task: gsm8k, data: FILE}' or an eval section")
+    return out
 
 
-def _is_regularised(method: str) -> bool:
-    from ..methods import parse_method
-
-    return parse_method(method)[1]
-
-
-def make_nlg_run_fn(cfg: NLGBenchConfig) -> RunFn:
-    """The per-run function: score the base model, or train with run_nlg and score the result."""
-    from ..training.nlg import EvalOptions, evaluate_generation, run_nlg
+def nlg_cells(opts: NLGBenchOptions, sweep: SweepConfig) -> list[Cell]:
+    """The sweep's cells, the untrained base model (with ``base``) first; the base cell's key holds the
+    benchmarks only (it does not depend on training settings)."""
     from ..training.run_config import build_config
 
-    def evals() -> list[EvalOptions]:
-        return [EvalOptions(task=t, data=d, limit=cfg.eval_limit, batch_size=cfg.eval_batch_size,
-                            max_new_tokens=cfg.max_new_tokens) for t, d in zip(cfg.eval_tasks, cfg.eval_data)]
+    label = train_label(opts, sweep.run["data"]["train"])
+    cells = expand(sweep, task_fn=lambda cfg: label) if opts.methods else []
+    if opts.base:
+        cfg = build_config(copy.deepcopy(sweep.run), "bench nlg base")
+        evals = json.dumps(cfg.to_dict()["eval"], sort_keys=True, default=str)
+        digest = hashlib.sha256(f"{cfg.model.name_or_path}|{cfg.model.dtype}|{evals}".encode()).hexdigest()[:16]
+        spec = RunSpec(cfg.model.name_or_path, "base", label, 0, {"variant": "base", "config": digest})
+        cells.insert(0, Cell(cfg, "base", {}, spec))
+    return cells
 
-    def run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-        payload = _run(spec, run_dir)
-        if cfg.generations_path is not None:
-            payload["generations"] = keep_generations(run_dir / "eval", cfg.generations_path / spec.slug())
+
+def make_nlg_cell_fn(opts: NLGBenchOptions, results: str, keep_adapters: bool = False) -> Any:
+    """The per-run function: score the base model, or train with run_nlg and score the result."""
+    import dataclasses
+
+    from ..training.nlg import evaluate_generation, run_nlg
+
+    generations = opts.generations_path(results)
+
+    def run(cell: Cell, run_dir: Path) -> dict[str, Any]:
+        payload = _run(cell, run_dir)
+        if generations is not None:
+            payload["generations"] = keep_generations(run_dir / "eval", generations / cell.spec.slug())
         return payload
 
-    def _run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    def _run(cell: Cell, run_dir: Path) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if spec.method == "base":
+        cfg = cell.config
+        progress = cfg.train.progress
+        if cell.variant == "base":
             from ..models import load_base_model, load_tokenizer
 
-            tokenizer = load_tokenizer(spec.model)
-            model = load_base_model(spec.model, "nlg", dtype=cfg.dtype)
-            summaries = {ev.task: evaluate_generation(model, tokenizer, ev, run_dir / "eval", progress=cfg.progress)
-                         for ev in evals()}
+            tokenizer = load_tokenizer(cfg.model.name_or_path)
+            model = load_base_model(cfg.model.name_or_path, "nlg", dtype=cfg.model.dtype)
+            summaries = {ev.task: evaluate_generation(model, tokenizer, ev, run_dir / "eval", progress=progress)
+                         for ev in cfg.eval}
             return _payload(summaries, {"eval_seconds": round(sum(s["seconds"] for s in summaries.values()), 2)})
-        hp = spec.hparams
-        run_cfg = build_config({
-            "kind": "nlg",
-            "model": {"name_or_path": spec.model, "max_length": hp["max_length"], "dtype": hp["dtype"]},
-            "data": {"train": hp["train"], "format": hp["train_format"], "train_limit": hp["train_limit"]},
-            "method": {"name": spec.method, "r": hp["r"], "alpha": hp["alpha"], "target_modules": hp["target_modules"],
-                       "pissa_niter": hp["pissa_niter"]},
-            "balora": dict(hp.get("balora", {})),
-            "train": {"output_dir": str(run_dir), "epochs": hp["epochs"], "max_steps": hp["max_steps"],
-                      "batch_size": hp["batch_size"], "grad_accum": hp["grad_accum"], "lr": hp["lr"],
-                      "scheduler": hp["scheduler"], "warmup_ratio": hp["warmup_ratio"],
-                      "weight_decay": hp["weight_decay"], "eval_batch_size": cfg.eval_batch_size, "seed": spec.seed,
-                      "progress": cfg.progress, "logging_steps": 10},
-        }, source=f"bench run {spec.slug()}")
-        result = run_nlg(run_cfg, evals(), save_adapter=cfg.keep_adapters)
+        run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(run_dir)))
+        result = run_nlg(run_cfg, list(cfg.eval), save_adapter=keep_adapters)
         losses = [{"step": e["step"], "loss": e["loss"], **{k: v for k, v in e.items() if k.startswith("loss_")}}
                   for e in result.log_history if "loss" in e]
         return _payload(result.evals, {
@@ -231,5 +184,3 @@ def _payload(summaries: Mapping[str, dict], extra: dict) -> dict[str, Any]:
             "metric": {t: s["metric"] for t, s in summaries.items()},
             "score": scores.get(first), "n_primary": summaries[first]["n"] if first else None, **extra}
 
-
-# ---------------------------------------------------------------------------------------------- table

@@ -1,8 +1,12 @@
-"""GLUE sweeps: the grid (model x method x task x seed) of :func:`balora.training.nlu.run_nlu` runs.
+"""GLUE sweeps: the grid (model x seed x task x method) of :func:`balora.training.nlu.run_nlu` runs, as a sweep
+over the run config (:mod:`balora.bench.sweep`).
 
-:class:`NLUBenchConfig` holds the sweep (from ``balora bench nlu`` flags and/or a YAML file with a
-``per_task`` section, see ``configs/nlu/``); :func:`nlu_specs` expands it into :class:`RunSpec` values and
-:func:`make_nlu_run_fn` gives the per-run function :func:`balora.bench.runner.run_grid` calls.
+A GLUE sweep file is a run config (``model``, ``data``, ``method``, ``balora``, ``train`` sections; defaults
+:data:`RUN_DEFAULTS`), a ``bench:`` section of :class:`NLUBenchOptions` (the models, methods, tasks and seeds
+the grid crosses, the GLUE and OOD folders, per-task settings) and an optional ``sweep:`` section (results file,
+output folder, shard, ``tune``: per-method selection on a hold-out of the training split, see
+:mod:`balora.bench.tuning`). :func:`nlu_sweep` builds the sweep (tasks become the ``data.train`` axis ``glue:<task>``,
+per-task settings its ``per_value`` entries) and :func:`make_nlu_cell_fn` the per-run function. See configs/nlu/.
 """
 
 from __future__ import annotations
@@ -15,146 +19,94 @@ from typing import Any, Mapping, Optional
 
 
 from .._fields import help_field
-from ..config_io import load_flat_config
-from .runner import RunFn, RunSpec
+from .sweep import Cell, SweepConfig, flatten, load_sweep
+from .tuning import selection_data
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NLUBenchConfig", "TASK_HPARAMS", "load_bench_config", "nlu_specs", "make_nlu_run_fn"]
+__all__ = ["NLUBenchOptions", "RUN_DEFAULTS", "nlu_sweep", "glue_task_of", "make_nlu_cell_fn"]
 
-# Settings that may differ per task (the per_task section) and that make a run's result differ.
-TASK_HPARAMS = ("epochs", "max_steps", "batch_size", "lr", "warmup_ratio", "weight_decay", "alpha", "max_length",
-                "train_limit", "eval_limit", "pooling", "head_warmup", "pair_encoding")
+#: The run settings of a GLUE sweep unless its file or ``--section.key value`` overrides say otherwise.
+RUN_DEFAULTS: dict = {
+    "kind": "nlu",
+    "model": {"max_length": 128},
+    "train": {"epochs": 3.0, "batch_size": 32, "eval_batch_size": 128, "lr": 5e-4, "logging_steps": 50,
+              "progress": False},
+}
 
 
 @dataclass
-class NLUBenchConfig:
-    """A GLUE sweep: which runs, with which settings (global, overridable per task), and where results go."""
+class NLUBenchOptions:
+    """What a GLUE sweep crosses and where its data live (its run settings are the run config's)."""
 
-    models: list[str] = help_field("Base models (Hub names or local folders).", default_factory=list)
-    methods: list[str] = help_field("Methods (balora.methods.METHODS), e.g. lora pissa ba-lora.",
-                               default_factory=lambda: ["lora", "pissa", "ba-lora"])
-    tasks: list[str] = help_field("GLUE tasks (cola sst2 mrpc qqp stsb mnli qnli rte wnli).",
-                             default_factory=lambda: ["rte", "mrpc", "cola", "stsb", "sst2"])
-    seeds: int = help_field("Number of seeds per cell (seeds 0..N-1).", default=3)
+    models: list[str] = help_field("Base models (Hub names or local folders): the model.name_or_path axis; empty = "
+                                   "the run config's model.name_or_path.", default_factory=list)
+    methods: list[str] = help_field("Methods (balora.methods.METHODS), e.g. lora pissa ba-lora: the method.name axis.",
+                                    default_factory=lambda: ["lora", "pissa", "ba-lora"])
+    tasks: list[str] = help_field("GLUE tasks (cola sst2 mrpc qqp stsb mnli qnli rte wnli): the data.train axis "
+                                  "(glue:<task>).", default_factory=lambda: ["rte", "mrpc", "cola", "stsb", "sst2"])
+    seeds: int = help_field("Number of seeds per cell (seeds 0..N-1): the train.seed axis.", default=3)
+    per_task: dict = help_field("Per-task run settings: {task: {section.field: value}}, e.g. "
+                                "{rte: {train.epochs: 2, data.train_limit: 300}}.", default_factory=dict)
     glue_dir: Optional[str] = help_field("Local GLUE folder (glue_data TSVs or Hub parquet layout); empty = the Hub.",
-                                    default=None)
+                                         default=None)
     ood: bool = help_field("Also evaluate each trained model on the locally available OOD sets of its task "
-                      "(balora.data.ood.OOD_FOR_TASK; no further training).", default=False)
-    ood_root: Optional[str] = help_field("Folder of the local OOD sets (default $BALORA_OOD_ROOT, else <glue-dir>/../ood).",
-                                    default=None)
-    epochs: float = help_field("Training epochs.", default=3.0)
-    max_steps: int = help_field("Stop after this many steps (overrides epochs when > 0).", default=-1)
-    batch_size: int = help_field("Training batch size.", default=32)
-    eval_batch_size: int = help_field("Evaluation batch size.", default=128)
-    lr: Optional[float] = help_field("Peak learning rate (AdamW, linear decay).", default=5e-4)
-    warmup_ratio: float = help_field("Linear warm-up fraction of the steps.", default=0.0)
-    weight_decay: float = help_field("AdamW weight decay.", default=0.0)
-    r: int = help_field("Adapter rank.", default=8)
-    alpha: Optional[float] = help_field("LoRA alpha (default: r).", default=None)
-    target_modules: Any = help_field("Adapted modules ('all-linear' or a list of names).", default="all-linear")
-    max_length: int = help_field("Maximum tokens per example.", default=128)
-    pooling: str = help_field("Classifier pooling: auto (sentence-transformers folders -> mean, else the model's own head), "
-                         "cls, mean or last (see balora.heads).", default="auto")
-    pair_encoding: str = help_field("Sentence pairs: cross (one input) or siamese (each sentence alone, head on "
-                                    "(u, v, |u - v|, u * v); see balora.heads). Recorded in a run's settings only "
-                                    "when siamese, so cross runs keep their keys.", default="cross")
-    head_warmup: str = help_field("Head warm start before the adapters train: logreg (linear probe on frozen features) "
-                             "or none (random head).", default="logreg")
-    train_limit: Optional[int] = help_field("Use at most this many training examples (seeded stratified subsample).",
-                                       default=None)
-    eval_limit: Optional[int] = help_field("Use at most this many evaluation examples (fixed subsample).", default=None)
-    balora: dict = help_field("BALoRAConfig overrides for regularised methods (ba-lora, *+reg).", default_factory=dict)
-    per_task: dict = help_field(f"Per-task overrides of {', '.join(TASK_HPARAMS)}: {{task: {{key: value}}}}.",
-                           default_factory=dict)
-    results: str = help_field("Results file (JSON Lines, one record per finished run; appended, resumable).",
-                         default="results/glue.jsonl")
-    out_dir: str = help_field("Parent folder of the per-run output folders.", default="runs/bench_nlu")
-    keep_adapters: bool = help_field("Keep each finished run's folder (checkpoints, adapters).", default=False)
-    threads: Optional[int] = help_field("torch CPU threads (torch.set_num_threads); empty = torch's default.", default=None)
-    shard: str = help_field("Run only part of the grid, 'i/n' (runs whose grid index mod n equals i); several shards "
-                       "may append to the same results file.", default="0/1")
-    progress: bool = help_field("Show progress bars of the individual runs (the grid bar is always shown).",
-                           default=False)
+                           "(balora.data.ood.OOD_FOR_TASK; no further training).", default=False)
+    ood_root: Optional[str] = help_field("Folder of the local OOD sets (default $BALORA_OOD_ROOT, else "
+                                         "<glue-dir>/../ood).", default=None)
+    threads: Optional[int] = help_field("torch CPU threads (torch.set_num_threads); empty = torch's default.",
+                                        default=None)
 
     def __post_init__(self) -> None:
         from ..data.glue import get_task
         from ..methods import parse_method
 
-        for name in ("models", "methods", "tasks"):
+        for name in ("methods", "tasks"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is empty: give at least one")
         for m in self.methods:
             parse_method(m)
         self.tasks = [get_task(t).name for t in self.tasks]
-        for name in ("seeds", "batch_size", "eval_batch_size", "r", "max_length"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.seeds) < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        i, _, n = str(self.shard).partition("/")
-        if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
-            raise ValueError(f"shard must be 'i/n' with 0 <= i < n, got {self.shard!r}")
-        from ..heads import HEAD_WARMUPS, PAIR_ENCODINGS, POOLINGS
-
-        for name, allowed in (("pooling", POOLINGS), ("head_warmup", HEAD_WARMUPS), ("pair_encoding", PAIR_ENCODINGS)):
-            values = [getattr(self, name)] + [v[name] for v in (self.per_task or {}).values()
-                                              if isinstance(v, Mapping) and name in v]
-            for value in values:
-                if value not in allowed:
-                    raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        for task, values in (self.per_task or {}).items():
-            get_task(task)
+        if not isinstance(self.per_task, Mapping):
+            raise ValueError(f"per_task must be a mapping of task -> settings, got {self.per_task!r}")
+        for task, values in self.per_task.items():
             if not isinstance(values, Mapping):
-                raise ValueError(f"per_task.{task} must be a mapping of settings, got {values!r}")
-            bad = set(values) - set(TASK_HPARAMS)
-            if bad:
-                raise ValueError(f"per_task.{task}: unknown setting(s) {sorted(bad)}; allowed: {list(TASK_HPARAMS)}")
-        self.per_task = {get_task(t).name: dict(v) for t, v in (self.per_task or {}).items()}
-
-    def task_hparams(self, task: str) -> dict[str, Any]:
-        """The settings of ``task``: the global ones with its ``per_task`` overrides applied."""
-        values = {name: getattr(self, name) for name in TASK_HPARAMS}
-        values.update(self.per_task.get(task, {}))
-        if values["lr"] is None:
-            raise ValueError(f"lr is not set for task {task!r} (a paper config leaves it empty where the paper's "
-                             f"text lost the number): pass --lr or set per_task.{task}.lr")
-        if values["alpha"] is None:
-            values["alpha"] = self.r
-        if values["pair_encoding"] == "cross":  # the default, absent from run keys written before it existed
-            del values["pair_encoding"]
-        return values
+                raise ValueError(f"per_task.{task} must be a mapping of section.field -> value, got {values!r}")
+        self.per_task = {get_task(t).name: flatten(v) for t, v in self.per_task.items()}
 
 
-def load_bench_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> NLUBenchConfig:
-    """Read a sweep YAML (keys = :class:`NLUBenchConfig` fields) and apply ``overrides`` (None values ignored)."""
-    return load_flat_config(NLUBenchConfig, path, overrides)
+def glue_task_of(cfg: Any) -> str:
+    """The GLUE task of a cell's run config (``data.train: glue:<task>``)."""
+    return str(cfg.data.train).removeprefix("glue:")
 
 
-def _is_regularised(method: str) -> bool:
-    from ..methods import parse_method
+def nlu_sweep(opts: NLUBenchOptions, path: Optional[str] = None, overrides: Optional[list[str]] = None,
+              sweep: Optional[Mapping[str, Any]] = None) -> SweepConfig:
+    """The GLUE sweep: the run config of ``path`` (over :data:`RUN_DEFAULTS`) with ``overrides``, crossed over
+    models x seeds x tasks x methods (seed-major: a sweep stopped early still has whole tables for its seeds),
+    per-task settings applied; ``sweep``: values of the sweep section given on the command line."""
+    grid: dict[str, list] = {}
+    if opts.models:
+        grid["model.name_or_path"] = list(opts.models)
+    grid["train.seed"] = list(range(int(opts.seeds)))
+    grid["data.train"] = [f"glue:{t}" for t in opts.tasks]
+    grid["method.name"] = list(opts.methods)
+    defaults = {"grid": grid, "results": "results/glue.jsonl", "out_dir": "runs/bench_nlu",
+                "per_value": {"data.train": {f"glue:{t}": v for t, v in opts.per_task.items()}}}
+    out = load_sweep(path, overrides, run_defaults=RUN_DEFAULTS, defaults=defaults)
+    for key, value in (sweep or {}).items():
+        setattr(out, key, value)
+    out.__post_init__()
+    if not opts.models and not (out.run.get("model") or {}).get("name_or_path"):
+        raise ValueError("no model: give --models or model.name_or_path")
+    return out
 
-    base, reg = parse_method(method)
-    return reg or base == "ba-lora"
 
-
-def nlu_specs(cfg: NLUBenchConfig) -> list[RunSpec]:
-    """The grid in run order (model, seed, task, method), keeping shard ``i/n``'s share."""
-    specs = []
-    for model in cfg.models:
-        for seed in range(cfg.seeds):  # seed-major: a sweep stopped early still has whole tables for its seeds
-            for task in cfg.tasks:
-                hp = cfg.task_hparams(task)
-                for method in cfg.methods:
-                    extra = {"r": cfg.r, "target_modules": cfg.target_modules}
-                    if _is_regularised(method):
-                        extra["balora"] = dict(cfg.balora)
-                    specs.append(RunSpec(model, method, task, seed, {**hp, **extra}))
-    i, n = (int(x) for x in cfg.shard.split("/"))
-    return [s for k, s in enumerate(specs) if k % n == i]
-
-
-def _ood_root(cfg: NLUBenchConfig) -> Optional[Path]:
+def _ood_root(cfg: NLUBenchOptions) -> Optional[Path]:
     if cfg.ood_root:
         return Path(cfg.ood_root)
     if os.environ.get("BALORA_OOD_ROOT"):
@@ -222,8 +174,10 @@ class ExtraEval:
             model.train(was_training)
 
 
-def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
+def make_nlu_cell_fn(opts: NLUBenchOptions, keep_adapters: bool = False) -> Any:
     """The per-run function of a GLUE sweep: train with run_nlu, evaluate on the dev set(s) and OOD sets."""
+    import dataclasses
+
     import datasets
 
     from ..data.assets import subsample
@@ -232,17 +186,16 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
     from ..evaluation.nlu_metrics import compute_glue_metrics, make_compute_metrics
     from ..models import load_tokenizer
     from ..training.nlu import NLUData, run_nlu, tokenize_nlu
-    from ..training.run_config import build_config
 
     glue_cache: dict[str, Any] = {}
-    ood_root = _ood_root(cfg)
+    ood_root = _ood_root(opts)
 
-    def run(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-        task = get_task(spec.task)
-        hp = spec.hparams
-        pair_encoding = hp.get("pair_encoding", "cross")  # absent from the keys of cross runs (task_hparams)
+    def run(cell: Cell, run_dir: Path) -> dict[str, Any]:
+        cfg = cell.config
+        task = get_task(glue_task_of(cfg))
+        pair_encoding, eval_limit = cfg.model.pair_encoding, cfg.data.eval_limit
         if task.name not in glue_cache:
-            glue_cache[task.name] = load_glue(task.name, cfg.glue_dir or "nyu-mll/glue")
+            glue_cache[task.name] = load_glue(task.name, opts.glue_dir or "nyu-mll/glue")
         dd = glue_cache[task.name]
         main_split, *other_splits = task.validation_splits
         for split in ("train", main_split, *other_splits):
@@ -254,42 +207,33 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
         # The GLUE spec knows the label space; no need to scan the labels (describe_labels) for it.
         data = NLUData(splits, list(task.text_columns), "label", task.num_labels, list(task.label_names) or None,
                        task.is_regression, f"GLUE {task.name}")
+        data = selection_data(cell, data)  # a tuning run: trained and scored on a hold-out of the training split
+        selecting = cell.phase == "select"
         extras: dict[str, Any] = {}
-        for split in other_splits:  # MNLI mismatched
+        for split in [] if selecting else other_splits:  # MNLI mismatched
             extras[split] = dd[split]
         ood_missing: list[str] = []
-        if cfg.ood:
+        if opts.ood and not selecting:
             names, ood_missing = available_ood(task.name, ood_root)
             for name in names:
                 extras[f"ood/{name}"] = load_ood(name, ood_root, task=task.name)
-        if hp.get("eval_limit"):
-            extras = {k: subsample(v, hp["eval_limit"], seed=0, stratify=not task.is_regression) if len(v) > hp["eval_limit"]
+        if eval_limit:
+            extras = {k: subsample(v, eval_limit, seed=0, stratify=not task.is_regression) if len(v) > eval_limit
                       else v for k, v in extras.items()}
         callback, extra_callbacks = None, None
         if extras:
-            tokenizer = load_tokenizer(spec.model, None)
+            tokenizer = load_tokenizer(cfg.model.name_or_path, None)
             extra_data = NLUData(datasets.DatasetDict(extras), list(task.text_columns), "label", data.num_labels,
                                  data.label_names, data.regression)
-            encoded, _ = tokenize_nlu(extra_data, tokenizer, hp["max_length"], pair_encoding)
+            encoded, _ = tokenize_nlu(extra_data, tokenizer, cfg.model.max_length, pair_encoding)
             callback = ExtraEval(encoded, lambda p, r: compute_glue_metrics(task.name, p, r), task.is_regression,
-                                 cfg.eval_batch_size, tokenizer, pair_encoding)
+                                 cfg.train.eval_batch_size, tokenizer, pair_encoding)
             extra_callbacks = [callback.callback]
-        run_cfg = build_config({
-            "kind": "nlu",
-            "model": {"name_or_path": spec.model, "max_length": hp["max_length"], "pooling": hp.get("pooling", "auto"),
-                      "pair_encoding": pair_encoding},
-            "data": {"train": f"glue:{task.name}", "text_columns": list(task.text_columns),
-                     "train_limit": hp["train_limit"], "eval_limit": hp["eval_limit"]},
-            "method": {"name": spec.method, "r": hp["r"], "alpha": hp["alpha"], "target_modules": hp["target_modules"],
-                       "head_warmup": hp.get("head_warmup", "logreg")},
-            "balora": dict(hp.get("balora", {})),
-            "train": {"output_dir": str(run_dir), "epochs": hp["epochs"], "max_steps": hp["max_steps"],
-                      "batch_size": hp["batch_size"], "eval_batch_size": cfg.eval_batch_size, "lr": hp["lr"],
-                      "warmup_ratio": hp["warmup_ratio"], "weight_decay": hp["weight_decay"], "seed": spec.seed,
-                      "progress": cfg.progress, "logging_steps": 50},
-        }, source=f"bench run {spec.slug()}")
+        run_cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, text_columns=list(task.text_columns)),
+            train=dataclasses.replace(cfg.train, output_dir=str(run_dir)))
         result = run_nlu(run_cfg, data, compute_metrics=make_compute_metrics(task.name),
-                         extra_callbacks=extra_callbacks, save_adapter=cfg.keep_adapters)
+                         extra_callbacks=extra_callbacks, save_adapter=keep_adapters)
         metrics = {main_split: result.metrics["test"]}
         ood = {}
         for name, values in (callback.results if callback else {}).items():
@@ -307,7 +251,7 @@ def make_nlu_run_fn(cfg: NLUBenchConfig) -> RunFn:
         train_loss = next((e["train_loss"] for e in reversed(result.log_history) if "train_loss" in e), None)
         config = run_cfg.to_dict()
         config["train"].pop("output_dir", None)
-        return {"metrics": metrics, "ood": ood, "ood_unavailable": ood_missing if cfg.ood else [],
+        return {"metrics": metrics, "ood": ood, "ood_unavailable": ood_missing if opts.ood else [],
                 "trainable_params": result.trainable_params, "total_params": result.total_params,
                 "train_seconds": round(result.train_seconds, 3), "train_loss": train_loss,
                 "train_examples": len(data.splits["train"]), "eval_examples": len(data.splits["test"]),

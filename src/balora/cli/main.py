@@ -15,16 +15,15 @@ from typing import Any, Callable, Optional
 for _name in ("torchao", "torch.utils._pytree"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
-from ..bench import nlg_cli
-from . import analyze, bench_cmd, demo, eval_cmd, export, report_cmd, train
+from . import analyze, bench_cmd, demo_cmd, eval_cmd, export, report_cmd, train
 
 Register = Callable[[Any], Any]  # register(subparsers) adds one sub-command
 
 # `balora COMMAND`, in the order `balora --help` lists them.
-COMMANDS: tuple[Register, ...] = (demo.register, train.register, export.register, eval_cmd.register,
+COMMANDS: tuple[Register, ...] = (demo_cmd.register, train.register, export.register, eval_cmd.register,
                                   bench_cmd.register, report_cmd.register, analyze.register)
 # `balora bench KIND`.
-BENCH_KINDS: tuple[Register, ...] = (bench_cmd.register_nlu, nlg_cli.register)
+BENCH_KINDS: tuple[Register, ...] = (bench_cmd.register_nlu, bench_cmd.register_nlg)
 
 
 def build_parser() -> argparse.ArgumentParser:

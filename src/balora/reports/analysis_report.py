@@ -2,7 +2,7 @@
 comparisons with bootstrap intervals, collapse flags, and matplotlib plots.
 
 Every comparison is paired: two variants are compared on the seeds both have (same seed = same data order and
-subset) and on the same test examples, with :func:`balora.reports.stats.paired_bootstrap` (examples and seeds
+subset) and on the same test examples, with :func:`balora.reports.scoring.paired_bootstrap` (examples and seeds
 resampled). A difference whose interval contains 0 is reported as "within noise". Records without per-example
 predictions (NLG) are compared by a paired bootstrap over seeds only.
 """
@@ -15,7 +15,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .stats import paired_bootstrap
+from .scoring import (format_mean_std as _mean_std, markdown_table as _table, paired_bootstrap,
+                      paired_ece_bootstrap, paired_loss_bootstrap, seed_bootstrap, verdict)
 
 __all__ = ["write_report", "group_records", "paired_rows"]
 
@@ -48,23 +49,8 @@ def group_records(records: list[dict]) -> dict[str, dict[int, dict]]:
     return dict(groups)
 
 
-def _mean_std(values: list) -> str:
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return "-"
-    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if len(vals) > 1 else f"{vals[0]:.3f}"
-
-
-def _seed_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int = 0) -> tuple[float, float, float]:
-    rng = np.random.default_rng(seed)
-    d = a - b
-    idx = rng.integers(0, len(d), (n_boot, len(d)))
-    boots = d[idx].mean(1)
-    return float(d.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
-
-
 def _row(d: Any) -> dict:
-    """A comparison row from a :class:`balora.reports.stats.PairedDiff` resampled over test examples."""
+    """A comparison row from a :class:`balora.reports.scoring.PairedDiff` resampled over test examples."""
     return {"diff": d.diff, "low": d.low, "high": d.high, "within_noise": d.within_noise, "seeds": d.n_seeds,
             "resampled": "examples and seeds" if d.resample_seeds else "examples"}
 
@@ -83,8 +69,6 @@ def compare(a: dict[int, dict], b: dict[int, dict], metric: str, n_boot: int) ->
         num = max(int(a[seeds[0]].get("num_labels") or 0), int(max(pa.max(), pb.max(), refs.max())) + 1)
         return _row(paired_bootstrap(pa, pb, refs, metric, n_boot=n_boot, num_classes=num))
     if metric == "ece" and all("test_confidences" in g[s] for g in (a, b) for s in seeds):
-        from .stats import paired_ece_bootstrap
-
         def arrays(g: dict[int, dict]) -> tuple[np.ndarray, np.ndarray]:
             conf = np.stack([np.asarray(g[s]["test_confidences"], float) for s in seeds])
             correct = np.stack([np.asarray(g[s]["test_predictions"]) == np.asarray(g[s]["test_references"])
@@ -93,8 +77,6 @@ def compare(a: dict[int, dict], b: dict[int, dict], metric: str, n_boot: int) ->
 
         return _row(paired_ece_bootstrap(*arrays(a), *arrays(b), n_boot=n_boot))
     if metric == "loss" and all("test_nll" in g[s] for g in (a, b) for s in seeds):
-        from .stats import paired_loss_bootstrap
-
         def loss_arrays(g: dict[int, dict]) -> tuple[np.ndarray, np.ndarray]:
             if any(g[s]["test_tokens"] != a[seeds[0]]["test_tokens"] for s in seeds):
                 raise ValueError("paired comparison: the two variants were scored on different held-out tokens")
@@ -106,7 +88,7 @@ def compare(a: dict[int, dict], b: dict[int, dict], metric: str, n_boot: int) ->
     vb = np.array([_test_metrics(b[s]).get(metric, np.nan) for s in seeds], dtype=float)
     if np.isnan(va).any() or np.isnan(vb).any():
         return None
-    diff, low, high = _seed_bootstrap(va, vb, n_boot)
+    diff, low, high = seed_bootstrap(va, vb, n_boot)
     return {"diff": diff, "low": low, "high": high, "within_noise": bool(low <= 0 <= high), "seeds": len(seeds),
             "resampled": "seeds"}
 
@@ -137,12 +119,6 @@ def paired_rows(groups: dict[str, dict[int, dict]], reference: str, metric: str,
             if c is not None:
                 rows.append({"a": a, "b": b, "metric": name, **c})
     return rows
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def main_table(kind: str, groups: dict[str, dict[int, dict]], metric: str) -> str:
@@ -183,10 +159,9 @@ def comparisons_table(rows: list[dict]) -> str:
         return "(no paired comparisons: no two variants share seeds)"
     out = []
     for c in rows:
-        higher = c["metric"] not in LOWER_IS_BETTER
-        verdict = "within noise" if c["within_noise"] else ("A better" if (c["diff"] > 0) == higher else "B better")
+        reading = verdict(c["diff"], c["within_noise"], higher_is_better=c["metric"] not in LOWER_IS_BETTER)
         out.append([c["a"], c["b"], c["metric"], f"{c['diff']:+.3f}", f"[{c['low']:+.3f}, {c['high']:+.3f}]",
-                    c["seeds"], c["resampled"], verdict])
+                    c["seeds"], c["resampled"], reading])
     return _table(["A", "B", "metric", "A - B", "95% CI", "paired seeds", "bootstrap over", "reading"], out)
 
 

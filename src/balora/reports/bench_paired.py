@@ -4,7 +4,7 @@ Reads bench records that hold per-example predictions (``predictions`` / ``refer
 set: ``validation`` and each ``ood/<name>``) and builds a Markdown page. For every task, evaluation set and pair of
 methods it gives, on the seeds both methods finished:
 
-- the paired bootstrap of :func:`balora.reports.stats.paired_bootstrap` (test examples and seeds resampled together,
+- the paired bootstrap of :func:`balora.reports.scoring.paired_bootstrap` (test examples and seeds resampled together,
   95 % percentile interval) of the task's main metric, and
 - the paired-over-seeds difference: the per-seed differences (same subsample, data order and init for both
   methods), their mean and a Student-t 95 % interval over seeds (wide with 3 seeds).
@@ -23,9 +23,9 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from ..methods import table_order_key
-from .stats import accuracy, collapsed, paired_bootstrap
+from .scoring import accuracy, is_collapsed, paired_bootstrap
 
-__all__ = ["METRIC_FN", "constant_baseline", "is_collapsed", "paired_page", "t_interval"]
+__all__ = ["METRIC_FN", "constant_baseline", "paired_page", "t_interval"]
 
 
 # Vectorisable numpy versions of the GLUE main metrics: the bootstrap calls them n_boot x seeds times, and
@@ -53,13 +53,6 @@ def _pearson(p: np.ndarray, r: np.ndarray) -> float:
 METRIC_FN: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy, "f1": _f1, "matthews_correlation": _mcc, "pearson": _pearson}
 _TASK_ORDER = ("rte", "mrpc", "cola", "stsb", "sst2", "qnli")
-
-
-def is_collapsed(pred: np.ndarray, ref: np.ndarray, regression: bool) -> bool:
-    """One class everywhere (classification), or a prediction spread under 5 % of the labels' (regression)."""
-    if regression:
-        return bool(np.std(pred) < 0.05 * np.std(ref))
-    return collapsed(pred)
 
 
 def constant_baseline(ref: np.ndarray, metric: str, regression: bool) -> float:

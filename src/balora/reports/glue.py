@@ -10,6 +10,8 @@ one column per (task, OOD set).
 
 from __future__ import annotations
 
+import json
+
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -83,6 +85,9 @@ def summarize(records: list[dict], source: str = "") -> Summary:
     settings: dict[tuple, set] = {}
     for rec in latest.values():
         hp = {k: v for k, v in (rec.get("hparams") or {}).items()}
+        if "config" in hp and isinstance(rec.get("config"), dict):  # a sweep record: its digest covers the seed
+            train = {k: v for k, v in rec["config"].get("train", {}).items() if k != "seed"}
+            hp["config"] = json.dumps({**rec["config"], "train": train}, sort_keys=True, default=str)
         settings.setdefault((rec["model"], rec["method"], rec["task"]), set()).add(repr(sorted(hp.items())))
         metric, value = main_value(rec)
         base = dict(model=rec["model"], method=rec["method"], seed=rec["seed"], params=rec.get("trainable_params"))

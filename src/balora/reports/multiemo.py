@@ -1,4 +1,6 @@
-"""The demo's one-page report: report.md with the per-run, summary and paired-comparison tables and the plots.
+"""Scores and report of the MultiEmo method comparison (``balora demo``, :mod:`balora.bench.multiemo`): each run's
+in-domain and out-of-domain scores, the summary over seeds, the paired comparisons, and report.md with the
+per-run, summary and paired-comparison tables and the plots (all scoring through :mod:`.scoring`).
 
 Every table and plot flags collapsed runs (one class predicted for every test example)."""
 
@@ -11,8 +13,80 @@ import numpy as np
 
 from ..atomic import write_text_atomic
 from . import plots
+from .scoring import (accuracy, collapsed, format_pm as _pm, macro_f1, markdown_table, mean_std, paired_bootstrap,
+                      score_predictions, verdict)
 
 PROBE = "linear probe"  # the warmed head alone on the frozen base (a row of the demo's tables)
+
+
+def score_run(pred: np.ndarray, refs: np.ndarray, domains: np.ndarray, train_domain: str, k: int,
+              minority: int) -> dict:
+    """In-domain accuracy / macro-F1 / per-class recall / confusion, OOD accuracy and macro-F1, collapse flags."""
+    ind = domains == train_domain
+    scores = score_predictions(pred[ind], refs[ind], k)
+    ood = {}
+    for d in dict.fromkeys(domains[~ind].tolist()):
+        m = domains == d
+        ood[d] = {"accuracy": accuracy(pred[m], refs[m]), "macro_f1": macro_f1(pred[m], refs[m], k),
+                  "collapsed": collapsed(pred[m])}
+    o = ~ind
+    return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
+            "per_class_recall": scores["per_class_recall"], "minority_recall": scores["per_class_recall"][minority],
+            "collapsed": scores["collapsed"],
+            "ood_accuracy": accuracy(pred[o], refs[o]) if o.any() else float("nan"),
+            "ood_macro_f1": macro_f1(pred[o], refs[o], k) if o.any() else float("nan"),
+            "ood": ood, "confusion_matrix": scores["confusion_matrix"]}
+
+
+SUMMARY_KEYS = ("accuracy", "macro_f1", "minority_recall", "ood_accuracy", "ood_macro_f1", "train_seconds")
+
+
+def summarize(runs: list[dict], label_names: list[str]) -> dict[str, dict]:
+    """Per method: mean and std over seeds of each metric, recall per class, and the collapsed-run count."""
+    summary: dict[str, dict] = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        rows = [r for r in runs if r["method"] == method]
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in rows], "collapsed": sum(r["collapsed"] for r in rows)}
+        for key in SUMMARY_KEYS:
+            entry[key] = mean_std([r[key] for r in rows])
+        recalls = np.array([r["per_class_recall"] for r in rows], dtype=float)
+        entry["per_class_recall"] = {n: mean_std(recalls[:, i]) for i, n in enumerate(label_names)}
+        summary[method] = entry
+    return summary
+
+
+COMPARED = (("ba-lora", "lora"), ("ba-lora", "pissa"), ("pissa", "lora"))
+
+
+def compare(results: dict, n_boot: int = 1000) -> list[dict]:
+    """Paired bootstrap (test examples and seeds) of each metric difference between method pairs."""
+    refs = np.asarray(results["data"]["test_labels"])
+    domains = np.asarray(results["data"]["test_domains"])
+    ind = domains == results["data"]["train_domain"]
+    k = len(results["data"]["labels"])
+    by_method: dict[str, dict[int, np.ndarray]] = {}
+    for r in results["runs"]:
+        by_method.setdefault(r["method"], {})[r["seed"]] = np.asarray(r["predictions"])
+    if results.get("probe"):  # deterministic: the same predictions for every seed
+        by_method[PROBE] = {s: np.asarray(results["probe"]["predictions"]) for r in results["runs"] for s in [r["seed"]]}
+    methods = list(by_method)
+    pairs = [p for p in COMPARED if p[0] in by_method and p[1] in by_method]
+    pairs += [(m, PROBE) for m in methods if m != PROBE and PROBE in by_method]
+    pairs += [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:] if (a, b) not in pairs and (b, a) not in pairs]
+    out = []
+    for a, b in pairs:
+        seeds = sorted(set(by_method[a]) & set(by_method[b]))
+        if not seeds:
+            continue
+        pa = np.stack([by_method[a][s] for s in seeds])
+        pb = np.stack([by_method[b][s] for s in seeds])
+        for scope, mask in (("in-domain", ind), ("out-of-domain", ~ind)):
+            if not mask.any():
+                continue
+            for metric in ("accuracy", "macro_f1"):
+                d = paired_bootstrap(pa[:, mask], pb[:, mask], refs[mask], metric, n_boot=n_boot, num_classes=k)
+                out.append({"a": a, "b": b, "scope": scope, "metric": metric, "seeds": seeds, **d.to_dict()})
+    return out
 
 
 def collapse_label(method: str, summary: dict) -> str:
@@ -20,12 +94,6 @@ def collapse_label(method: str, summary: dict) -> str:
     n = summary[method]["collapsed"]
     return f"{method} ({n}/{len(summary[method]['seeds'])} collapsed)" if n else method
 
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *[line(r) for r in rows]])
 
 
 def format_table(results: dict) -> str:
@@ -45,7 +113,7 @@ def format_table(results: dict) -> str:
         rows.append([f"({PROBE}: head only)", "1/1" if p["collapsed"] else "0/1", f"{p['accuracy']:.3f}",
                      f"{p['macro_f1']:.3f}", f"{p['minority_recall']:.3f}", f"{p['ood_accuracy']:.3f}",
                      f"{p['ood_macro_f1']:.3f}", "0"])
-    return _table(header, rows)
+    return markdown_table(header, rows, align=True)
 
 
 def format_runs(results: dict) -> str:
@@ -60,7 +128,7 @@ def format_runs(results: dict) -> str:
         rows.append([r["method"], r["seed"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
                      f"{maj['in_domain']['macro_f1']:.3f}", f"{r['minority_recall']:.3f}", f"{r['ood_accuracy']:.3f}",
                      f"{maj['ood']['accuracy']:.3f}", "-" if probe is None else f"{probe:.3f}", flag])
-    return _table(header, rows)
+    return markdown_table(header, rows, align=True)
 
 
 def format_comparisons(results: dict) -> str:
@@ -68,14 +136,11 @@ def format_comparisons(results: dict) -> str:
     header = ["A - B", "scope", "metric", "difference [95% CI]", "reading"]
     rows = []
     for c in results["comparisons"]:
-        reading = "within noise" if c["within_noise"] else (f"{c['a']} better" if c["diff"] > 0 else f"{c['b']} better")
+        reading = verdict(c["diff"], c["within_noise"], c["a"], c["b"])
         rows.append([f"{c['a']} - {c['b']}", c["scope"], c["metric"],
                      f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]", reading])
-    return _table(header, rows)
+    return markdown_table(header, rows, align=True)
 
-
-def _pm(stat: dict) -> str:
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
 def elapsed(seconds: float) -> str:
@@ -175,8 +240,6 @@ def anchor_report(warmed: dict, random: dict, out: Path, n_boot: int = 1000) -> 
     """anchors.md: the same demo with the warmed head (``head_warmup: logreg``, the reference = pretrained
     body + warmed head) and with the random head (``none``, the paper's literal step-0 anchor), per method,
     with paired bootstrap differences (same seeds, same test examples)."""
-    from .stats import paired_bootstrap
-
     refs = np.asarray(warmed["data"]["test_labels"])
     if refs.tolist() != random["data"]["test_labels"] or warmed["data"]["test_domains"] != random["data"]["test_domains"]:
         raise ValueError("anchor_report: the two demo results were scored on different test sets")
@@ -198,7 +261,7 @@ def anchor_report(warmed: dict, random: dict, out: Path, n_boot: int = 1000) -> 
         for scope, mask in (("in-domain", ind), ("out-of-domain", ~ind)):
             for metric in ("accuracy", "macro_f1"):
                 d = paired_bootstrap(a[:, mask], b[:, mask], refs[mask], metric, n_boot=n_boot, num_classes=k)
-                reading = "within noise" if d.within_noise else ("warmed better" if d.diff > 0 else "random better")
+                reading = verdict(d.diff, d.within_noise, "warmed", "random")
                 diffs.append([method, scope, metric, f"{d.diff:+.3f} [{d.low:+.3f}, {d.high:+.3f}]", reading])
     header = ["method", "head_warmup (anchor)", "collapsed", "accuracy", f"macro-F1 (majority {maj['in_domain']['macro_f1']:.3f})",
               f"recall[{warmed['data']['minority_class']}]", f"OOD accuracy (majority {maj['ood']['accuracy']:.3f})",
@@ -214,19 +277,19 @@ with its random head). For LoRA and PiSSA only the head's starting point changes
 
 ## Mean ± std over seeds
 
-{_table(header, rows)}
+{markdown_table(header, rows, align=True)}
 
 ## Paired differences, warmed - random (95% bootstrap interval over test examples and seeds)
 
-{_table(["method", "scope", "metric", "difference [95% CI]", "reading"], diffs)}
+{markdown_table(["method", "scope", "metric", "difference [95% CI]", "reading"], diffs, align=True)}
 """
     return write_text_atomic(out, text)
 
 
-if __name__ == "__main__":  # python -m balora.reports.demo WARMED/results.json RANDOM/results.json OUT.md
+if __name__ == "__main__":  # python -m balora.reports.multiemo WARMED/results.json RANDOM/results.json OUT.md
     import json
     import sys
 
     if len(sys.argv) != 4:
-        sys.exit("usage: python -m balora.reports.demo WARMED/results.json RANDOM/results.json OUT.md")
+        sys.exit("usage: python -m balora.reports.multiemo WARMED/results.json RANDOM/results.json OUT.md")
     anchor_report(json.loads(Path(sys.argv[1]).read_text()), json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]))
