@@ -13,7 +13,7 @@ from balora import prepare_model
 from balora import inits
 from balora import regularizers as R
 from balora.export import export_adapter
-from balora.heads import load_classifier
+from balora.classifier_loading import load_classifier
 from balora.methods import METHODS, parse_method
 from balora.reference import init_modifies_base, reference_mode
 from balora.run_layout import save_run_adapters

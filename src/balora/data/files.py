@@ -195,7 +195,13 @@ class RowLocator:
         return f"{self.source}: row {index + 1}"
 
 
-def load_table(
+def load_table(path: str | Path, **options: Any) -> datasets.Dataset:
+    """Load a CSV / TSV / JSON / JSONL / parquet file, or a folder of such files, as a ``datasets.Dataset``:
+    :func:`load_table_located` without the row locator (``options`` are its keyword arguments)."""
+    return load_table_located(path, **options)[0]
+
+
+def load_table_located(
     path: str | Path,
     *,
     split_name: str | None = None,
@@ -206,8 +212,9 @@ def load_table(
     column_names: Sequence[str] | None = None,
     encoding: str = "utf-8",
     dtype: Any = None,
-) -> datasets.Dataset:
-    """Load a CSV / TSV / JSON / JSONL / parquet file, or a folder of such files, as a ``datasets.Dataset``.
+) -> tuple[datasets.Dataset, RowLocator]:
+    """A CSV / TSV / JSON / JSONL / parquet file, or a folder of such files, as a ``datasets.Dataset``, and a
+    :class:`RowLocator` naming the file and row of every row (for later checks).
 
     Args:
         path: a file, or a folder whose data files are read in name order and concatenated.
@@ -227,25 +234,6 @@ def load_table(
         FileNotFoundError: the path does not exist.
         ValueError: unknown extension, unparsable file or JSONL line, missing column or value.
     """
-    return load_table_located(
-        path, split_name=split_name, columns=columns, format=format, quoting=quoting, has_header=has_header,
-        column_names=column_names, encoding=encoding, dtype=dtype,
-    )[0]
-
-
-def load_table_located(
-    path: str | Path,
-    *,
-    split_name: str | None = None,
-    columns: Sequence[str] | None = None,
-    format: str | None = None,
-    quoting: int | None = None,
-    has_header: bool = True,
-    column_names: Sequence[str] | None = None,
-    encoding: str = "utf-8",
-    dtype: Any = None,
-) -> tuple[datasets.Dataset, RowLocator]:
-    """:func:`load_table` and a :class:`RowLocator` naming the file and row of every row (for later checks)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
