@@ -43,11 +43,17 @@ def _batch(device: str) -> dict:
                                          "labels": labels}.items()}
 
 
-def _trainer(model, folder) -> BALoRATrainer:
+def _prepared(model, cfg: BALoRAConfig):
+    """``model`` with BA-LoRA adapters (train mode) and its objective."""
+    prepared = prepare_model(model, "ba-lora", r=8, pissa_niter=4, config=cfg)
+    return prepared.model.train(), prepared.objective()
+
+
+def _trainer(model, objective, folder) -> BALoRATrainer:
     on_cuda = next(model.parameters()).device.type == "cuda"
     args = TrainingArguments(output_dir=str(folder), report_to=[], use_cpu=not on_cuda, save_strategy="no",
                              per_device_train_batch_size=2)
-    trainer = BALoRATrainer(model=model, args=args)
+    trainer = BALoRATrainer(model=model, args=args, objective=objective)
     trainer.state.max_steps = 100
     return trainer
 
@@ -66,11 +72,11 @@ def test_student_at_init_and_reference_compute_the_original_model(device, dtype,
     with torch.no_grad():
         original = model(**fwd).logits
     cfg = BALoRAConfig(task="nlg", lambda_consistency=1.0, lambda_diversity=0.0, lambda_svd=0.0)
-    model = prepare_model(model, "ba-lora", r=8, pissa_niter=4, balora=cfg).train()
+    model, objective = _prepared(model, cfg)
     with torch.no_grad():
         student = model(**fwd).logits
     assert _rel(student, original) <= TOLERANCE[dtype]
-    trainer = _trainer(model, tmp_path)
+    trainer = _trainer(model, objective, tmp_path)
     with torch.no_grad():
         trainer.compute_loss(model, batch)
     terms = trainer.term_means()
@@ -111,13 +117,13 @@ def test_bf16_training_step_stays_on_the_device_and_in_the_dtype(device, tmp_pat
     losses = {}
     for fused in ("auto", False):
         cfg = BALoRAConfig(task="nlg", fused_nlg=fused, svd_estimator="exact")
-        model = prepare_model(_llama(device, torch.bfloat16), "ba-lora", r=8, pissa_niter=4, balora=cfg).train()
-        trainer = _trainer(model, tmp_path)
+        model, objective = _prepared(_llama(device, torch.bfloat16), cfg)
+        trainer = _trainer(model, objective, tmp_path)
         with torch.no_grad():
             losses[fused] = float(trainer.compute_loss(model, batch))
-    model = prepare_model(_llama(device, torch.bfloat16), "ba-lora", r=8, pissa_niter=4,
-                          balora=BALoRAConfig(task="nlg", fused_nlg="auto", svd_estimator="exact")).train()
-    trainer = _trainer(model, tmp_path)
+    model, objective = _prepared(_llama(device, torch.bfloat16),
+                                 BALoRAConfig(task="nlg", fused_nlg="auto", svd_estimator="exact"))
+    trainer = _trainer(model, objective, tmp_path)
     trainer.compute_loss(model, batch).backward()  # the once-per-run factorisation of the output layer
     model.zero_grad(set_to_none=True)
     head = tuple(model.get_output_embeddings().weight.shape)

@@ -41,15 +41,23 @@ def test_prompt_is_the_question_alone():
 def test_pilot_and_sweep_configs_name_the_generated_sets():
     from pathlib import Path
 
-    from balora.bench.nlg import load_nlg_bench_config
-    from balora.training.run_config import load_config
+    from balora.bench.nlg import NLGBenchOptions, nlg_sweep
+    from balora.bench.sweep import load_options
+    from balora.training.run_config import build_config, load_config
 
     configs = Path(__file__).resolve().parents[2] / "configs" / "nlg"
     run = load_config(str(configs / "smollm2_arithmetic_cpu.yaml"), [])
     assert (run.kind, run.data.train) == ("nlg", "arithmetic:train:4000:0")
     assert [(e.task, e.data) for e in run.eval] == [("arithmetic", "test:100:0"), ("arithmetic-ood", "ood:100:0")]
-    sweep = load_nlg_bench_config(str(configs / "smollm2_arithmetic_bench.yaml"), {"model": "m"})
-    assert list(zip(sweep.eval_tasks, sweep.eval_data)) == [(e.task, e.data) for e in run.eval]
-    assert (sweep.train, sweep.max_steps, sweep.lr) == (run.data.train, run.train.max_steps, run.train.lr)
-    for task, data in zip(sweep.eval_tasks, sweep.eval_data):
-        assert len(get_task(task).load(data)) == 100
+    path = str(configs / "smollm2_arithmetic_bench.yaml")
+    opts = load_options(NLGBenchOptions, path, "bench")
+    bench = build_config(nlg_sweep(opts, path).run, path)
+    assert bench.eval == run.eval  # the same generated test sets, read the same way
+    for section in ("model", "data"):  # the same model and training data (the pilot also has a validation set)
+        pilot, swept = getattr(run, section).__dict__, getattr(bench, section).__dict__
+        assert {k: v for k, v in swept.items() if k != "validation"} == {k: v for k, v in pilot.items() if k != "validation"}
+    skip = {"output_dir", "seed", "progress"}  # per run in the sweep; bars are off in a sweep
+    assert {k: v for k, v in bench.train.__dict__.items() if k not in skip} == \
+        {k: v for k, v in run.train.__dict__.items() if k not in skip}
+    for e in run.eval:
+        assert len(get_task(e.task).load(e.data)) == 100

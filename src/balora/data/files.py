@@ -102,7 +102,15 @@ def read_frame(
 ) -> tuple[pd.DataFrame, list[int] | None]:
     """Read one file into a DataFrame; also returns JSONL line numbers per row (``None`` for other formats).
 
-    See :func:`load_table` for the options.
+    Args:
+        format: ``"csv"``, ``"tsv"``, ``"json"``, ``"jsonl"`` or ``"parquet"``; default from the extension.
+        quoting: CSV/TSV quoting mode (a ``csv.QUOTE_*`` constant). GLUE TSVs contain bare double
+            quotes and must be read with ``csv.QUOTE_NONE``; files with quoted multi-line fields need
+            the default (``None`` = ``csv.QUOTE_MINIMAL``).
+        has_header: whether CSV/TSV files start with a header line.
+        column_names: CSV/TSV column names (replace the header, or name a header-less file).
+        encoding: text encoding; ``"utf-8-sig"`` strips a byte-order mark.
+        dtype: passed to pandas (e.g. ``str`` to keep labels as written).
     """
     path = Path(path)
     if not path.is_file():
@@ -201,18 +209,8 @@ def load_table(path: str | Path, **options: Any) -> datasets.Dataset:
     return load_table_located(path, **options)[0]
 
 
-def load_table_located(
-    path: str | Path,
-    *,
-    split_name: str | None = None,
-    columns: Sequence[str] | None = None,
-    format: str | None = None,
-    quoting: int | None = None,
-    has_header: bool = True,
-    column_names: Sequence[str] | None = None,
-    encoding: str = "utf-8",
-    dtype: Any = None,
-) -> tuple[datasets.Dataset, RowLocator]:
+def load_table_located(path: str | Path, *, split_name: str | None = None, columns: Sequence[str] | None = None,
+                       **read_options: Any) -> tuple[datasets.Dataset, RowLocator]:
     """A CSV / TSV / JSON / JSONL / parquet file, or a folder of such files, as a ``datasets.Dataset``, and a
     :class:`RowLocator` naming the file and row of every row (for later checks).
 
@@ -221,14 +219,8 @@ def load_table_located(
         split_name: recorded as the dataset's ``split`` (e.g. ``"train"``).
         columns: required columns; they must exist and have a value in every row, and only they are
             kept (in this order). ``None`` keeps every column and checks nothing.
-        format: ``"csv"``, ``"tsv"``, ``"json"``, ``"jsonl"`` or ``"parquet"``; default from the extension.
-        quoting: CSV/TSV quoting mode (a ``csv.QUOTE_*`` constant). GLUE TSVs contain bare double
-            quotes and must be read with ``csv.QUOTE_NONE``; files with quoted multi-line fields need
-            the default (``None`` = ``csv.QUOTE_MINIMAL``).
-        has_header: whether CSV/TSV files start with a header line.
-        column_names: CSV/TSV column names (replace the header, or name a header-less file).
-        encoding: text encoding; ``"utf-8-sig"`` strips a byte-order mark.
-        dtype: passed to pandas (e.g. ``str`` to keep labels as written).
+        read_options: how each file is read, :func:`read_frame`'s keywords (``format``, ``quoting``,
+            ``has_header``, ``column_names``, ``encoding``, ``dtype``).
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -237,14 +229,11 @@ def load_table_located(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    files = _files_in(path, format) if path.is_dir() else [path]
+    files = _files_in(path, read_options.get("format")) if path.is_dir() else [path]
     frames = []
     parts: list[tuple[Path, int, list[int] | None]] = []
     for file in files:
-        frame, lines = read_frame(
-            file, format=format, quoting=quoting, has_header=has_header,
-            column_names=column_names, encoding=encoding, dtype=dtype,
-        )
+        frame, lines = read_frame(file, **read_options)
         if columns is not None:
             require_columns(frame, columns, file)
             _check_rows(frame, columns, file, lines)
