@@ -323,7 +323,7 @@ class TeacherCache:
 
     Rows are addressed by an integer example index carried in the batch (``balora_index``).
     :meth:`ReferenceSpec.fill` runs the live reference over the training set before training and
-    ``put``\ s the rows; ``lookup`` returns the rows of a batch.
+    ``put`` stores the rows; ``lookup`` returns the rows of a batch.
     """
 
     def __init__(self) -> None:
