@@ -148,6 +148,7 @@ class ExtraEval:
         self.results: dict[str, dict[str, float]] = {}
         self.predictions: dict[str, Any] = {}  # set name -> per-example predictions (row order)
         self.references: dict[str, Any] = {}
+        self.confidences: dict[str, Any] = {}  # classification: top-class softmax probability (for the ECE)
         # Subclassing at call time keeps transformers out of this module's import.
         self.callback = type("ExtraEvalCallback", (TrainerCallback,), {"on_train_end": self._on_train_end})()
 
@@ -161,14 +162,19 @@ class ExtraEval:
         device = next(model.parameters()).device
         try:
             for name, ds in self.sets.items():
-                preds, refs = [], []
+                preds, refs, confs = [], [], []
                 loader = DataLoader(ds, batch_size=self.batch_size, shuffle=False, collate_fn=self.collator)
                 with torch.no_grad():
                     for batch in loader:
                         refs.append(batch.pop("labels").numpy())
                         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
                         preds.append(logits[:, 0] if self.regression else logits.argmax(-1))
+                        if not self.regression:
+                            confs.append(torch.softmax(torch.as_tensor(logits, dtype=torch.float64), -1)
+                                         .max(-1).values.numpy())
                 self.predictions[name], self.references[name] = np.concatenate(preds), np.concatenate(refs)
+                if confs:
+                    self.confidences[name] = np.concatenate(confs)
                 self.results[name] = self.metric_fn(self.predictions[name], self.references[name])
         finally:
             model.train(was_training)
@@ -179,6 +185,7 @@ def make_nlu_cell_fn(opts: NLUBenchOptions, keep_adapters: bool = False) -> Any:
     import dataclasses
 
     import datasets
+    import numpy as np
 
     from ..data.assets import subsample
     from ..data.glue import get_task, load_glue
@@ -248,6 +255,9 @@ def make_nlu_cell_fn(opts: NLUBenchOptions, keep_adapters: bool = False) -> Any:
         refs.update(callback.references if callback else {})
         predictions = {k: _as_list(v, task.is_regression) for k, v in preds.items() if v is not None}
         references = {k: _as_list(v, task.is_regression) for k, v in refs.items() if v is not None}
+        confs = {main_split: result.confidences.get("test"), **(callback.confidences if callback else {})}
+        confidences = {k: [round(float(c), 6) for c in np.asarray(v).reshape(-1)] for k, v in confs.items()
+                       if v is not None}
         train_loss = next((e["train_loss"] for e in reversed(result.log_history) if "train_loss" in e), None)
         config = run_cfg.to_dict()
         config["train"].pop("output_dir", None)
@@ -256,7 +266,7 @@ def make_nlu_cell_fn(opts: NLUBenchOptions, keep_adapters: bool = False) -> Any:
                 "train_seconds": round(result.train_seconds, 3), "train_loss": train_loss,
                 "train_examples": len(data.splits["train"]), "eval_examples": len(data.splits["test"]),
                 "truncated_examples": result.truncated, "head": result.head, "config": config,
-                "predictions": predictions, "references": references,
+                "predictions": predictions, "references": references, "confidences": confidences,
                 "prediction_counts": {} if task.is_regression else
                 {k: _class_counts(v, task.num_labels) for k, v in predictions.items()}}
 
