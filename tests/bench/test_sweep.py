@@ -109,3 +109,14 @@ def test_options_come_from_their_section_with_command_line_values_on_top(tmp_pat
     with pytest.raises(ValueError, match=r"s.yaml: bench: unknown option\(s\) \['sise'\]"):
         load_options(Opts, str(path), "bench")
 
+
+
+def test_every_record_says_which_formula_version_its_regularisers_used(tmp_path):
+    sweep = SweepConfig(run=BASE, variants={"lora": {}, "v5": {"method.name": "ba-lora"},
+                                            "iclr": {"method.name": "ba-lora", "regularizers.formula": "iclr2026"},
+                                            "dora+reg": {"method.name": "dora+reg",
+                                                         "regularizers.formula": "iclr2026"}},
+                        results=str(tmp_path / "r.jsonl"), out_dir=str(tmp_path / "runs"))
+    run_sweep(sweep, fake, progress=False)
+    formulas = {r["variant"]: r["formula"] for r in read_results(tmp_path / "r.jsonl")}
+    assert formulas == {"lora": None, "v5": "v5", "iclr": "iclr2026", "dora+reg": "iclr2026"}

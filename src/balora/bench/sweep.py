@@ -304,6 +304,13 @@ def result_keys(summary: GridSummary, cells: list[Cell]) -> set[str]:
             | {s.key() for s in summary.skipped if s.hparams.get("phase") != "select"})
 
 
+def formula_of(cfg: Any) -> Optional[str]:
+    """The regularisers' formula version (v5 | iclr2026) of a run config whose method trains them, else None."""
+    from ..methods import parse_method
+
+    return cfg.regularizers.formula if parse_method(cfg.method.name)[1] else None
+
+
 def run_sweep(sweep: SweepConfig, cell_fn: CellFn, *, progress: bool = True, stop_on_error: bool = False,
               device: Optional[str] = None, cells: Optional[list[Cell]] = None,
               subdir: bool = True) -> GridSummary:
@@ -326,7 +333,8 @@ def run_sweep(sweep: SweepConfig, cell_fn: CellFn, *, progress: bool = True, sto
             # sub-folder per resolved config keeps kept outputs apart.
             payload = dict(fn(cell, run_dir / str(spec.hparams["config"]) if subdir else run_dir))
             tuned = {"phase": cell.phase} if cell.phase != "final" or cell.tuning else {}
-            return {"variant": cell.variant, "label": cell.label, "axes": cell.axes, **tuned, **payload}
+            return {"variant": cell.variant, "label": cell.label, "axes": cell.axes, **tuned,
+                    "formula": formula_of(cell.config), **payload}
 
         return run_grid([c.spec for c in todo], run_fn, sweep.results, sweep.out_dir, keep_outputs=sweep.keep_outputs,
                         progress=progress, stop_on_error=stop_on_error, device=device or sweep_device())

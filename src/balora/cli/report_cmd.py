@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Aggregate a `balora bench` results file: per model, rows = methods with "
                                    "#Params, columns = tasks (headline metric x100, mean ± std over seeds), Avg.; "
                                    "writes <stem>.md, <stem>.csv and <stem>.png and prints the Markdown.")
-    p.add_argument("results", help="results file (JSON Lines) written by balora bench")
+    p.add_argument("results", nargs="+", help="results file (JSON Lines) written by balora bench; with --verdict, "
+                                              "one or more NAME=RECORDS (a task name and its records file)")
     p.add_argument("--out", help="output folder (default: the results file's folder)")
     p.add_argument("--stem", help="output file name without extension (default: the results file's stem)")
     p.add_argument("--format", nargs="+", default=["md", "csv"], choices=["md", "csv"], help="table formats")
@@ -21,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <stem>_paired.md: per task and evaluation set, paired differences between "
                         "methods (bootstrap over test examples and seeds; t interval over seeds), collapse counts, "
                         "runs above the constant baseline and wall times (NLU records with per-example predictions)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws of --paired")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap draws of --paired / --verdict")
+    p.add_argument("--verdict", action="store_true",
+                   help="write <out>/verdict.md and verdict_lr.png from tuned sweeps (one records file per task): "
+                        "each method at its selected setting, paired against pissa and lora (balora.reports.verdict)")
     p.set_defaults(func=run)
 
 
@@ -31,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from ..reports import markdown_report, record_kind
     from ..reports.glue import markdown_tables, summarize, write_report
 
-    path = Path(args.results)
+    if args.verdict:
+        return _verdict(args)
+    if len(args.results) != 1:
+        raise ValueError(f"give one results file (or --verdict with NAME=RECORDS pairs), got {len(args.results)}")
+    path = Path(args.results[0])
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} not found")
     records = read_results(path)
@@ -56,4 +64,29 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(target, paired_page([(path.name, records)], n_boot=args.n_boot))
         written.append(target)
     print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _verdict(args: argparse.Namespace) -> int:
+    import shlex
+
+    from ..bench.runner import read_results
+    from ..reports.verdict import verdict_page
+
+    tasks = []
+    for item in args.results:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise ValueError(f"--verdict: expected NAME=RECORDS (e.g. 'SST-2=docs/results/verdict/sst2/records.jsonl'),"
+                             f" got {item!r}")
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"--verdict: records file {file} (task {name!r}) not found")
+        tasks.append((name, read_results(Path(file))))
+    if not args.out:
+        raise ValueError("--verdict: give --out (the folder of verdict.md)")
+    page = verdict_page(tasks, Path(args.out), n_boot=args.n_boot,
+                        command=" ".join(["balora report --verdict", *map(shlex.quote, args.results), "--out",
+                                          shlex.quote(str(args.out)), "--n-boot", str(args.n_boot)]))
+    print(page.read_text())
+    print(f"wrote {page}")
     return 0

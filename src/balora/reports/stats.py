@@ -116,6 +116,13 @@ def _ece_rows(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> np.ndarr
     return np.abs(gap).sum(1) / n  # sum over bins of share * |accuracy - confidence|
 
 
+def ece(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of one run from its per-example top-class confidences and 0/1 correctness
+    (equal-width bins, as :func:`balora.reports.measures.expected_calibration_error`)."""
+    conf = np.asarray(conf, float).reshape(1, -1)
+    return float(_ece_rows(conf, np.asarray(correct, float).reshape(1, -1), bins)[0])
+
+
 def paired_rows_bootstrap(row_metric: Callable[..., np.ndarray], arrays_a: tuple, arrays_b: tuple, *,
                           n_boot: int = 2000, level: float = 0.95, resample_seeds: bool = True,
                           seed: int = 0) -> PairedDiff:
