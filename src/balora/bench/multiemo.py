@@ -25,7 +25,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -50,6 +50,11 @@ RUN_DEFAULTS: dict = {
 }
 
 
+#: Each method's learning rate selected on validation data in the verdict (docs/results/verdict/README.md): LoRA's
+#: best of 1e-4..1e-2 is 1e-3; the PiSSA-initialised methods' is 1e-4 (they degrade from 3e-3; all collapse at 1e-2).
+SELECTED_LR: dict[str, float] = {"lora": 1e-3, "pissa": 1e-4, "ba-lora": 1e-4}
+
+
 @dataclass
 class DemoConfig:
     """The demo's own options: the grid's methods and seeds, the data, the comparison and the output."""
@@ -58,6 +63,11 @@ class DemoConfig:
                                     default_factory=lambda: ["lora", "pissa", "ba-lora"])
     seeds: list[int] = help_field("Training seeds (paired across methods): the train.seed axis.",
                                   default_factory=lambda: [0, 1, 2])
+    learning_rates: dict = help_field(
+        "Learning rate per method (method -> lr). The defaults were each selected on a validation split carved from "
+        "the training sentences of this task and budget (docs/results/verdict: MultiEmo hotels, 1,024 sentences, "
+        "BA-LoRA formula v5); a method not listed uses train.lr; {} = train.lr for every method. A --train.lr "
+        "override applies to every method.", default_factory=lambda: dict(SELECTED_LR))
     train_domain: str = help_field("MultiEmo domain trained on: hotels, medicine, products or reviews (the others are "
                                    "the out-of-domain tests).", default="hotels")
     train_size: int = help_field("Training examples (stratified subsample of the domain's train split).", default=1024)
@@ -81,6 +91,12 @@ class DemoConfig:
             raise ValueError("DemoConfig.seeds is empty")
         if self.train_domain not in MULTIEMO_DOMAINS:
             raise ValueError(f"DemoConfig.train_domain must be one of {MULTIEMO_DOMAINS}, got {self.train_domain!r}")
+        if not isinstance(self.learning_rates, Mapping):
+            raise ValueError(f"DemoConfig.learning_rates must be a mapping method -> lr, got {self.learning_rates!r}")
+        for m, lr in self.learning_rates.items():
+            parse_method(m)
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+                raise ValueError(f"DemoConfig.learning_rates[{m!r}] must be a positive number, got {lr!r}")
         for name in ("train_size", "test_size", "ood_size", "threads", "n_boot"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -117,6 +133,14 @@ def load_demo_data(cfg: DemoConfig, progress: bool = True) -> tuple[Any, Any, np
     return train, test, np.asarray(test["domain"]), list(splits["train"].features["label"].names)
 
 
+def method_rates(cfg: DemoConfig, overrides: Optional[list[str]] = None) -> dict[str, float]:
+    """The per-method learning rates the demo applies: ``cfg.learning_rates`` for the compared methods, none when
+    the user gives ``--train.lr`` (one rate for all)."""
+    if any(o.split("=")[0].strip("-") == "train.lr" for o in overrides or []):
+        return {}
+    return {m: float(lr) for m, lr in cfg.learning_rates.items() if m in cfg.methods}
+
+
 def demo_sweep(cfg: DemoConfig, overrides: Optional[list[str]] = None, n_train: Optional[int] = None) -> SweepConfig:
     """The demo's sweep: :data:`RUN_DEFAULTS` with ``overrides``, axes method.name x train.seed, records in
     ``<output_dir>/runs.jsonl`` keyed by the data options too. ``n_train`` (training examples) sets
@@ -127,6 +151,8 @@ def demo_sweep(cfg: DemoConfig, overrides: Optional[list[str]] = None, n_train: 
         "grid": {"method.name": list(cfg.methods), "train.seed": list(cfg.seeds)},
         "results": str(Path(cfg.output_dir) / "runs.jsonl"), "out_dir": str(Path(cfg.output_dir) / "runs"),
         "task": f"multiemo-{cfg.train_domain}", "keep_outputs": True,
+        # Each method at its own selected rate, unless the user sets one rate for all (--train.lr).
+        "per_value": {"method.name": {m: {"train.lr": lr} for m, lr in method_rates(cfg, overrides).items()}},
         "key_extra": {k: getattr(cfg, k) for k in ("train_domain", "train_size", "test_size", "ood_size",
                                                    "split_seed")}})
     sweep.run.setdefault("model", {}).setdefault("name_or_path", str(minilm_path()))
@@ -191,7 +217,7 @@ def run_demo(cfg: DemoConfig, overrides: Optional[list[str]] = None) -> dict:
     in_domain = domains == cfg.train_domain
     ood_names = [d for d in dict.fromkeys(domains.tolist()) if d != cfg.train_domain]
     results = {
-        "config": _flat_config(cfg, sweep.run),
+        "config": _flat_config(cfg, sweep.run, method_rates(cfg, overrides)),
         "run": copy.deepcopy(sweep.run),
         "data": {"name": "BIG-bench multiemo (English, sentence level)", "labels": label_names,
                  "train_domain": cfg.train_domain, "ood_domains": ood_names, "minority_class": label_names[minority],
@@ -220,10 +246,13 @@ def run_demo(cfg: DemoConfig, overrides: Optional[list[str]] = None) -> dict:
     return results
 
 
-def _flat_config(cfg: DemoConfig, run: dict) -> dict:
+def _flat_config(cfg: DemoConfig, run: dict, rates: dict[str, float]) -> dict:
     """The settings as report.md and anchors.md read them: the demo's options and the run settings they show."""
     flat = dataclasses.asdict(cfg)
-    flat.update({"epochs": run["train"]["epochs"], "batch_size": run["train"]["batch_size"], "lr": run["train"]["lr"],
+    rates = {m: rates.get(m, run["train"]["lr"]) for m in cfg.methods}
+    lr = next(iter(set(rates.values()))) if len(set(rates.values())) == 1 else \
+        ", ".join(f"{m} {v:g}" for m, v in rates.items())
+    flat.update({"epochs": run["train"]["epochs"], "batch_size": run["train"]["batch_size"], "lr": lr,
                  "r": run["method"]["r"], "alpha": run["method"]["alpha"], "max_length": run["model"]["max_length"],
                  "pooling": run["model"]["pooling"], "head_warmup": run["method"]["head_warmup"]})
     return flat

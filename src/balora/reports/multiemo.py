@@ -147,6 +147,13 @@ def elapsed(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
+def _rate_source(cfg: dict) -> str:
+    """Where per-method learning rates came from (the demo's defaults: each selected on validation data)."""
+    if isinstance(cfg.get("lr"), str):
+        return " (each method's own rate, selected on a validation split carved from the training data: docs/results/verdict)"
+    return ""
+
+
 def write_report(results: dict, out: Path) -> Path:
     labels = results["data"]["labels"]
     runs = results["runs"]
@@ -189,8 +196,8 @@ adapters r = {cfg['r']}, alpha = {cfg['alpha']} on all linear layers.
 Data: {data['name']}. Train: {data['train_size']} {data['train_domain']} sentences (label counts
 {data['train_label_counts']} for {labels}). In-domain test: {data['test_size']} held-out {data['train_domain']}
 sentences ({data['test_label_counts']}). Out-of-domain test (no training on them): {data['ood_sizes']}.
-Same subset, seeds {cfg['seeds']}, {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, lr {cfg['lr']}, max length
-{cfg['max_length']} tokens for every method.
+Same subset, seeds {cfg['seeds']}, {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, max length
+{cfg['max_length']} tokens for every method; learning rate {cfg['lr']}{_rate_source(cfg)}.
 Wall time: {elapsed(results['wall_seconds'])} on {results['machine']['cpus']} CPUs ({cfg['threads']} torch threads;
 1-minute load average {results['machine'].get('load_average_1min')} at the end, the machine was shared).
 
