@@ -119,6 +119,13 @@ class BALoRAConfig:
         "(logged once).",
         default="hidden",
     )
+    nlu_rows: Literal["logits", "features"] = help_field(
+        "NLU classification heads: where the three terms act. 'logits' = the (N, C) logits (the paper); 'features' "
+        "= the pooled features fed to the head (N, H), as for regression heads: consistency as normalised MSE, the "
+        "covariance and SVD terms on H dimensions (the paper's 'representation collapse' framing). Measured in "
+        "docs/results/verdict.",
+        default="logits",
+    )
     schedule: Optional[Literal["constant", "authors", "adaptive"]] = help_field(
         "Lambda schedule (empty = the formula's: v5 'constant', iclr2026 'authors'): 'constant', 'authors' "
         "(l1 decays with a cosine to 0.1 x l1; l2 and l3 off for the "
@@ -196,6 +203,7 @@ class BALoRAConfig:
             raise ValueError(f"BALoRAConfig.adaptive_clip must be a number >= 1, got {self.adaptive_clip!r}")
         _check_choice(self, "reference", ("auto", "adapter", "disable", "cached", "model"))
         _check_choice(self, "nlu_regression_features", ("hidden", "skip"))
+        _check_choice(self, "nlu_rows", ("logits", "features"))
         _check_choice(self, "nan_policy", ("error", "skip_term"))
         _check_int(self, "svd_top_k", 1)
         _check_int(self, "svd_oversampling", 0)

@@ -179,7 +179,7 @@ class NLUObjective(Objective):
 
 
 class RegressionObjective(NLUObjective):
-    """Regression heads (C = 1): the three terms act on the pooled features fed to the head (docs/method.md section 2)."""
+    """The terms on the pooled head inputs: regression heads (C = 1; docs/method.md section 2), nlu_rows=features."""
 
     name = "regression"
     row_name = "features"
@@ -382,7 +382,7 @@ def make_objective(model: torch.nn.Module, cfg: Optional[BALoRAConfig] = None,
         fused = use_fused_nlg(cfg.fused_nlg, device) and not cfg.entropy_top_k  # fused: full-vocabulary entropy only
         return (FusedNLGObjective if fused else NLGObjective)(cfg, reference)
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-    if num_labels != 1:
+    if num_labels != 1 and cfg.nlu_rows == "logits":
         objective = NLUObjective(cfg, reference)
         if cfg.lambda_svd and num_labels and R.svd_term_is_constant(cfg.svd_top_k, num_labels, cfg.svd_clip_k):
             logger.warning("the NLU SVD term is the constant -1 with svd_top_k=%d >= %d classes (svd_clip_k=false, as "
@@ -390,7 +390,7 @@ def make_objective(model: torch.nn.Module, cfg: Optional[BALoRAConfig] = None,
                            cfg.svd_top_k, num_labels, cfg.formula)
             objective.constant_terms = ("svd",)
         return objective
-    if cfg.nlu_regression_features == "skip":
+    if num_labels == 1 and cfg.nlu_regression_features == "skip":
         logger.warning("regression head (C = 1): BA-LoRA terms skipped (nlu_regression_features=skip)")
         return NLUObjective(cfg, reference, regularized=False)
     return RegressionObjective(cfg, reference)

@@ -237,3 +237,32 @@ def test_the_trainer_takes_the_objective_not_the_prepared_result(tmp_path):
     with torch.no_grad():
         expected = plain.model(**batch).loss
     assert plain.compute_loss(plain.model, batch).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_classification_terms_on_pooled_features_with_nlu_rows_features(tmp_path):
+    """nlu_rows='features' moves a classifier's three terms from its (N, C) logits to the pooled features fed to the
+    head (N, H): cross-entropy + consistency (normalised MSE) + covariance + SVD on the features, by hand."""
+    batch = nlu_batch(num_labels=3)
+    cfg = BALoRAConfig(lambda_consistency=0.5, lambda_diversity=0.2, lambda_svd=0.3, svd_top_k=2, nlu_rows="features")
+    prepared = prepare_model(tiny_bert(num_labels=3), "ba-lora", r=4, config=cfg)
+    model = prepared.model
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name and ".default." in name:
+                param.add_(0.05 * torch.randn_like(param))
+    loss = _train_loss(prepared, batch, tmp_path)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        out = model(**batch)
+        features = model.base_model.model.bert(**inputs).pooler_output
+        ref_features = tiny_bert(num_labels=3).bert(**inputs).pooler_output
+        ce = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
+        expected = (ce + 0.5 * R.nlu_consistency(features, ref_features) + 0.2 * R.nlu_diversity(features)
+                    + 0.3 * R.nlu_svd(features, 2))
+        on_logits = prepare_model(tiny_bert(num_labels=3), "ba-lora", r=4,
+                                  config=BALoRAConfig(lambda_consistency=0.5, lambda_diversity=0.2, lambda_svd=0.3,
+                                                      svd_top_k=2)).objective()
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=1e-5)
+    assert type(on_logits).__name__ == "NLUObjective" and type(prepared.objective()).__name__ == "RegressionObjective"
+    with pytest.raises(ValueError, match="nlu_rows"):
+        BALoRAConfig(nlu_rows="pooled")

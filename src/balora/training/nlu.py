@@ -218,13 +218,14 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
     collator = nlu_collator(tokenizer, cfg.model.pair_encoding)
     # LP-FT warm start before prepare_model, so peft's frozen copy of the head (the reference's) is the warmed one.
     warmup = _warm_up_head(cfg, model, encoded["train"], collator)
-    prepared = pipeline.prepare_method(cfg, model, len(encoded["train"]), run_dir, regression=data.regression,
+    on_features = data.regression or cfg.regularizers.nlu_rows == "features"  # the terms act on the head inputs
+    prepared = pipeline.prepare_method(cfg, model, len(encoded["train"]), run_dir, regression=on_features,
                                        train_data=(encoded["train"], collator))
     model = prepared.model
     metric_fn = compute_metrics or _default_metrics(data)
     trainer = build_trainer(cfg, model, encoded["train"], encoded.get("validation"), collator, tokenizer,
                             objective=prepared.objective(_filled_reference(cfg, prepared, encoded["train"], collator,
-                                                                           data.regression)),
+                                                                           on_features)),
                             compute_metrics=metric_fn, callbacks=extra_callbacks)
     if not cfg.train.progress:  # no per-log dict printing either (the caller shows its own progress)
         from transformers.trainer_callback import PrinterCallback
