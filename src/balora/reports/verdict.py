@@ -48,11 +48,14 @@ class Run:
 
 
 def _formula(r: dict) -> Optional[str]:
+    """The record's formula version; for a regularised record made before sweeps recorded it, its config's, else
+    'unrecorded' (never a guess)."""
     if "formula" in r:
         return r["formula"]
     method = str(r.get("method", ""))
-    regularised = method == "ba-lora" or method.endswith("+reg")
-    return ((r.get("config") or {}).get("regularizers") or {}).get("formula", "v5") if regularised else None
+    if not (method == "ba-lora" or method.endswith("+reg")):
+        return None
+    return ((r.get("config") or {}).get("regularizers") or {}).get("formula") or "unrecorded"
 
 
 def normalise(r: dict) -> Optional[Run]:
