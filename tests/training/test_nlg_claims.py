@@ -64,8 +64,8 @@ def test_nlg_sweep_selects_on_validation_benchmarks_shared_by_noise_levels(asset
     tuning = [r["tuning"] for r in final]
     assert tuning[0]["choice"] == tuning[1]["choice"] and tuning[0]["split"] == {"evals": tune["evals"]}
     assert tuning[0]["select_with"] == {"data.answer_noise": 0.0}
-    kept = Path(final[0]["generations"])
-    assert (kept / "gsm8k_generations.jsonl").is_file()
+    kept = {r["generations"] for r in records}  # one folder per run: the noise levels do not overwrite each other
+    assert len(kept) == 4 and all((Path(k) / "gsm8k_generations.jsonl").is_file() for k in kept)
     again = run_sweep(sweep, make_nlg_cell_fn(opts, sweep.results), progress=False, cells=cells, subdir=False)
     assert not again.ran  # resumed: nothing left to do
 

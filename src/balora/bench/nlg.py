@@ -55,8 +55,8 @@ class NLGBenchOptions:
     train_name: Optional[str] = help_field("Label of the training set in records and tables (default: from "
                                            "data.train).", default=None)
     generations_dir: Optional[str] = help_field(
-        "Folder that keeps every run's scored generations (<folder>/<run>/<task>_generations.jsonl and "
-        "<task>_summary.json) for auditing, also when the run folder is deleted; empty = <results file without "
+        "Folder that keeps every run's scored generations (<folder>/<run>__<config digest>/<task>_generations.jsonl, "
+        "<task>_summary.json and the per-example diversity / retention files) for auditing, also when the run folder is deleted; empty = <results file without "
         "its .jsonl>_generations next to the results file; 'none' = do not keep them.", default=None)
     threads: Optional[int] = help_field("torch CPU threads (torch.set_num_threads); empty = torch's default.",
                                         default=None)
@@ -142,7 +142,10 @@ def make_nlg_cell_fn(opts: NLGBenchOptions, results: str, keep_adapters: bool = 
     def run(cell: Cell, run_dir: Path) -> dict[str, Any]:
         payload = _run(cell, run_dir)
         if generations is not None:
-            payload["generations"] = keep_generations(run_dir / "eval", generations / cell.spec.slug())
+            # slug (model, method, task, seed) + the resolved config's digest: variants, noise levels and tuning
+            # runs of one method and seed keep their files apart
+            folder = f"{cell.spec.slug()}__{cell.spec.hparams['config']}"
+            payload["generations"] = keep_generations(run_dir / "eval", generations / folder)
         return payload
 
     def _run(cell: Cell, run_dir: Path) -> dict[str, Any]:
