@@ -70,3 +70,19 @@ def test_runs_on_different_problems_are_refused(claims, tmp_path):
     records = [_run(tmp_path, "lora", 0, 0.0, [1, 0]), _run(tmp_path, "lora", 1, 0.0, [1, 0, 1])]
     with pytest.raises(ValueError, match="different examples"):
         claims.report(records, tmp_path, n_boot=10)
+
+
+def test_nlg_table_has_a_row_per_variant_and_kl_as_is():
+    from balora.reports.nlg import nlg_table
+
+    def rec(label: str, method: str, em: float, kl: float) -> dict:
+        return {"model": "m", "task": "arithmetic", "method": method, "label": label, "wall_seconds": 60,
+                "scores": {"arithmetic": em, "retention": kl}, "n": {"arithmetic": 50, "retention": 16},
+                "metric": {"arithmetic": "accuracy", "retention": "kl"}}
+
+    table = nlg_table([rec("ba-lora v5", "ba-lora", 0.5, 0.012), rec("ba-lora v5", "ba-lora", 0.3, 0.010),
+                       rec("ba-lora iclr2026", "ba-lora", 0.2, 0.05), rec("lora", "lora", 0.4, 0.02)])
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "Method" not in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| lora", "| ba-lora iclr2026", "| ba-lora v5"]
+    assert "| ba-lora v5 | 40.0 ± 14.1 | 0.011 ± 0.001 | 16/50 | 2 |" in table
+    assert "| lora | 40.0 ± 6.9 | 0.020 | 16/50 | 1 |" in table
