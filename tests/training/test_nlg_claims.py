@@ -103,3 +103,17 @@ def test_claims_and_noise_configs_share_their_selection() -> None:
     noise_opts, noise = sweeps["noise"]
     assert noise.tune == claims.tune and noise.results == claims.results
     assert sorted({c.config.data.answer_noise for c in nlg_cells(noise_opts, noise)}) == [0.2, 0.4]
+
+
+def test_new_options_leave_old_run_keys_unchanged() -> None:
+    """Records written before these options existed keep their keys: the options appear only when used."""
+    raw = {"kind": "nlg", "model": {"name_or_path": "m"}, "data": {"train": "t"},
+           "eval": [{"task": "arithmetic", "data": "test:5"}]}
+    plain = build_config(raw).identity()
+    assert "answer_noise" not in plain["data"]
+    assert set(plain["eval"][0]) == {"task", "data", "limit", "batch_size", "max_new_tokens"}
+    used = build_config({**raw, "data": {"train": "t", "answer_noise": 0.2},
+                         "eval": [{"task": "arithmetic", "data": "test:5", "samples": 4}]}).identity()
+    assert used["data"]["answer_noise"] == 0.2
+    assert (used["eval"][0]["samples"], used["eval"][0]["temperature"], used["eval"][0]["sample_seed"]) == (4, 0.7, 0)
+    assert build_config(used).identity() == used  # round-trips (tuning rebuilds configs from it)

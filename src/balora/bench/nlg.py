@@ -124,7 +124,7 @@ def nlg_cells(opts: NLGBenchOptions, sweep: SweepConfig) -> list[Cell]:
             raise ValueError("bench.base with a sweep.tune section: the untrained base model has nothing to tune; "
                              "score it with a separate sweep without tune (or set base: false)")
         cfg = build_config(copy.deepcopy(sweep.run), "bench nlg base")
-        evals = json.dumps(cfg.to_dict()["eval"], sort_keys=True, default=str)
+        evals = json.dumps(cfg.identity()["eval"], sort_keys=True, default=str)  # stable across config versions
         digest = hashlib.sha256(f"{cfg.model.name_or_path}|{cfg.model.dtype}|{evals}".encode()).hexdigest()[:16]
         spec = RunSpec(cfg.model.name_or_path, "base", label, 0, {"variant": "base", "config": digest})
         cells.insert(0, Cell(cfg, "base", {}, spec))

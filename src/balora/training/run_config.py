@@ -217,7 +217,8 @@ class RunConfig:
         """The settings that identify a run, in the form sweep records have always been keyed by (so a sweep resumes,
         and its report regenerates, from records written before): :meth:`to_dict` with the regulariser options as
         given (not their defaults) under the section's former name ``balora``, and ``method.quantize`` /
-        ``quantize_group_size`` only when quantising."""
+        ``quantize_group_size`` only when quantising, ``data.answer_noise`` only when not 0, an eval entry's sampling
+        options only when it samples."""
         values = self.to_dict()
         reg = values.pop(REGULARIZERS)
         given = self.regularizers_given
@@ -227,6 +228,11 @@ class RunConfig:
         values["balora"] = {k: reg[k] for k in given}
         if values["method"]["quantize"] is None:
             del values["method"]["quantize"], values["method"]["quantize_group_size"]
+        if not values["data"]["answer_noise"]:  # options added later: present only when used
+            del values["data"]["answer_noise"]
+        for ev in values["eval"]:
+            if not ev["samples"]:
+                del ev["samples"], ev["temperature"], ev["sample_seed"]
         return values
 
     def to_dict(self) -> dict:
