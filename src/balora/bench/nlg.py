@@ -55,9 +55,10 @@ class NLGBenchOptions:
     train_name: Optional[str] = help_field("Label of the training set in records and tables (default: from "
                                            "data.train).", default=None)
     generations_dir: Optional[str] = help_field(
-        "Folder that keeps every run's scored generations (<folder>/<run>__<config digest>/<task>_generations.jsonl, "
-        "<task>_summary.json and the per-example diversity / retention files) for auditing, also when the run folder is deleted; empty = <results file without "
-        "its .jsonl>_generations next to the results file; 'none' = do not keep them.", default=None)
+        "Folder that keeps every run's scored generations (<folder>/<run>__<config digest>/: <task>_generations.jsonl, "
+        "<task>_summary.json and the per-example diversity / retention files) for auditing, also when the run "
+        "folder is deleted; empty = <results file without its .jsonl>_generations next to the results file; 'none' "
+        "= do not keep them.", default=None)
     threads: Optional[int] = help_field("torch CPU threads (torch.set_num_threads); empty = torch's default.",
                                         default=None)
 

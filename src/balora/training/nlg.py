@@ -186,7 +186,10 @@ def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path
     if held_out:
         result.validation_instruct = dataclasses.asdict(held_out[next(iter(held_out))][1])
     device = next(model.parameters()).device
-    original = lambda: load_base_model(model_path, "nlg", dtype=cfg.model.dtype, gguf_file=cfg.model.gguf_file).to(device)  # noqa: E731
+
+    def original() -> Any:  # the pretrained model, loaded afresh (retention compares with it)
+        return load_base_model(model_path, "nlg", dtype=cfg.model.dtype, gguf_file=cfg.model.gguf_file).to(device)
+
     for ev in evals:
         summary = evaluate_generation(model, tokenizer, ev, run_dir / "eval", progress=cfg.train.progress, base=original)
         result.evals[ev.task] = summary
