@@ -9,7 +9,10 @@ layout of the paper's Table 1.
 
 A record's payload: ``scores`` (task -> headline metric), ``n`` (task -> problems scored), ``metric``
 (task -> metric name), ``score``/``n_primary`` (the first task), ``train_loss``, ``train_seconds``,
-``eval_seconds``, ``trainable_params``, ``truncated`` and the instruction-data counts.
+``eval_seconds``, ``trainable_params``, ``truncated``, the instruction-data counts, ``answer_noise`` (its record),
+and when measured ``diversity`` (task -> distinct-n / self-BLEU of sampled completions and the sampling settings)
+and ``retention`` (KL to the pretrained model on general prompts). With a ``tune`` section, selection runs are
+scored on ``sweep.tune.evals`` (validation benchmarks), never on the eval section (:func:`selection_evals`).
 """
 
 from __future__ import annotations
@@ -52,9 +55,10 @@ class NLGBenchOptions:
     train_name: Optional[str] = help_field("Label of the training set in records and tables (default: from "
                                            "data.train).", default=None)
     generations_dir: Optional[str] = help_field(
-        "Folder that keeps every run's scored generations (<folder>/<run>/<task>_generations.jsonl and "
-        "<task>_summary.json) for auditing, also when the run folder is deleted; empty = <results file without "
-        "its .jsonl>_generations next to the results file; 'none' = do not keep them.", default=None)
+        "Folder that keeps every run's scored generations (<folder>/<run>__<config digest>/: <task>_generations.jsonl, "
+        "<task>_summary.json and the per-example diversity / retention files) for auditing, also when the run "
+        "folder is deleted; empty = <results file without its .jsonl>_generations next to the results file; 'none' "
+        "= do not keep them.", default=None)
     threads: Optional[int] = help_field("torch CPU threads (torch.set_num_threads); empty = torch's default.",
                                         default=None)
 
@@ -117,8 +121,11 @@ def nlg_cells(opts: NLGBenchOptions, sweep: SweepConfig) -> list[Cell]:
     label = train_label(opts, sweep.run["data"]["train"])
     cells = expand(sweep, task_fn=lambda cfg: label) if opts.methods else []
     if opts.base:
+        if sweep.tune:
+            raise ValueError("bench.base with a sweep.tune section: the untrained base model has nothing to tune; "
+                             "score it with a separate sweep without tune (or set base: false)")
         cfg = build_config(copy.deepcopy(sweep.run), "bench nlg base")
-        evals = json.dumps(cfg.to_dict()["eval"], sort_keys=True, default=str)
+        evals = json.dumps(cfg.identity()["eval"], sort_keys=True, default=str)  # stable across config versions
         digest = hashlib.sha256(f"{cfg.model.name_or_path}|{cfg.model.dtype}|{evals}".encode()).hexdigest()[:16]
         spec = RunSpec(cfg.model.name_or_path, "base", label, 0, {"variant": "base", "config": digest})
         cells.insert(0, Cell(cfg, "base", {}, spec))
@@ -136,7 +143,10 @@ def make_nlg_cell_fn(opts: NLGBenchOptions, results: str, keep_adapters: bool = 
     def run(cell: Cell, run_dir: Path) -> dict[str, Any]:
         payload = _run(cell, run_dir)
         if generations is not None:
-            payload["generations"] = keep_generations(run_dir / "eval", generations / cell.spec.slug())
+            # slug (model, method, task, seed) + the resolved config's digest: variants, noise levels and tuning
+            # runs of one method and seed keep their files apart
+            folder = f"{cell.spec.slug()}__{cell.spec.hparams['config']}"
+            payload["generations"] = keep_generations(run_dir / "eval", generations / folder)
         return payload
 
     def _run(cell: Cell, run_dir: Path) -> dict[str, Any]:
@@ -148,20 +158,31 @@ def make_nlg_cell_fn(opts: NLGBenchOptions, results: str, keep_adapters: bool = 
 
             tokenizer = load_tokenizer(cfg.model.name_or_path)
             model = load_base_model(cfg.model.name_or_path, "nlg", dtype=cfg.model.dtype)
-            summaries = {ev.task: evaluate_generation(model, tokenizer, ev, run_dir / "eval", progress=progress)
-                         for ev in cfg.eval}
+            summaries = {ev.task: evaluate_generation(model, tokenizer, ev, run_dir / "eval", progress=progress,
+                                                      base=lambda: model) for ev in cfg.eval}
             return _payload(summaries, {"eval_seconds": round(sum(s["seconds"] for s in summaries.values()), 2)})
         run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(run_dir)))
-        result = run_nlg(run_cfg, list(cfg.eval), save_adapter=keep_adapters)
+        result = run_nlg(run_cfg, selection_evals(cell), save_adapter=keep_adapters)
         losses = [{"step": e["step"], "loss": e["loss"], **{k: v for k, v in e.items() if k.startswith("loss_")}}
                   for e in result.log_history if "loss" in e]
         return _payload(result.evals, {
             "train_loss": result.metrics.get("train", {}).get("loss"), "loss_curve": losses,
             "train_seconds": round(result.train_seconds, 2), "eval_seconds": round(result.eval_seconds, 2),
             "trainable_params": result.trainable_params, "truncated": result.truncated,
-            "instruct": {k: v for k, v in result.instruct.items() if k.startswith("n_")}})
+            "instruct": {k: v for k, v in result.instruct.items() if k.startswith("n_")},
+            "answer_noise": result.answer_noise})
 
     return run
+
+
+def selection_evals(cell: Cell) -> list:
+    """The benchmarks a cell scores, its config's ``eval`` section; for a tuning selection run these are the tune
+    section's validation benchmarks (``sweep.tune.evals``: generation tasks have validation data of their own, the
+    training split is not carved, the test benchmarks never select anything)."""
+    if cell.phase == "select" and not (cell.holdout or {}).get("evals"):
+        raise ValueError("tuning an NLG sweep needs sweep.tune.evals: the validation benchmarks that score each "
+                         "selection run (e.g. [{task: arithmetic, data: 'validation:50:0'}])")
+    return list(cell.config.eval)
 
 
 def keep_generations(eval_dir: Path, dest: Path) -> str:
@@ -169,7 +190,8 @@ def keep_generations(eval_dir: Path, dest: Path) -> str:
     returns ``dest`` as a string for the run record."""
     from ..atomic import atomic_write
 
-    files = sorted(p for pattern in ("*_generations.jsonl", "*_summary.json") for p in eval_dir.glob(pattern))
+    patterns = ("*_generations.jsonl", "*_summary.json", "*_samples.jsonl", "*_examples.jsonl")
+    files = sorted(p for pattern in patterns for p in eval_dir.glob(pattern))
     if not files:
         raise FileNotFoundError(f"{eval_dir}: no generations to keep (expected <task>_generations.jsonl)")
     for src in files:
@@ -180,7 +202,11 @@ def keep_generations(eval_dir: Path, dest: Path) -> str:
 def _payload(summaries: Mapping[str, dict], extra: dict) -> dict[str, Any]:
     scores = {t: s[s["metric"]] for t, s in summaries.items()}
     first = next(iter(summaries), None)
+    measures = {"diversity": {t: s["diversity"] for t, s in summaries.items() if "diversity" in s},
+                "retention": {t: {k: s[k] for k in ("kl", "tuned_nll", "base_nll", "tokens", "n", "data",
+                                                    "max_new_tokens")} for t, s in summaries.items() if t == "retention"}}
     return {"scores": scores, "n": {t: s["n"] for t, s in summaries.items()},
             "metric": {t: s["metric"] for t, s in summaries.items()},
-            "score": scores.get(first), "n_primary": summaries[first]["n"] if first else None, **extra}
+            "score": scores.get(first), "n_primary": summaries[first]["n"] if first else None,
+            **{k: v for k, v in measures.items() if v}, **extra}
 

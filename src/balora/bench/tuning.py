@@ -14,6 +14,12 @@ group of cells that differ only in the seed (one method, variant and setting), :
    tested once. Each final record holds ``tuning``: the grid, the validation score per grid point (mean and per
    seed), the choice and the split (fraction, seed, sizes).
 
+An NLG sweep's generation tasks have validation data of their own (e.g. ``arithmetic:validation``): with
+``evals`` the selection runs train on the whole training split and are scored on those benchmarks instead of a
+carved hold-out (:func:`balora.bench.nlg.selection_evals`). ``select_with`` fixes fields in the selection runs only
+(select on clean data, train the final runs with injected noise): groups that differ only in those fields then
+share one selection.
+
 Selection and final runs are records of the same resumable results file (the phase and the grid point are part
 of their keys), so a killed tuning resumes too.
 """
@@ -47,6 +53,13 @@ class TuneConfig:
     split_seed: int = help_field("Seed of the held-out draw (recorded with every tuned run).", default=0)
     seeds: list = help_field("Training seeds of the selection runs (the score is their mean).",
                              default_factory=lambda: [0])
+    evals: list = help_field("NLG: the validation benchmarks that score a selection run instead of carving the "
+                             "training split (eval entries, e.g. [{task: arithmetic, data: 'validation:50:0'}]); "
+                             "fraction is then unused. Empty = carve (NLU).", default_factory=list)
+    select_with: dict = help_field("Fields set in the selection runs only, e.g. {data.answer_noise: 0.0}: select on "
+                                   "clean data, train the final runs on noisy data; the selection runs are then shared "
+                                   "by every value of those fields (and by sweeps writing the same results file).",
+                                   default_factory=dict)
 
     def __post_init__(self) -> None:
         from .sweep import check_grid
@@ -56,6 +69,17 @@ class TuneConfig:
             raise ValueError(f"sweep.tune.fraction must be in (0, 1), got {self.fraction}")
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             raise ValueError(f"sweep.tune.seeds must be a non-empty list of integers, got {self.seeds!r}")
+        if not isinstance(self.select_with, dict):
+            raise ValueError(f"sweep.tune.select_with must be a mapping of field -> value, got {self.select_with!r}")
+        check_grid({k: [v] for k, v in self.select_with.items()}, "sweep.tune.select_with")
+        if self.evals:
+            from ..training.run_config import parse_eval_section
+
+            parse_eval_section(self.evals, "sweep.tune.evals")  # checked before anything runs
+
+    def holdout(self) -> dict:
+        """What a selection run is scored on: the validation benchmarks, else the carved split."""
+        return {"evals": list(self.evals)} if self.evals else {"fraction": self.fraction, "seed": self.split_seed}
 
     def points(self) -> list[dict]:
         """The grid points in order, each ``{field: value}``."""
@@ -85,6 +109,9 @@ def selection_data(cell: Any, data: Any) -> Any:
     holdout = cell.holdout
     if cell.phase != "select" or holdout is None:
         return data
+    if "evals" in holdout:
+        raise ValueError("sweep.tune.evals (validation benchmarks) is for NLG sweeps; an NLU sweep carves its "
+                         "validation split from the training data (sweep.tune.fraction)")
     import datasets
 
     train, held, _ = carve_validation(data.splits["train"], holdout["fraction"], holdout["seed"], data.label_column,
@@ -120,7 +147,7 @@ def run_tuned(tune: TuneConfig, cell_fn: Callable, cells: list, run: Callable[..
     for c in cells:
         groups.setdefault((c.variant, tuple((k, repr(v)) for k, v in c.axes.items() if k != "train.seed")), []).append(c)
     points = tune.points()
-    holdout = {"fraction": tune.fraction, "seed": tune.split_seed}
+    holdout = tune.holdout()
     select: list = []
     plan: dict[tuple, list[list]] = {}
     for gkey, members in groups.items():
@@ -130,17 +157,21 @@ def run_tuned(tune: TuneConfig, cell_fn: Callable, cells: list, run: Callable[..
             row = []
             for seed in tune.seeds:
                 raw = copy.deepcopy(base.config.identity())  # round-trips through build_config
-                for path, value in {**point, "train.seed": seed}.items():
+                for path, value in {**point, **tune.select_with, "train.seed": seed}.items():
                     raw = set_path(raw, path, value)
+                if tune.evals:  # scored on the validation benchmarks: they are its eval section
+                    raw["eval"] = [dict(e) for e in tune.evals]
                 cfg = build_config(raw, f"tuning {base.label} {point}")
-                hp = {**base.spec.hparams, "config": _digest(cfg), "phase": "select", "tune_point": point,
-                      "holdout": holdout}
-                cell = Cell(cfg, base.variant, {**base.axes, "train.seed": seed},
+                # Without the select_with fields in the key, the groups that differ only there share these runs.
+                hp = {**{k: v for k, v in base.spec.hparams.items() if k not in tune.select_with}, "config": _digest(cfg),
+                      "phase": "select", "tune_point": point, "holdout": holdout}
+                axes = {**{k: v for k, v in base.axes.items() if k not in tune.select_with}, "train.seed": seed}
+                cell = Cell(cfg, base.variant, axes,
                             RunSpec(base.spec.model, base.spec.method, base.spec.task, seed, hp), "select", holdout)
                 row.append(cell)
                 select.append(cell)
             plan[gkey].append(row)
-    first = run(select, cell_fn)
+    first = run(list({c.spec.key(): c for c in select}.values()), cell_fn)  # each shared selection run once
     by_key = {r["key"]: r for r in results()}
     finals: list = []
     for gkey, members in groups.items():
@@ -152,7 +183,8 @@ def run_tuned(tune: TuneConfig, cell_fn: Callable, cells: list, run: Callable[..
         record = {"grid": dict(tune.grid), "metric": tune.metric, "higher_is_better": tune.higher_is_better,
                   "validation": [{"values": p, "score": float(np.mean(s)), "per_seed": s}
                                  for p, s in zip(points, scores)],
-                  "choice": points[best], "split": {**holdout, "stratified": True}, "selection_seeds": tune.seeds}
+                  "choice": points[best], "split": {**holdout, "stratified": True} if "fraction" in holdout else holdout,
+                  "selection_seeds": tune.seeds, **({"select_with": dict(tune.select_with)} if tune.select_with else {})}
         for c in members:
             raw = copy.deepcopy(c.config.identity())
             for path, value in points[best].items():

@@ -14,16 +14,22 @@ how much noise it was trained on:
 
 :func:`inject` applies them to a ``datasets.Dataset`` (imbalance first, then noise on what is left) and
 returns a record of what it did (seed, counts, the achieved rates) that the run stores with its results.
+
+:func:`corrupt_answers` is the same for worked answers of instruction data (``data.answer_noise``): exactly
+``round(rate * n)`` rows get a different final number, with the worked text kept consistent with it.
 numpy's ``default_rng`` is the only randomness: hand-written because no library offers exact-rate injection.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["NOISE_KINDS", "flip_symmetric", "flip_class_dependent", "imbalance_indices", "minority_class", "inject"]
+__all__ = ["NOISE_KINDS", "flip_symmetric", "flip_class_dependent", "imbalance_indices", "minority_class", "inject",
+           "corrupt_answer", "corrupt_answers"]
 
 NOISE_KINDS = ("symmetric", "class_dependent")
 
@@ -123,3 +129,48 @@ def inject(dataset: Any, *, num_classes: int, label_column: str = "label", noise
     record["counts_after"] = np.bincount(y, minlength=num_classes).tolist()
     record["n_train"] = int(y.size)
     return dataset, record
+
+
+# The final number of a worked answer: "... The answer is 42." (balora.data.arithmetic) or GSM8K's "#### 42".
+_FINAL = re.compile(r"(The answer is:?\s*|####\s*)(-?\d[\d,]*)(\.?\s*)$")
+
+
+def corrupt_answer(answer: str, offset: int, where: str = "answer") -> str:
+    """``answer`` with its final number N replaced by ``N + offset`` (``N + |offset|`` if that is negative), both in
+    the closing ``The answer is N.`` / ``#### N`` and in the last ``= N`` of the worked steps (the last step becomes
+    wrong, so the text still agrees with its answer)."""
+    match = _FINAL.search(answer)
+    if match is None or offset == 0:
+        raise ValueError(f"{where}: no final integer answer ('The answer is N.' or '#### N') to corrupt in {answer!r}"
+                         if match is None else "corrupt_answer: offset must not be 0")
+    gold = int(match[2].replace(",", ""))
+    wrong = gold + offset if gold + offset >= 0 else gold + abs(offset)
+    work = answer[:match.start()]
+    steps = list(re.finditer(rf"=\s*{re.escape(match[2])}\b", work))
+    if steps:
+        last = steps[-1]
+        work = f"{work[:last.start()]}= {wrong}{work[last.end():]}"
+    return f"{work}{match[1]}{wrong}{match[3]}"
+
+
+def corrupt_answers(dataset: Any, rate: float, seed: int, column: str = "answer") -> tuple[Any, dict]:
+    """A ``datasets.Dataset`` whose ``column`` has exactly ``round(rate * n)`` rows made wrong by
+    :func:`corrupt_answer` (rows drawn uniformly, offsets uniform in -10..-1, 1..10), and the record of it (rate,
+    seed, counts, a SHA-256 of the corrupted row numbers). ``rate == 0`` returns the dataset unchanged."""
+    if not 0 <= rate <= 1:
+        raise ValueError(f"corrupt_answers: rate must be in [0, 1], got {rate}")
+    record: dict[str, Any] = {"answer_noise": float(rate), "seed": int(seed), "n_train": len(dataset)}
+    if rate == 0:
+        return dataset, {**record, "corrupted": 0}
+    if column not in dataset.column_names:
+        raise ValueError(f"data.answer_noise needs an {column!r} column of worked answers; the training data has "
+                         f"{dataset.column_names}")
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(dataset), size=int(round(rate * len(dataset))), replace=False))
+    offsets = rng.integers(1, 11, size=rows.size) * rng.choice([-1, 1], size=rows.size)
+    answers = list(dataset[column])
+    for row, offset in zip(rows.tolist(), offsets.tolist()):
+        answers[row] = corrupt_answer(answers[row], offset, f"training data row {row + 1}, field {column!r}")
+    out = dataset.remove_columns(column).add_column(column, answers)
+    digest = hashlib.sha256(",".join(map(str, rows.tolist())).encode()).hexdigest()
+    return out, {**record, "corrupted": int(rows.size), "noise_rate": rows.size / len(dataset), "rows_sha256": digest}

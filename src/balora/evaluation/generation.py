@@ -1,4 +1,4 @@
-"""Batched greedy generation with transformers (optionally vLLM) and atomic JSONL output.
+"""Batched greedy generation (and seeded sampling, :func:`sample`) with transformers (optionally vLLM).
 
 Prompt formatting (:func:`format_prompt`):
 
@@ -82,10 +82,39 @@ def generate(model, tokenizer, prompts: Sequence[str], options: Optional[Generat
     Batches are left-padded; prompts are processed longest first to reduce padding and the
     outputs are returned in input order, cut at the stop sequences.
     """
+    opts = options or GenerationOptions()
+    greedy = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return [texts[0] for texts in _run_batches(model, tokenizer, prompts, opts, greedy, 1)]
+
+
+def sample(model, tokenizer, prompts: Sequence[str], options: Optional[GenerationOptions] = None, *,  # noqa: ANN001
+           samples: int = 4, temperature: float = 0.7, seed: int = 0) -> list[list[str]]:
+    """``samples`` sampled completions per formatted prompt (plain temperature sampling: no top-k / top-p cut).
+
+    Seeded: the draws run under a forked torch random state seeded with ``seed`` (the caller's random state is
+    left as it was), so the same model, prompts, batch size and seed give the same samples."""
+    import torch
+
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+    opts = options or GenerationOptions()
+    kwargs = dict(do_sample=True, temperature=float(temperature), top_p=1.0, top_k=0, num_return_sequences=samples)
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                               device_type="cuda" if device.type == "cuda" else "cpu"):
+        torch.manual_seed(seed)
+        return _run_batches(model, tokenizer, prompts, opts, kwargs, samples)
+
+
+def _run_batches(model, tokenizer, prompts: Sequence[str], opts: GenerationOptions, decoding: dict,  # noqa: ANN001
+                 per_prompt: int) -> list[list[str]]:
+    """``per_prompt`` completions of every prompt with ``model.generate(**decoding)`` (left-padded batches,
+    longest prompts first, outputs in input order, cut at the stop sequences)."""
     import torch
     from tqdm.auto import tqdm
 
-    opts = options or GenerationOptions()
     if not prompts:
         return []
     old_side = tokenizer.padding_side
@@ -95,12 +124,11 @@ def generate(model, tokenizer, prompts: Sequence[str], options: Optional[Generat
             raise ValueError("tokenizer has neither a pad token nor an eos token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    outputs: list[str] = [""] * len(prompts)
+    outputs: list[list[str]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    gen_kwargs = dict(max_new_tokens=opts.max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                      top_k=None, pad_token_id=tokenizer.pad_token_id)
+    gen_kwargs = dict(max_new_tokens=opts.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **decoding)
     if opts.stop_sequences:
         gen_kwargs.update(stop_strings=list(opts.stop_sequences), tokenizer=tokenizer)
     try:
@@ -113,8 +141,8 @@ def generate(model, tokenizer, prompts: Sequence[str], options: Optional[Generat
                 out = model.generate(**enc, **gen_kwargs)
             new_tokens = out[:, enc["input_ids"].shape[1]:]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for i, text in zip(idx, texts):
-                outputs[i] = truncate_at_stop(text, opts.stop_sequences)
+            for row, text in enumerate(texts):  # generate returns a prompt's sequences next to each other
+                outputs[idx[row // per_prompt]].append(truncate_at_stop(text, opts.stop_sequences))
             bar.update(len(idx))
         bar.close()
     finally:

@@ -39,6 +39,7 @@ from balora.evaluation.generation import (
     format_prompt,
     generate,
     generate_vllm,
+    sample,
 )
 from balora.atomic import write_json_atomic, write_jsonl_atomic
 from balora.evaluation.math_answers import (
@@ -253,6 +254,9 @@ def evaluate_model(
     progress: bool = True,
     backend: str = "transformers",
     adapter_path: Optional[str] = None,
+    samples: int = 0,
+    temperature: float = 0.7,
+    sample_seed: int = 0,
 ) -> dict:
     """Generate for ``task``, score, and save ``<task>_generations.jsonl`` + ``<task>_summary.json``.
 
@@ -261,12 +265,18 @@ def evaluate_model(
     ``use_chat_template=None`` uses the task's default (raw prompt for HumanEval, else ``"auto"``).
     For MT-Bench the judge is resolved before any generation, so a missing judge fails fast with
     :class:`balora.evaluation.mtbench.JudgeNotConfigured`. Returns the summary dict.
+
+    ``samples`` > 0 (transformers backend): also draw that many samples per prompt at ``temperature`` (seeded with
+    ``sample_seed``), save them with their per-prompt diversity as ``<task>_samples.jsonl`` and add their means
+    (:mod:`balora.evaluation.diversity`) and the sampling settings as ``diversity`` to the summary.
     """
     spec = get_task(task)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     if backend not in ("transformers", "vllm"):
         raise ValueError(f"backend must be 'transformers' or 'vllm', got {backend!r}")
+    if samples and backend != "transformers":
+        raise ValueError(f"samples={samples}: sampled generations (output diversity) need the transformers backend")
     if task == "mt-bench" and judge is None:
         judge = mtbench.JudgeConfig.resolve()
     start = time.time()
@@ -299,5 +309,21 @@ def evaluate_model(
     if task in ("humaneval", "mbpp"):
         summary["status_counts"] = {s: sum(r["status"] == s for r in records)
                                     for s in sorted({r["status"] for r in records})}
+    if samples:
+        summary["diversity"] = _diversity(model, tokenizer, examples, prompts, options, out / f"{task}_samples.jsonl",
+                                          samples, temperature, sample_seed)
+    summary["seconds"] = round(time.time() - start, 2)
     write_json_atomic(out / f"{task}_summary.json", summary)
     return summary
+
+
+def _diversity(model: Any, tokenizer: Any, examples: list[dict], prompts: list[str], options: GenerationOptions,
+               path: Path, samples: int, temperature: float, seed: int) -> dict:
+    """Sample ``samples`` completions per prompt, save them with their diversity; the means and the settings."""
+    from balora.evaluation.diversity import diversity_rows, summarize_diversity
+
+    drawn = sample(model, tokenizer, prompts, options, samples=samples, temperature=temperature, seed=seed)
+    rows = diversity_rows(drawn)
+    write_jsonl_atomic(path, [{"id": ex["id"], "samples": s, **r} for ex, s, r in zip(examples, drawn, rows)])
+    return {**summarize_diversity(rows), "samples": samples, "temperature": temperature, "seed": seed,
+            "batch_size": options.batch_size, "max_new_tokens": options.max_new_tokens, "file": str(path)}

@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
@@ -55,6 +55,7 @@ class NLGResult:
     truncated: int = 0
     evals: dict[str, dict] = field(default_factory=dict)  # task -> evaluate_model summary
     heldout_examples: dict[str, dict] = field(default_factory=dict)  # split -> {"nll": [...], "tokens": [...]}
+    answer_noise: dict = field(default_factory=dict)  # data.answer_noise's record (balora.data.noise.corrupt_answers)
 
 
 def evals_from_test(cfg: RunConfig) -> list[EvalOptions]:
@@ -114,7 +115,11 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
     model_path = os.path.expanduser(cfg.model.name_or_path)  # YAML configs may say ~/...
     tokenizer = load_tokenizer(model_path, cfg.model.gguf_file)
     build = dict(max_length=cfg.model.max_length, format=cfg.data.format, seed=cfg.train.seed, on_empty="drop")
-    train_ds, stats = build_instruct_dataset(cfg.data.train, tokenizer, limit=cfg.data.train_limit, **build)
+    train_source, noise = answer_noise(cfg)
+    train_ds, stats = build_instruct_dataset(train_source, tokenizer, limit=None if noise else cfg.data.train_limit,
+                                             **build)
+    if noise:
+        stats.source = cfg.data.train
     held_out = {}
     for split, source in (("validation", cfg.data.validation), ("test", test_as_data)):
         if source:
@@ -123,11 +128,26 @@ def run_nlg(cfg: RunConfig, evals: Optional[Sequence[EvalOptions]] = None, *, ex
     # run here: only now is the run folder created, marked running, and marked failed if anything later raises.
     with pipeline.open_run(cfg, False) as run_dir:
         return _run_nlg(cfg, evals, run_dir, model_path, tokenizer, train_ds, stats, held_out,
-                        extra_callbacks=extra_callbacks, save_adapter=save_adapter)
+                        extra_callbacks=extra_callbacks, save_adapter=save_adapter, noise=noise)
+
+
+def answer_noise(cfg: RunConfig) -> tuple[Any, dict]:
+    """The training data with ``data.answer_noise`` of its final answers made wrong (seeded by
+    ``data.injection_seed``, else ``train.seed``; :func:`balora.data.noise.corrupt_answers`) and the record of it;
+    ``(data.train, {})`` without noise. The subsample of ``data.train_limit`` is drawn first, as without noise."""
+    if not cfg.data.answer_noise:
+        return cfg.data.train, {}
+    from ..data.instruct import load_instruct_source
+    from ..data.noise import corrupt_answers
+
+    ds, _, rows = load_instruct_source(cfg.data.train, limit=cfg.data.train_limit, seed=cfg.train.seed)
+    seed = cfg.train.seed if cfg.data.injection_seed is None else cfg.data.injection_seed
+    return corrupt_answers(ds.select(rows), cfg.data.answer_noise, seed)
 
 
 def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path: str, tokenizer: Any, train_ds: Any,
-             stats: Any, held_out: dict, *, extra_callbacks: Optional[list], save_adapter: bool) -> NLGResult:
+             stats: Any, held_out: dict, *, extra_callbacks: Optional[list], save_adapter: bool,
+             noise: dict) -> NLGResult:
     from ..baselines.params import count_parameters
     from ..data.instruct import DataCollatorForResponseOnly
     from ..models import load_base_model
@@ -142,7 +162,7 @@ def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path
                             callbacks=extra_callbacks)
     log_history, seconds = pipeline.train(cfg, trainer, run_dir)
     result = NLGResult(run_dir=str(run_dir), log_history=log_history, train_seconds=seconds,
-                       instruct=dataclasses.asdict(stats), truncated=stats.n_truncated)
+                       instruct=dataclasses.asdict(stats), truncated=stats.n_truncated, answer_noise=noise)
     result.trainable_params, result.total_params = count_parameters(model)
     train_logs = [h for h in result.log_history if "train_loss" in h]
     if train_logs:
@@ -154,7 +174,7 @@ def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path
         finish_run(cfg, run_dir, prepared, result.metrics, status=status, extra={
             "data": stats.source, "instruct": result.instruct, "truncated": result.truncated,
             "held_out_instruct": {k: dataclasses.asdict(s) for k, (_, s) in held_out.items()},
-            "evals": result.evals, "train_seconds": round(result.train_seconds, 2),
+            "evals": result.evals, "answer_noise": noise, "train_seconds": round(result.train_seconds, 2),
             "eval_seconds": round(result.eval_seconds, 2), "trainable_params": result.trainable_params})
 
     record("running")  # a crash during evaluation keeps the training record (then marked failed)
@@ -165,23 +185,40 @@ def _run_nlg(cfg: RunConfig, evals: list[EvalOptions], run_dir: Path, model_path
                                              per_example=result.heldout_examples[split])
     if held_out:
         result.validation_instruct = dataclasses.asdict(held_out[next(iter(held_out))][1])
+    device = next(model.parameters()).device
+
+    def original() -> Any:  # the pretrained model, loaded afresh (retention compares with it)
+        return load_base_model(model_path, "nlg", dtype=cfg.model.dtype, gguf_file=cfg.model.gguf_file).to(device)
+
     for ev in evals:
-        summary = evaluate_generation(model, tokenizer, ev, run_dir / "eval", progress=cfg.train.progress)
+        summary = evaluate_generation(model, tokenizer, ev, run_dir / "eval", progress=cfg.train.progress, base=original)
         result.evals[ev.task] = summary
         result.metrics[ev.task] = {k: float(v) for k, v in summary.items() if k != "max_new_tokens"
                                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        result.metrics[ev.task].update({f"diversity_{k}": float(v) for k, v in summary.get("diversity", {}).items()
+                                        if k in ("distinct_1", "distinct_2", "self_bleu")})
     result.eval_seconds = time.perf_counter() - start
     record("completed")
     return result
 
 
 def evaluate_generation(model: Any, tokenizer: Any, ev: EvalOptions, out_dir: Union[str, Path],
-                        progress: bool = True) -> dict:
-    """Run one benchmark with :func:`balora.evaluation.tasks.evaluate_model`; returns its summary."""
+                        progress: bool = True, base: Optional[Callable[[], Any]] = None) -> dict:
+    """Run one benchmark with :func:`balora.evaluation.tasks.evaluate_model` (with ``ev.samples``, also the output
+    diversity of sampled completions), or ``retention`` against the pretrained model ``base()`` returns (a fresh
+    load of the original: for PiSSA-like inits the disabled adapter is the residual, not the original);
+    returns its summary."""
+    from ..evaluation.retention import RETENTION_TASK, evaluate_retention
     from ..evaluation.tasks import evaluate_model
 
+    if ev.task == RETENTION_TASK:
+        if base is None:
+            raise ValueError("the retention benchmark needs the pretrained model to compare with (base)")
+        return evaluate_retention(model, base(), tokenizer, ev.data, out_dir, limit=ev.limit,
+                                  batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, progress=progress)
     return evaluate_model(ev.task, model, tokenizer, ev.data, out_dir, limit=ev.limit, batch_size=ev.batch_size,
-                          max_new_tokens=ev.max_new_tokens, progress=progress)
+                          max_new_tokens=ev.max_new_tokens, progress=progress, samples=ev.samples,
+                          temperature=ev.temperature, sample_seed=ev.sample_seed)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 from .._fields import help_field
 from ..config import BALoRAConfig
 from ..config_io import load_yaml, parse_yaml
+from .eval_options import EvalOptions, parse_eval_section  # noqa: F401  (part of this module's API)
 from .field_types import check_field_types, check_types
 
 
@@ -68,6 +69,8 @@ class DataConfig:
                                            "frequent training class.", default=None)
     injection_seed: Optional[int] = help_field("Seed of the noise / imbalance draw; empty = train.seed. Recorded with "
                                           "the run.", default=None)
+    answer_noise: float = help_field("NLG: fraction of training answers made wrong, exactly round(rate * n): the final "
+                                     "number becomes another (balora.data.noise.corrupt_answers). 0 = none.", default=0.0)
 
     def __post_init__(self) -> None:
         check_types(self, "data")
@@ -76,8 +79,9 @@ class DataConfig:
         for name in ("train_limit", "eval_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1 or empty (no limit), got {getattr(self, name)}")
-        if not 0 <= self.label_noise <= 1:
-            raise ValueError(f"data.label_noise must be in [0, 1], got {self.label_noise}")
+        for name in ("label_noise", "answer_noise"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.label_noise_kind not in ("symmetric", "class_dependent"):
             raise ValueError(f"data.label_noise_kind must be symmetric or class_dependent, got {self.label_noise_kind!r}")
         if not 0 < self.imbalance_fraction <= 1:
@@ -185,32 +189,6 @@ class TrainConfig:
 
 
 @dataclass
-class EvalOptions:
-    """One generation benchmark run after training (see :mod:`balora.evaluation.tasks`)."""
-
-    task: str = help_field("Benchmark: gsm8k, math, math500, humaneval, mbpp or mt-bench.", default="gsm8k")
-    data: str = help_field("Its data: a local file/folder or a Hub dataset name (see balora.evaluation.tasks).", default="")
-    limit: Optional[int] = help_field("Evaluate only the first N problems (all when empty).", default=None)
-    batch_size: int = help_field("Prompts per generate() call (greedy decoding).", default=8)
-    max_new_tokens: int = help_field("Maximum generated tokens per problem.", default=512)
-
-    def __post_init__(self) -> None:
-        check_types(self, "eval")
-        from ..evaluation.tasks import TASKS
-
-        if self.task not in TASKS:
-            raise ValueError(f"eval.task must be one of {sorted(TASKS)}, got {self.task!r}")
-        if not self.data:
-            raise ValueError(f"eval.data is empty for task {self.task!r}: give a local file/folder or a Hub name")
-        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
-            raise ValueError(f"eval.limit must be an integer >= 1 or empty, got {self.limit!r}")
-        for name in ("batch_size", "max_new_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"eval.{name} must be an integer >= 1, got {value!r}")
-
-
-@dataclass
 class RunConfig:
     kind: str = help_field("'nlu' (sequence classification/regression) or 'nlg' (causal LM instruction tuning).", default="nlu")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model."})
@@ -239,7 +217,8 @@ class RunConfig:
         """The settings that identify a run, in the form sweep records have always been keyed by (so a sweep resumes,
         and its report regenerates, from records written before): :meth:`to_dict` with the regulariser options as
         given (not their defaults) under the section's former name ``balora``, and ``method.quantize`` /
-        ``quantize_group_size`` only when quantising."""
+        ``quantize_group_size`` only when quantising, ``data.answer_noise`` only when not 0, an eval entry's sampling
+        options only when it samples."""
         values = self.to_dict()
         reg = values.pop(REGULARIZERS)
         given = self.regularizers_given
@@ -249,27 +228,15 @@ class RunConfig:
         values["balora"] = {k: reg[k] for k in given}
         if values["method"]["quantize"] is None:
             del values["method"]["quantize"], values["method"]["quantize_group_size"]
+        if not values["data"]["answer_noise"]:  # options added later: present only when used
+            del values["data"]["answer_noise"]
+        for ev in values["eval"]:
+            if not ev["samples"]:
+                del ev["samples"], ev["temperature"], ev["sample_seed"]
         return values
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def parse_eval_section(raw: Any, source: str = "<config>") -> list[EvalOptions]:
-    """``eval:`` as one mapping or a list of mappings -> EvalOptions; unknown keys name the source."""
-    if raw is None:
-        return []
-    items = raw if isinstance(raw, list) else [raw]
-    known = {f.name for f in dataclasses.fields(EvalOptions)}
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ValueError(f"{source}: eval entry {i} must be a mapping with keys {sorted(known)}, got {item!r}")
-        bad = set(item) - known
-        if bad:
-            raise ValueError(f"{source}: unknown eval option(s) {sorted(bad)} in entry {i}; known: {sorted(known)}")
-        out.append(EvalOptions(**item))
-    return out
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig, "train": TrainConfig}

@@ -1,0 +1,183 @@
+"""The NLG claims study's report: accuracy, output diversity, retention and noise robustness per method, each with
+paired 95 % intervals against PiSSA and against LoRA (and, under noise, against the same method trained clean).
+
+Reads the final (tested) records of ``balora bench nlg`` (configs/nlg/smollm2_arithmetic_claims.yaml and
+configs/nlg/smollm2_arithmetic_noise.yaml write one results file) and every run's kept per-example files (the
+record's ``generations`` folder): ``<task>_generations.jsonl`` (0/1 exact match per problem),
+``arithmetic_samples.jsonl`` (distinct-1/2 and self-BLEU per problem) and ``retention_examples.jsonl`` (KL and NLL
+sums and token counts per general prompt). The paired bootstrap (:mod:`balora.reports.stats`) resamples problems
+(prompts) and seeds together; two runs are paired by seed, so only the seeds both methods have are compared::
+
+    python benchmarks/nlg_claims.py --results results/nlg_arithmetic_claims.jsonl --out docs/results/nlg_claims
+
+Prints the Markdown tables and writes ``claims.json`` and ``claims.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from balora.atomic import write_json_atomic, write_text_atomic
+from balora.bench.runner import read_results
+from balora.evaluation.records import read_jsonl
+from balora.reports.stats import paired_loss_bootstrap, paired_rows_bootstrap
+
+# measure -> (file in the kept folder, per-example value columns, row metric over (S, N) arrays, scale, label)
+MEASURES: dict[str, tuple[str, tuple[str, ...], Callable[..., np.ndarray], float, str]] = {
+    "em_test": ("arithmetic_generations.jsonl", ("correct",), lambda c: c.mean(1), 100.0, "in-domain EM %"),
+    "em_ood": ("arithmetic-ood_generations.jsonl", ("correct",), lambda c: c.mean(1), 100.0, "out-of-domain EM %"),
+    "distinct_1": ("arithmetic_samples.jsonl", ("distinct_1",), lambda v: v.mean(1), 1.0, "distinct-1"),
+    "distinct_2": ("arithmetic_samples.jsonl", ("distinct_2",), lambda v: v.mean(1), 1.0, "distinct-2"),
+    "self_bleu": ("arithmetic_samples.jsonl", ("self_bleu",), lambda v: v.mean(1), 1.0, "self-BLEU (lower = diverse)"),
+    "kl": ("retention_examples.jsonl", ("kl", "tokens"), lambda k, t: k.sum(1) / np.maximum(t.sum(1), 1), 1.0,
+           "retention KL(base || tuned) per token"),
+    "tuned_nll": ("retention_examples.jsonl", ("tuned_nll", "tokens"),
+                  lambda k, t: k.sum(1) / np.maximum(t.sum(1), 1), 1.0, "general-prompt loss (tuned)"),
+}
+
+
+def noise_of(record: dict) -> float:
+    return float((record.get("answer_noise") or {}).get("answer_noise", 0.0))
+
+
+def runs_by_group(records: list[dict], root: Path) -> dict[tuple[str, float], dict[int, dict]]:
+    """(variant, answer noise) -> seed -> final record (selection runs left out), with its kept folder resolved."""
+    out: dict[tuple[str, float], dict[int, dict]] = {}
+    for r in records:
+        if r.get("phase") == "select" or r.get("method") == "base":
+            continue
+        folder = Path(r["generations"]) if r.get("generations") else None
+        if folder is not None and not folder.is_absolute():
+            folder = root / folder
+        out.setdefault((r.get("variant") or r["method"], noise_of(r)), {})[int(r["seed"])] = {**r, "folder": folder}
+    return out
+
+
+def per_example(run: dict, measure: str) -> Optional[tuple[list, list[np.ndarray]]]:
+    """(example ids, one array per value column) of ``measure`` for one run; None when its file is missing."""
+    file, columns, _, _, _ = MEASURES[measure]
+    path = run["folder"] / file if run["folder"] is not None else None
+    if path is None or not path.is_file():
+        return None
+    rows = read_jsonl(path)
+    return [r["id"] for r in rows], [np.array([float(r[c]) for r in rows]) for c in columns]
+
+
+def stack(runs: dict[int, dict], seeds: list[int], measure: str) -> Optional[tuple[list, list[np.ndarray]]]:
+    """(S, N) arrays of ``measure`` over ``seeds`` (rows aligned by example id); None if any run lacks it."""
+    got = [per_example(runs[s], measure) for s in seeds]
+    if not got or any(g is None for g in got):
+        return None
+    ids = got[0][0]
+    arrays = []
+    for ex_ids, values in got:
+        if sorted(map(str, ex_ids)) != sorted(map(str, ids)):
+            raise ValueError(f"{measure}: the runs were scored on different examples; compare like with like")
+        order = {str(i): k for k, i in enumerate(ex_ids)}
+        arrays.append([v[[order[str(i)] for i in ids]] for v in values])
+    return ids, [np.stack([a[c] for a in arrays]) for c in range(len(arrays[0]))]
+
+
+def compare(runs_a: dict[int, dict], runs_b: dict[int, dict], measure: str, n_boot: int) -> Optional[dict]:
+    """Paired bootstrap of A - B over the seeds both have (the point value and the 95 % interval, scaled)."""
+    seeds = sorted(set(runs_a) & set(runs_b))
+    a, b = stack(runs_a, seeds, measure), stack(runs_b, seeds, measure)
+    if a is None or b is None:
+        return None
+    if [str(i) for i in a[0]] != [str(i) for i in b[0]]:  # align B's examples to A's order
+        order = {str(i): k for k, i in enumerate(b[0])}
+        b = (a[0], [x[:, [order[str(i)] for i in a[0]]] for x in b[1]])
+    _, _, metric, scale, _ = MEASURES[measure]
+    if measure in ("kl", "tuned_nll"):
+        d = paired_loss_bootstrap(a[1][0], a[1][1], b[1][0], b[1][1], n_boot=n_boot)
+    else:
+        d = paired_rows_bootstrap(metric, tuple(a[1]), tuple(b[1]), n_boot=n_boot)
+    return {"diff": d.diff * scale, "low": d.low * scale, "high": d.high * scale, "seeds": seeds,
+            "excludes_0": not d.within_noise}
+
+
+def value(runs: dict[int, dict], measure: str) -> Optional[dict]:
+    """Mean and standard deviation over seeds of ``measure`` (from the per-example files)."""
+    got = stack(runs, sorted(runs), measure)
+    if got is None:
+        return None
+    _, _, metric, scale, _ = MEASURES[measure]
+    per_seed = metric(*got[1]) * scale
+    return {"mean": float(per_seed.mean()), "sd": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0,
+            "seeds": len(per_seed), "n": int(got[1][0].shape[1])}
+
+
+def report(records: list[dict], root: Path, n_boot: int = 5000) -> dict:
+    groups = runs_by_group(records, root)
+    out: dict = {"rows": [], "noise": [], "cost": []}
+    for (variant, noise), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for measure in MEASURES:
+            v = value(runs, measure)
+            if v is None:
+                continue
+            row = {"variant": variant, "noise": noise, "measure": measure, **v}
+            for ref in ("pissa", "lora"):
+                if ref != variant and (ref, noise) in groups:
+                    row[f"minus_{ref}"] = compare(runs, groups[(ref, noise)], measure, n_boot)
+            out["rows"].append(row)
+            if noise > 0 and (variant, 0.0) in groups and measure in ("em_test", "em_ood"):
+                drop = compare(runs, groups[(variant, 0.0)], measure, n_boot)
+                out["noise"].append({"variant": variant, "noise": noise, "measure": measure, "drop": drop})
+        out["cost"].append({"variant": variant, "noise": noise, "runs": len(runs),
+                            "train_seconds": float(np.mean([r.get("train_seconds") or 0 for r in runs.values()])),
+                            "peak_memory_mb": float(np.max([r.get("peak_memory_mb") or 0 for r in runs.values()]))})
+    lora = {c["noise"]: c["train_seconds"] for c in out["cost"] if c["variant"] == "lora"}
+    for c in out["cost"]:
+        c["train_time_vs_lora"] = c["train_seconds"] / lora[c["noise"]] if lora.get(c["noise"]) else None
+    return out
+
+
+def _interval(d: Optional[dict]) -> str:
+    if not d:
+        return "-"
+    return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{' *' if d['excludes_0'] else ''}"
+
+
+def markdown(result: dict) -> str:
+    lines = ["| answer noise | method | measure | mean ± sd (seeds) | n | - PiSSA [95 %] | - LoRA [95 %] |",
+             "| ---: | --- | --- | --- | ---: | --- | --- |"]
+    for r in result["rows"]:
+        lines.append(f"| {r['noise']:.0%} | {r['variant']} | {MEASURES[r['measure']][4]} | {r['mean']:.3f} ± "
+                     f"{r['sd']:.3f} ({r['seeds']}) | {r['n']} | {_interval(r.get('minus_pissa'))} | "
+                     f"{_interval(r.get('minus_lora'))} |")
+    if result["noise"]:
+        lines += ["", "| method | answer noise | measure | noisy - clean [95 %] |", "| --- | ---: | --- | --- |"]
+        lines += [f"| {n['variant']} | {n['noise']:.0%} | {MEASURES[n['measure']][4]} | {_interval(n['drop'])} |"
+                  for n in result["noise"]]
+    lines += ["", "| method | answer noise | runs | train s (mean) | vs LoRA | peak memory MB |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for c in result["cost"]:
+        ratio = f"{c['train_time_vs_lora']:.2f}" if c["train_time_vs_lora"] else "-"
+        lines.append(f"| {c['variant']} | {c['noise']:.0%} | {c['runs']} | {c['train_seconds']:.1f} | {ratio} | "
+                     f"{c['peak_memory_mb']:.0f} |")
+    lines.append("\n`*`: the 95 % interval excludes 0. Intervals: paired bootstrap over problems (prompts) and seeds.")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", required=True, help="the bench nlg results file (JSON Lines)")
+    p.add_argument("--root", default=".", help="folder relative kept-generation paths are resolved from")
+    p.add_argument("--out", default=None, help="folder for claims.json and claims.md")
+    p.add_argument("--n-boot", type=int, default=5000)
+    args = p.parse_args(argv)
+    result = report(read_results(args.results), Path(args.root), args.n_boot)
+    text = markdown(result)
+    print(text)
+    if args.out:
+        write_json_atomic(Path(args.out) / "claims.json", result)
+        write_text_atomic(Path(args.out) / "claims.md", text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""benchmarks/nlg_claims.py on hand-made records: values, paired differences vs PiSSA / LoRA, noise drops, cost."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def claims():
+    spec = importlib.util.spec_from_file_location("benchmarks_nlg_claims", REPO / "benchmarks" / "nlg_claims.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(tmp: Path, variant: str, seed: int, noise: float, correct: list[int], kl: list[float] | None = None,
+         train_seconds: float = 10.0) -> dict:
+    folder = tmp / f"{variant}-{seed}-{noise}"
+    folder.mkdir()
+    # stored in another order than the ids: the report aligns examples by id
+    rows = [{"id": f"p{i}", "correct": bool(c)} for i, c in enumerate(correct)][::-1]
+    (folder / "arithmetic_generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if kl is not None:
+        (folder / "retention_examples.jsonl").write_text("".join(
+            json.dumps({"id": i, "kl": k, "tuned_nll": 1.0, "tokens": 2}) + "\n" for i, k in enumerate(kl)))
+    return {"key": f"{variant}{seed}{noise}", "variant": variant, "method": variant.split()[0], "seed": seed,
+            "answer_noise": {"answer_noise": noise} if noise else {}, "generations": folder.name,
+            "train_seconds": train_seconds, "peak_memory_mb": 100.0 + seed}
+
+
+def test_report_values_intervals_and_drops(claims, tmp_path):
+    records = [
+        _run(tmp_path, "lora", 0, 0.0, [1, 1, 0, 0], [0.2, 0.2]),
+        _run(tmp_path, "lora", 1, 0.0, [1, 0, 0, 0], [0.4, 0.4]),
+        _run(tmp_path, "pissa", 0, 0.0, [1, 1, 1, 0], [0.1, 0.1], train_seconds=15.0),
+        _run(tmp_path, "pissa", 1, 0.0, [1, 1, 1, 1], [0.1, 0.1], train_seconds=15.0),
+        _run(tmp_path, "lora", 0, 0.4, [0, 0, 0, 0]),
+        _run(tmp_path, "lora", 1, 0.4, [0, 0, 0, 0]),
+        {"key": "s", "variant": "lora", "method": "lora", "seed": 0, "phase": "select"},  # left out
+    ]
+    result = claims.report(records, tmp_path, n_boot=200)
+    rows = {(r["variant"], r["noise"], r["measure"]): r for r in result["rows"]}
+    lora = rows[("lora", 0.0, "em_test")]
+    assert (lora["mean"], lora["seeds"], lora["n"]) == (pytest.approx(37.5), 2, 4)  # (50 + 25) / 2
+    assert rows[("pissa", 0.0, "em_test")]["mean"] == pytest.approx(87.5)
+    assert lora["minus_pissa"]["diff"] == pytest.approx(-50.0) and lora["minus_pissa"]["seeds"] == [0, 1]
+    assert lora["minus_pissa"]["low"] <= -50.0 <= lora["minus_pissa"]["high"]
+    assert rows[("pissa", 0.0, "em_test")]["minus_lora"]["diff"] == pytest.approx(50.0)
+    # KL sums over 2 tokens per prompt, pooled per seed: 0.4 / 4 and 0.8 / 4; PiSSA 0.2 / 4
+    assert rows[("lora", 0.0, "kl")]["mean"] == pytest.approx(0.15)
+    assert rows[("lora", 0.0, "kl")]["minus_pissa"]["diff"] == pytest.approx(0.1)
+    assert ("lora", 0.0, "distinct_1") not in rows  # no samples file: no row
+    (drop,) = [n for n in result["noise"] if n["measure"] == "em_test"]
+    assert (drop["variant"], drop["noise"], drop["drop"]["diff"]) == ("lora", 0.4, pytest.approx(-37.5))
+    cost = {(c["variant"], c["noise"]): c for c in result["cost"]}
+    assert cost[("pissa", 0.0)]["train_time_vs_lora"] == pytest.approx(1.5)
+    assert cost[("pissa", 0.0)]["peak_memory_mb"] == 101.0
+    text = claims.markdown(result)
+    assert "| 0% | lora | in-domain EM % | 37.500 ± 17.678 (2) | 4 | -50.000 [" in text
+    assert "| lora | 40% | in-domain EM % | -37.500 [" in text
+
+
+def test_runs_on_different_problems_are_refused(claims, tmp_path):
+    records = [_run(tmp_path, "lora", 0, 0.0, [1, 0]), _run(tmp_path, "lora", 1, 0.0, [1, 0, 1])]
+    with pytest.raises(ValueError, match="different examples"):
+        claims.report(records, tmp_path, n_boot=10)
+
+
+def test_nlg_table_has_a_row_per_variant_and_kl_as_is():
+    from balora.reports.nlg import nlg_table
+
+    def rec(label: str, method: str, em: float, kl: float) -> dict:
+        return {"model": "m", "task": "arithmetic", "method": method, "label": label, "wall_seconds": 60,
+                "scores": {"arithmetic": em, "retention": kl}, "n": {"arithmetic": 50, "retention": 16},
+                "metric": {"arithmetic": "accuracy", "retention": "kl"}}
+
+    table = nlg_table([rec("ba-lora v5", "ba-lora", 0.5, 0.012), rec("ba-lora v5", "ba-lora", 0.3, 0.010),
+                       rec("ba-lora iclr2026", "ba-lora", 0.2, 0.05), rec("lora", "lora", 0.4, 0.02)])
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "Method" not in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| lora", "| ba-lora iclr2026", "| ba-lora v5"]
+    assert "| ba-lora v5 | 40.0 ± 14.1 | 0.011 ± 0.001 | 16/50 | 2 |" in table
+    assert "| lora | 40.0 ± 6.9 | 0.020 | 16/50 | 1 |" in table
