@@ -77,7 +77,7 @@ def _verdict(args: argparse.Namespace) -> int:
     for item in args.results:
         name, sep, file = item.partition("=")
         if not sep or not name or not file:
-            raise ValueError(f"--verdict: expected NAME=RECORDS (e.g. 'SST-2=docs/results/verdict/sst2/records.jsonl'),"
+            raise ValueError(f"--verdict: expected NAME=RECORDS (e.g. 'SST-2=<sweep folder>/records.jsonl'),"
                              f" got {item!r}")
         if not Path(file).is_file():
             raise FileNotFoundError(f"--verdict: records file {file} (task {name!r}) not found")
