@@ -52,8 +52,8 @@ def test_ece_of_one_run_by_hand():
 
 
 def bench_record(variant, seed, dev, ood, regression=False):
-    preds = {"validation": dev[0], "amazon": ood[0][:3], "mr": ood[0][3:]}
-    refs = {"validation": dev[1], "amazon": ood[1][:3], "mr": ood[1][3:]}
+    preds = {"validation": dev[0], "ood/amazon": ood[0][:3], "ood/mr": ood[0][3:]}  # as bench nlu writes them
+    refs = {"validation": dev[1], "ood/amazon": ood[1][:3], "ood/mr": ood[1][3:]}
     rec = {"variant": variant, "method": variant, "seed": seed, "metrics": {"validation": {}},
            "ood": {"amazon": {}, "mr": {}}, "predictions": preds, "references": refs, "train_seconds": 6.4,
            "train_examples": 32, "config": {"train": {"batch_size": 16, "epochs": 2, "lr": 3e-4}}}

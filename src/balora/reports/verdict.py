@@ -75,7 +75,7 @@ def normalise(r: dict) -> Optional[Run]:
         main = next(iter(r.get("metrics") or preds))
         sets["in-domain"] = (np.asarray(preds[main]), np.asarray(refs[main]),
                              np.asarray(confs[main], float) if main in confs else None)
-        ood = sorted(k for k in preds if k in (r.get("ood") or {}))
+        ood = sorted(k for k in preds if k.startswith("ood/") or k in (r.get("ood") or {}))
         if ood:
             has_conf = all(k in confs for k in ood)
             sets["ood"] = (np.concatenate([np.asarray(preds[k]) for k in ood]),
@@ -236,7 +236,7 @@ def _chosen(runs: dict[int, Run]) -> tuple[str, str]:
 
 def main_table(tv: TaskVerdict) -> str:
     has_ood = any("ood" in r.sets for g in tv.runs.values() for r in g.values())
-    head = ["variant", "formula", "selected lr", "validation", f"{tv.metric} (test)", "minority recall", "ECE"]
+    head = ["variant", "formula", "selected lr", "validation", f"{tv.metric} (held-out)", "minority recall", "ECE"]
     head += (["OOD " + tv.metric] if has_ood else []) + ["collapsed", "s / step", "peak MB"]
     rows = []
     for variant, g in tv.runs.items():
