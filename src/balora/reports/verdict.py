@@ -310,8 +310,8 @@ def lr_plot(tasks: Sequence[TaskVerdict], path: Path) -> Optional[Path]:
         ax.set_title(tv.name, fontsize=10)
         ax.set_xlabel("learning rate")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)  # each panel its own: tasks can have different variants
     axes[0][0].set_ylabel("validation score (carved from train)")
-    axes[0][-1].legend(fontsize=7)
     fig.suptitle("Validation score per learning rate (star = selected)")
     return _save(fig, path)
 
