@@ -157,6 +157,8 @@ class ExtraEval:
         import torch
         from torch.utils.data import DataLoader
 
+        from ..training.nlu import top_class_confidence
+
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
@@ -170,8 +172,7 @@ class ExtraEval:
                         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
                         preds.append(logits[:, 0] if self.regression else logits.argmax(-1))
                         if not self.regression:
-                            confs.append(torch.softmax(torch.as_tensor(logits, dtype=torch.float64), -1)
-                                         .max(-1).values.numpy())
+                            confs.append(top_class_confidence(logits))
                 self.predictions[name], self.references[name] = np.concatenate(preds), np.concatenate(refs)
                 if confs:
                     self.confidences[name] = np.concatenate(confs)

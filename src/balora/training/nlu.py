@@ -171,6 +171,11 @@ class PairCollator:
         return batch
 
 
+def top_class_confidence(logits: Any) -> np.ndarray:
+    """Each row's top-class softmax probability (float64), the confidence the calibration error is computed from."""
+    return torch.softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64), -1).max(-1).values.numpy()
+
+
 def nlu_collator(tokenizer: Any, pair_encoding: str = "cross") -> Any:
     """The batch collator of tokenize_nlu's output: padding, per sentence for siamese pairs."""
     from transformers import DataCollatorWithPadding
@@ -249,8 +254,7 @@ def _run_nlu(cfg: RunConfig, data: NLUData, run_dir: Path, *, compute_metrics: O
         result.predictions[split] = logits.squeeze(-1) if data.regression else logits.argmax(-1)
         result.references[split] = label_ids
         if not data.regression:
-            z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-            result.confidences[split] = torch.softmax(z, -1).max(-1).values.numpy()
+            result.confidences[split] = top_class_confidence(logits)
         result.metrics[split] = metric_fn(_EvalPrediction(logits, label_ids))
     if save_adapter:
         pipeline.save_adapter(model, run_dir)
