@@ -27,6 +27,7 @@ def test_each_method_gets_its_selected_rate(tmp_path):
 def test_a_train_lr_override_applies_to_every_method(tmp_path):
     cfg = DemoConfig(output_dir=str(tmp_path), seeds=[0])
     assert set(_rates(cfg, ["--train.lr", "3e-4"]).values()) == {3e-4}
+    assert set(_rates(cfg, ["--train.lr=3e-4"]).values()) == {3e-4}
     assert set(_rates(DemoConfig(output_dir=str(tmp_path), seeds=[0], learning_rates={})).values()) == {1e-3}
 
 

@@ -136,7 +136,9 @@ def load_demo_data(cfg: DemoConfig, progress: bool = True) -> tuple[Any, Any, np
 def method_rates(cfg: DemoConfig, overrides: Optional[list[str]] = None) -> dict[str, float]:
     """The per-method learning rates the demo applies: ``cfg.learning_rates`` for the compared methods, none when
     the user gives ``--train.lr`` (one rate for all)."""
-    if any(o.split("=")[0].strip("-") == "train.lr" for o in overrides or []):
+    from ..training.run_config import parse_overrides
+
+    if "lr" in parse_overrides(list(overrides or [])).get("train", {}):
         return {}
     return {m: float(lr) for m, lr in cfg.learning_rates.items() if m in cfg.methods}
 
