@@ -113,8 +113,14 @@ def value(runs: dict[int, dict], measure: str) -> Optional[dict]:
 
 def report(records: list[dict], root: Path, n_boot: int = 5000) -> dict:
     groups = runs_by_group(records, root)
-    out: dict = {"rows": [], "noise": [], "cost": []}
+    out: dict = {"selection": [], "rows": [], "noise": [], "cost": []}
     for (variant, noise), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        tuning = next((r["tuning"] for r in runs.values() if r.get("tuning")), None)
+        if tuning:  # the same selection for every seed of a group (one record carries it per final run)
+            out["selection"].append({"variant": variant, "noise": noise, "metric": tuning.get("metric"),
+                                     "validation": [{"values": v["values"], "score": v["score"]}
+                                                    for v in tuning.get("validation", [])],
+                                     "choice": tuning.get("choice"), "select_with": tuning.get("select_with")})
         for measure in MEASURES:
             v = value(runs, measure)
             if v is None:
@@ -142,8 +148,21 @@ def _interval(d: Optional[dict]) -> str:
     return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{' *' if d['excludes_0'] else ''}"
 
 
+def _values(values: dict) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]} {v:g}" if isinstance(v, (int, float)) else f"{k.rsplit('.', 1)[-1]} {v}"
+                     for k, v in values.items())
+
+
 def markdown(result: dict) -> str:
-    lines = ["| answer noise | method | measure | mean ± sd (seeds) | n | - PiSSA [95 %] | - LoRA [95 %] |",
+    lines = []
+    if result.get("selection"):
+        lines += ["| answer noise | method | validation score per setting (selection runs) | chosen |",
+                  "| ---: | --- | --- | --- |"]
+        for s in result["selection"]:
+            scores = "; ".join(f"{_values(v['values'])}: {v['score']:.3f}" for v in s["validation"])
+            lines.append(f"| {s['noise']:.0%} | {s['variant']} | {scores} | {_values(s['choice'] or {})} |")
+        lines.append("")
+    lines += ["| answer noise | method | measure | mean ± sd (seeds) | n | - PiSSA [95 %] | - LoRA [95 %] |",
              "| ---: | --- | --- | --- | ---: | --- | --- |"]
     for r in result["rows"]:
         lines.append(f"| {r['noise']:.0%} | {r['variant']} | {MEASURES[r['measure']][4]} | {r['mean']:.3f} ± "

@@ -66,6 +66,19 @@ def test_report_values_intervals_and_drops(claims, tmp_path):
     assert "| lora | 40% | in-domain EM % | -37.500 [" in text
 
 
+def test_selection_table_shows_each_rate_and_the_choice(claims, tmp_path):
+    tuning = {"metric": "scores.arithmetic", "choice": {"train.lr": 0.001}, "select_with": {"data.answer_noise": 0.0},
+              "validation": [{"values": {"train.lr": 0.0003}, "score": 0.2, "per_seed": [0.2]},
+                             {"values": {"train.lr": 0.001}, "score": 0.36, "per_seed": [0.36]}]}
+    records = [{**_run(tmp_path, "pissa", s, 0.0, [1, 0]), "tuning": tuning} for s in (0, 1)]
+    records.append(_run(tmp_path, "lora", 0, 0.0, [1, 1]))  # untuned: no selection row
+    result = claims.report(records, tmp_path, n_boot=10)
+    (sel,) = result["selection"]
+    assert (sel["variant"], sel["choice"], [v["score"] for v in sel["validation"]]) == \
+        ("pissa", {"train.lr": 0.001}, [0.2, 0.36])
+    assert "| 0% | pissa | lr 0.0003: 0.200; lr 0.001: 0.360 | lr 0.001 |" in claims.markdown(result)
+
+
 def test_runs_on_different_problems_are_refused(claims, tmp_path):
     records = [_run(tmp_path, "lora", 0, 0.0, [1, 0]), _run(tmp_path, "lora", 1, 0.0, [1, 0, 1])]
     with pytest.raises(ValueError, match="different examples"):
