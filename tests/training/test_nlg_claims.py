@@ -12,6 +12,7 @@ from balora.bench.nlg import NLGBenchOptions, make_nlg_cell_fn, nlg_cells, nlg_s
 from balora.bench.runner import read_results
 from balora.bench.sweep import load_options, run_sweep
 from balora.bench.tuning import TuneConfig
+from balora.config import BALoRAConfig
 from balora.training.nlg import run_nlg
 from balora.training.run_config import build_config
 from tests.training.test_nlg import MAX_LENGTH, PROBLEMS, assets, nlg_config  # noqa: F401  (assets: a fixture)
@@ -103,6 +104,29 @@ def test_claims_and_noise_configs_share_their_selection() -> None:
     noise_opts, noise = sweeps["noise"]
     assert noise.tune == claims.tune and noise.results == claims.results
     assert sorted({c.config.data.answer_noise for c in nlg_cells(noise_opts, noise)}) == [0.2, 0.4]
+
+
+def test_lambda_config_scales_the_default_weights_at_the_selected_rate() -> None:
+    path = str(CONFIGS / "smollm2_arithmetic_lambdas.yaml")
+    opts = load_options(NLGBenchOptions, path, "bench")
+    sweep = nlg_sweep(opts, path)
+    cells = nlg_cells(opts, sweep)
+    assert len(cells) == 18 and sweep.tune_config() is None  # a fixed rate: the claims study's choice for v5
+    claims_path = str(CONFIGS / "smollm2_arithmetic_claims.yaml")
+    assert sweep.results == nlg_sweep(load_options(NLGBenchOptions, claims_path, "bench"), claims_path).results
+    default = BALoRAConfig(task="nlg")
+    weights = {}
+    for c in cells:
+        r = c.config.regularizers
+        assert (c.config.method.name, r.formula, c.config.train.lr) == ("ba-lora", "v5", 3e-4)
+        weights[c.variant] = (r.lambda_consistency, r.lambda_diversity, r.lambda_svd)
+    d = (default.lambda_consistency, default.lambda_diversity, default.lambda_svd)
+    assert weights["ba-lora v5 lambdas 0"] == (0.0, 0.0, 0.0)
+    for scale in (10, 100):
+        assert weights[f"ba-lora v5 x{scale}"] == pytest.approx(tuple(scale * w for w in d))
+    for i, term in enumerate(("consistency", "diversity", "svd")):
+        assert weights[f"ba-lora v5 {term} x10 only"] == pytest.approx(tuple(10 * w if j == i else 0.0
+                                                                               for j, w in enumerate(d)))
 
 
 def test_new_options_leave_old_run_keys_unchanged() -> None:
