@@ -60,7 +60,7 @@ def runs_by_group(records: list[dict], root: Path) -> dict[tuple[str, float], di
 def per_example(run: dict, measure: str) -> Optional[tuple[list, list[np.ndarray]]]:
     """(example ids, one array per value column) of ``measure`` for one run; None when its file is missing."""
     file, columns, _, _, _ = MEASURES[measure]
-    path = run["folder"] / file if run["folder"] is not None else None
+    path = run.get("files", {}).get(file) or (run["folder"] / file if run["folder"] is not None else None)
     if path is None or not path.is_file():
         return None
     rows = read_jsonl(path)
@@ -111,8 +111,17 @@ def value(runs: dict[int, dict], measure: str) -> Optional[dict]:
             "seeds": len(per_seed), "n": int(got[1][0].shape[1])}
 
 
-def report(records: list[dict], root: Path, n_boot: int = 5000) -> dict:
+def base_runs(files: dict[str, Path], seeds: set[int]) -> dict[int, dict]:
+    """The pretrained model as a run for every seed (greedy decoding: one set of generations serves every seed's
+    pairing); ``files`` maps a measure's file name (e.g. arithmetic_generations.jsonl) to the base model's file."""
+    return {s: {"folder": None, "files": dict(files), "seed": s} for s in seeds}
+
+
+def report(records: list[dict], root: Path, n_boot: int = 5000, base: Optional[dict[str, Path]] = None) -> dict:
     groups = runs_by_group(records, root)
+    if base:
+        seeds = {s for runs in groups.values() for s in runs}
+        groups[("base", 0.0)] = base_runs(base, seeds)
     out: dict = {"selection": [], "rows": [], "noise": [], "cost": []}
     for (variant, noise), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         tuning = next((r["tuning"] for r in runs.values() if r.get("tuning")), None)
@@ -126,13 +135,15 @@ def report(records: list[dict], root: Path, n_boot: int = 5000) -> dict:
             if v is None:
                 continue
             row = {"variant": variant, "noise": noise, "measure": measure, **v}
-            for ref in ("pissa", "lora"):
-                if ref != variant and (ref, noise) in groups:
+            for ref in ("pissa", "lora", "base"):
+                if ref != variant and (ref, noise) in groups and variant != "base":
                     row[f"minus_{ref}"] = compare(runs, groups[(ref, noise)], measure, n_boot)
             out["rows"].append(row)
             if noise > 0 and (variant, 0.0) in groups and measure in ("em_test", "em_ood"):
                 drop = compare(runs, groups[(variant, 0.0)], measure, n_boot)
                 out["noise"].append({"variant": variant, "noise": noise, "measure": measure, "drop": drop})
+        if variant == "base":
+            continue
         out["cost"].append({"variant": variant, "noise": noise, "runs": len(runs),
                             "train_seconds": float(np.mean([r.get("train_seconds") or 0 for r in runs.values()])),
                             "peak_memory_mb": float(np.max([r.get("peak_memory_mb") or 0 for r in runs.values()]))})
@@ -162,12 +173,15 @@ def markdown(result: dict) -> str:
             scores = "; ".join(f"{_values(v['values'])}: {v['score']:.3f}" for v in s["validation"])
             lines.append(f"| {s['noise']:.0%} | {s['variant']} | {scores} | {_values(s['choice'] or {})} |")
         lines.append("")
-    lines += ["| answer noise | method | measure | mean ± sd (seeds) | n | - PiSSA [95 %] | - LoRA [95 %] |",
-             "| ---: | --- | --- | --- | ---: | --- | --- |"]
+    with_base = any("minus_base" in r for r in result["rows"])
+    lines += ["| answer noise | method | measure | mean ± sd (seeds) | n | - PiSSA [95 %] | - LoRA [95 %] |"
+              + (" - base model [95 %] |" if with_base else ""),
+              "| ---: | --- | --- | --- | ---: | --- | --- |" + (" --- |" if with_base else "")]
     for r in result["rows"]:
+        base_cell = f" {_interval(r.get('minus_base'))} |" if with_base else ""
         lines.append(f"| {r['noise']:.0%} | {r['variant']} | {MEASURES[r['measure']][4]} | {r['mean']:.3f} ± "
                      f"{r['sd']:.3f} ({r['seeds']}) | {r['n']} | {_interval(r.get('minus_pissa'))} | "
-                     f"{_interval(r.get('minus_lora'))} |")
+                     f"{_interval(r.get('minus_lora'))} |{base_cell}")
     if result["noise"]:
         lines += ["", "| method | answer noise | measure | noisy - clean [95 %] |", "| --- | ---: | --- | --- |"]
         lines += [f"| {n['variant']} | {n['noise']:.0%} | {MEASURES[n['measure']][4]} | {_interval(n['drop'])} |"
@@ -188,8 +202,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--root", default=".", help="folder relative kept-generation paths are resolved from")
     p.add_argument("--out", default=None, help="folder for claims.json and claims.md")
     p.add_argument("--n-boot", type=int, default=5000)
+    p.add_argument("--base", nargs="*", default=[], metavar="FILE=PATH",
+                   help="the pretrained model's per-example files, e.g. arithmetic_generations.jsonl=base_test.jsonl "
+                        "(greedy, so one file pairs with every seed): adds a base row and each method - base")
     args = p.parse_args(argv)
-    result = report(read_results(args.results), Path(args.root), args.n_boot)
+    base = {}
+    for item in args.base:
+        name, sep, path = item.partition("=")
+        if not sep or name not in {m[0] for m in MEASURES.values()} or not Path(path).is_file():
+            p.error(f"--base {item!r}: expected FILE=PATH with FILE one of "
+                    f"{sorted({m[0] for m in MEASURES.values()})} and PATH an existing file")
+        base[name] = Path(path)
+    result = report(read_results(args.results), Path(args.root), args.n_boot, base=base or None)
     text = markdown(result)
     print(text)
     if args.out:

@@ -79,6 +79,22 @@ def test_selection_table_shows_each_rate_and_the_choice(claims, tmp_path):
     assert "| 0% | pissa | lr 0.0003: 0.200; lr 0.001: 0.360 | lr 0.001 |" in claims.markdown(result)
 
 
+def test_base_model_pairs_with_every_seed(claims, tmp_path):
+    records = [_run(tmp_path, "lora", 0, 0.0, [1, 1, 0, 0]), _run(tmp_path, "lora", 1, 0.0, [1, 0, 0, 0])]
+    base = tmp_path / "base_test.jsonl"
+    base.write_text("".join(json.dumps({"id": f"p{i}", "correct": c}) + "\n" for i, c in enumerate([1, 0, 0, 0])))
+    result = claims.report(records, tmp_path, n_boot=200, base={"arithmetic_generations.jsonl": base})
+    rows = {(r["variant"], r["measure"]): r for r in result["rows"]}
+    assert rows[("base", "em_test")]["mean"] == pytest.approx(25.0) and "minus_base" not in rows[("base", "em_test")]
+    assert rows[("lora", "em_test")]["minus_base"]["diff"] == pytest.approx(12.5)  # (50 + 25) / 2 - 25
+    assert [c["variant"] for c in result["cost"]] == ["lora"]  # the base model trained nothing
+    assert "| - base model [95 %] |" in claims.markdown(result)
+    with pytest.raises(SystemExit):  # an unknown file name or a missing file is refused before anything runs
+        claims.main(["--results", str(tmp_path / "none.jsonl"), "--base", f"nope.jsonl={base}"])
+    with pytest.raises(SystemExit):
+        claims.main(["--results", str(tmp_path / "none.jsonl"), "--base", "arithmetic_generations.jsonl=missing"])
+
+
 def test_runs_on_different_problems_are_refused(claims, tmp_path):
     records = [_run(tmp_path, "lora", 0, 0.0, [1, 0]), _run(tmp_path, "lora", 1, 0.0, [1, 0, 1])]
     with pytest.raises(ValueError, match="different examples"):
