@@ -122,8 +122,8 @@ class BALoRAConfig:
     nlu_rows: Literal["logits", "features"] = help_field(
         "NLU classification heads: where the three terms act. 'logits' = the (N, C) logits (the paper); 'features' "
         "= the pooled features fed to the head (N, H), as for regression heads: consistency as normalised MSE, the "
-        "covariance and SVD terms on H dimensions (the paper's 'representation collapse' framing). Not yet "
-        "measured; docs/results/verdict/multiemo.yaml has its variant.",
+        "covariance and SVD terms on H dimensions (the paper's 'representation collapse' framing). Measured on "
+        "MultiEmo (docs/results/verdict): at the default weights it cannot be told from PiSSA.",
         default="logits",
     )
     schedule: Optional[Literal["constant", "authors", "adaptive"]] = help_field(
