@@ -134,6 +134,8 @@ def report(records: list[dict], root: Path, n_boot: int = 5000, base: Optional[d
             v = value(runs, measure)
             if v is None:
                 continue
+            if variant == "base":  # one greedy run, repeated per seed only to pair with every seed
+                v = {**v, "seeds": 1, "sd": 0.0}
             row = {"variant": variant, "noise": noise, "measure": measure, **v}
             for ref in ("pissa", "lora", "base"):
                 if ref != variant and (ref, noise) in groups and variant != "base":

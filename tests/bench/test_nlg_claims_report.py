@@ -86,6 +86,7 @@ def test_base_model_pairs_with_every_seed(claims, tmp_path):
     result = claims.report(records, tmp_path, n_boot=200, base={"arithmetic_generations.jsonl": base})
     rows = {(r["variant"], r["measure"]): r for r in result["rows"]}
     assert rows[("base", "em_test")]["mean"] == pytest.approx(25.0) and "minus_base" not in rows[("base", "em_test")]
+    assert rows[("base", "em_test")]["seeds"] == 1  # one greedy run, not one per seed
     assert rows[("lora", "em_test")]["minus_base"]["diff"] == pytest.approx(12.5)  # (50 + 25) / 2 - 25
     assert [c["variant"] for c in result["cost"]] == ["lora"]  # the base model trained nothing
     assert "| - base model [95 %] |" in claims.markdown(result)
