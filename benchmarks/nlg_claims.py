@@ -117,6 +117,27 @@ def base_runs(files: dict[str, Path], seeds: set[int]) -> dict[int, dict]:
     return {s: {"folder": None, "files": dict(files), "seed": s} for s in seeds}
 
 
+TERMS = ("loss_consistency", "loss_diversity", "loss_svd")
+
+
+def terms(variant: str, noise: float, runs: dict[int, dict]) -> list[dict]:
+    """How much the regularisers weigh in training: at the first and last logged step, the task loss, the weighted
+    sum of the terms (total loss - task loss) and each raw term, averaged over seeds; [] for a method without them."""
+    curves = [r.get("loss_curve") or [] for r in runs.values()]
+    curves = [c for c in curves if c and all(t in c[0] for t in TERMS)]
+    if not curves:
+        return []
+    out = []
+    for label, idx in (("first", 0), ("last", -1)):
+        points = [c[idx] for c in curves]
+        out.append({"variant": variant, "noise": noise, "at": label, "step": int(points[0]["step"]),
+                    "seeds": len(points),
+                    "task": float(np.mean([p["loss_task"] for p in points])),
+                    "weighted_terms": float(np.mean([p["loss"] - p["loss_task"] for p in points])),
+                    **{t: float(np.mean([p[t] for p in points])) for t in TERMS}})
+    return out
+
+
 def report(records: list[dict], root: Path, n_boot: int = 5000, base: Optional[dict[str, Path]] = None) -> dict:
     groups = runs_by_group(records, root)
     if base:
@@ -149,6 +170,8 @@ def report(records: list[dict], root: Path, n_boot: int = 5000, base: Optional[d
         out["cost"].append({"variant": variant, "noise": noise, "runs": len(runs),
                             "train_seconds": float(np.mean([r.get("train_seconds") or 0 for r in runs.values()])),
                             "peak_memory_mb": float(np.max([r.get("peak_memory_mb") or 0 for r in runs.values()]))})
+    out["terms"] = [t for (variant, noise), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+                    if variant != "base" for t in terms(variant, noise, runs)]
     lora = {c["noise"]: c["train_seconds"] for c in out["cost"] if c["variant"] == "lora"}
     for c in out["cost"]:
         c["train_time_vs_lora"] = c["train_seconds"] / lora[c["noise"]] if lora.get(c["noise"]) else None
@@ -188,6 +211,12 @@ def markdown(result: dict) -> str:
         lines += ["", "| method | answer noise | measure | noisy - clean [95 %] |", "| --- | ---: | --- | --- |"]
         lines += [f"| {n['variant']} | {n['noise']:.0%} | {MEASURES[n['measure']][4]} | {_interval(n['drop'])} |"
                   for n in result["noise"]]
+    if result.get("terms"):
+        lines += ["", "| method | answer noise | logged step | task loss | weighted terms (loss - task) | consistency | "
+                      "diversity | SVD |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {t['variant']} | {t['noise']:.0%} | {t['step']} | {t['task']:.4f} | {t['weighted_terms']:+.4f} | "
+                  f"{t['loss_consistency']:.4f} | {t['loss_diversity']:.4f} | {t['loss_svd']:.4f} |"
+                  for t in result["terms"]]
     lines += ["", "| method | answer noise | runs | train s (mean) | vs LoRA | peak memory MB |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for c in result["cost"]:

@@ -96,6 +96,23 @@ def test_base_model_pairs_with_every_seed(claims, tmp_path):
         claims.main(["--results", str(tmp_path / "none.jsonl"), "--base", "arithmetic_generations.jsonl=missing"])
 
 
+def test_terms_table_shows_what_the_regularisers_weigh(claims, tmp_path):
+    def curve(task, total, c):
+        return [{"step": 5, "loss": 1.0, "loss_task": 1.0, "loss_consistency": 0.0, "loss_diversity": -1.0,
+                 "loss_svd": -0.9},
+                {"step": 40, "loss": total, "loss_task": task, "loss_consistency": c, "loss_diversity": -0.2,
+                 "loss_svd": -0.9}]
+    records = [{**_run(tmp_path, "ba-lora v5", 0, 0.0, [1]), "loss_curve": curve(0.1, 0.15, 2.0)},
+               {**_run(tmp_path, "ba-lora v5", 1, 0.0, [0]), "loss_curve": curve(0.2, 0.23, 1.0)},
+               {**_run(tmp_path, "lora", 0, 0.0, [1]), "loss_curve": [{"step": 5, "loss": 1.0, "loss_task": 1.0}]}]
+    result = claims.report(records, tmp_path, n_boot=10)
+    first, last = result["terms"]  # LoRA has no terms: no rows
+    assert (first["at"], first["step"], last["step"], last["seeds"]) == ("first", 5, 40, 2)
+    assert (last["task"], last["weighted_terms"], last["loss_consistency"]) == \
+        (pytest.approx(0.15), pytest.approx(0.04), pytest.approx(1.5))
+    assert "| ba-lora v5 | 0% | 40 | 0.1500 | +0.0400 | 1.5000 | -0.2000 | -0.9000 |" in claims.markdown(result)
+
+
 def test_runs_on_different_problems_are_refused(claims, tmp_path):
     records = [_run(tmp_path, "lora", 0, 0.0, [1, 0]), _run(tmp_path, "lora", 1, 0.0, [1, 0, 1])]
     with pytest.raises(ValueError, match="different examples"):
