@@ -34,7 +34,7 @@ MEASURES: dict[str, tuple[str, tuple[str, ...], Callable[..., np.ndarray], float
     "distinct_2": ("arithmetic_samples.jsonl", ("distinct_2",), lambda v: v.mean(1), 1.0, "distinct-2"),
     "self_bleu": ("arithmetic_samples.jsonl", ("self_bleu",), lambda v: v.mean(1), 1.0, "self-BLEU (lower = diverse)"),
     "kl": ("retention_examples.jsonl", ("kl", "tokens"), lambda k, t: k.sum(1) / np.maximum(t.sum(1), 1), 1.0,
-           "retention KL(base || tuned) per token"),
+           "retention KL(base ‖ tuned) per token"),
     "tuned_nll": ("retention_examples.jsonl", ("tuned_nll", "tokens"),
                   lambda k, t: k.sum(1) / np.maximum(t.sum(1), 1), 1.0, "general-prompt loss (tuned)"),
 }
@@ -189,6 +189,30 @@ def _values(values: dict) -> str:
                      for k, v in values.items())
 
 
+SUMMARY = ("em_test", "em_ood", "distinct_2", "self_bleu", "kl")
+
+
+def summary(result: dict, noise: float = 0.0) -> str:
+    """One row per method (mean ± sd over seeds of the main measures, with the selected setting), then one row per
+    method and reference (PiSSA, LoRA) of the paired differences: the short form of the tables."""
+    rows = {(r["variant"], r["measure"]): r for r in result["rows"] if r["noise"] == noise}
+    chosen = {s["variant"]: _values(s["choice"] or {}) for s in result.get("selection", []) if s["noise"] == noise}
+    variants = sorted({v for v, _ in rows}, key=lambda v: (v != "base", v))
+    head = " | ".join(MEASURES[m][4] for m in SUMMARY)
+    lines = [f"| method | selected | {head} |", "| --- | --- |" + " ---: |" * len(SUMMARY)]
+    for v in variants:
+        cells = [f"{rows[(v, m)]['mean']:.3f} ± {rows[(v, m)]['sd']:.3f}" if (v, m) in rows else "-" for m in SUMMARY]
+        lines.append(f"| {v} | {chosen.get(v, '-')} | " + " | ".join(cells) + " |")
+    lines += ["", f"| difference | {head} |", "| --- |" + " --- |" * len(SUMMARY)]
+    for ref in ("pissa", "lora", "base"):
+        for v in variants:
+            if v in (ref, "base") or not any(f"minus_{ref}" in rows.get((v, m), {}) for m in SUMMARY):
+                continue
+            cells = [_interval(rows.get((v, m), {}).get(f"minus_{ref}")) for m in SUMMARY]
+            lines.append(f"| {v} - {'base model' if ref == 'base' else ref} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(result: dict) -> str:
     lines = []
     if result.get("selection"):
@@ -245,7 +269,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     f"{sorted({m[0] for m in MEASURES.values()})} and PATH an existing file")
         base[name] = Path(path)
     result = report(read_results(args.results), Path(args.root), args.n_boot, base=base or None)
-    text = markdown(result)
+    text = "## Summary\n\n" + summary(result) + "\n\n## All measures\n\n" + markdown(result)
     print(text)
     if args.out:
         write_json_atomic(Path(args.out) / "claims.json", result)

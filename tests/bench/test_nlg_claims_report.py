@@ -64,6 +64,9 @@ def test_report_values_intervals_and_drops(claims, tmp_path):
     text = claims.markdown(result)
     assert "| 0% | lora | in-domain EM % | 37.500 ± 17.678 (2) | 4 | -50.000 [" in text
     assert "| lora | 40% | in-domain EM % | -37.500 [" in text
+    short = claims.summary(result)  # clean runs only: one row per method, then the paired differences
+    assert "| lora | - | 37.500 ± 17.678 | - | - | - | 0.150 ± 0.071 |" in short
+    assert "| lora - pissa | -50.000 [" in short and "| pissa - lora | +50.000 [" in short
 
 
 def test_selection_table_shows_each_rate_and_the_choice(claims, tmp_path):
