@@ -143,7 +143,7 @@ def report(records: list[dict], root: Path, n_boot: int = 5000, base: Optional[d
     if base:
         seeds = {s for runs in groups.values() for s in runs}
         groups[("base", 0.0)] = base_runs(base, seeds)
-    out: dict = {"selection": [], "rows": [], "noise": [], "cost": []}
+    out: dict = {"selection": [], "rows": [], "noise": [], "cost": [], "terms": []}
     for (variant, noise), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         tuning = next((r["tuning"] for r in runs.values() if r.get("tuning")), None)
         if tuning:  # the same selection for every seed of a group (one record carries it per final run)
@@ -170,8 +170,7 @@ def report(records: list[dict], root: Path, n_boot: int = 5000, base: Optional[d
         out["cost"].append({"variant": variant, "noise": noise, "runs": len(runs),
                             "train_seconds": float(np.mean([r.get("train_seconds") or 0 for r in runs.values()])),
                             "peak_memory_mb": float(np.max([r.get("peak_memory_mb") or 0 for r in runs.values()]))})
-    out["terms"] = [t for (variant, noise), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-                    if variant != "base" for t in terms(variant, noise, runs)]
+        out["terms"] += terms(variant, noise, runs)
     lora = {c["noise"]: c["train_seconds"] for c in out["cost"] if c["variant"] == "lora"}
     for c in out["cost"]:
         c["train_time_vs_lora"] = c["train_seconds"] / lora[c["noise"]] if lora.get(c["noise"]) else None
