@@ -10,6 +10,10 @@ sums and token counts per general prompt). The paired bootstrap (:mod:`balora.re
 
     python benchmarks/nlg_claims.py --results results/nlg_arithmetic_claims.jsonl --out docs/results/nlg_claims
 
+Under noise, each method's drop (noisy - clean) is also paired against PiSSA's and LoRA's drop: the robustness
+claim is about a smaller drop, not a higher noisy score. ``--ref VARIANT`` adds another reference every method is
+paired against (the lambda rows' lr-matched control, "ba-lora v5 lambdas 0").
+
 Prints the Markdown tables and writes ``claims.json`` and ``claims.md`` into ``--out``.
 """
 
@@ -100,6 +104,28 @@ def compare(runs_a: dict[int, dict], runs_b: dict[int, dict], measure: str, n_bo
             "excludes_0": not d.within_noise}
 
 
+def compare_drops(noisy_a: dict[int, dict], clean_a: dict[int, dict], noisy_b: dict[int, dict],
+                  clean_b: dict[int, dict], measure: str, n_boot: int) -> Optional[dict]:
+    """Paired bootstrap of A's noise drop minus B's, (noisy A - clean A) - (noisy B - clean B), over the seeds all four
+    groups have. Negative: A loses more to the noise than B. Exact match only (a mean over problems, so the drop of
+    the mean is the mean of the per-problem drops and the four runs pair by seed and problem)."""
+    seeds = sorted(set(noisy_a) & set(clean_a) & set(noisy_b) & set(clean_b))
+    got = [stack(g, seeds, measure) for g in (noisy_a, clean_a, noisy_b, clean_b)]
+    if not seeds or any(g is None for g in got):
+        return None
+    ids = [str(i) for i in got[0][0]]
+    aligned = []
+    for ex_ids, (values,) in got:
+        if sorted(map(str, ex_ids)) != sorted(ids):
+            raise ValueError(f"{measure}: the runs were scored on different examples; compare like with like")
+        order = {str(i): k for k, i in enumerate(ex_ids)}
+        aligned.append(values[:, [order[i] for i in ids]])
+    _, _, metric, scale, _ = MEASURES[measure]
+    d = paired_rows_bootstrap(metric, (aligned[0] - aligned[1],), (aligned[2] - aligned[3],), n_boot=n_boot)
+    return {"diff": d.diff * scale, "low": d.low * scale, "high": d.high * scale, "seeds": seeds,
+            "excludes_0": not d.within_noise}
+
+
 def value(runs: dict[int, dict], measure: str) -> Optional[dict]:
     """Mean and standard deviation over seeds of ``measure`` (from the per-example files)."""
     got = stack(runs, sorted(runs), measure)
@@ -138,7 +164,14 @@ def terms(variant: str, noise: float, runs: dict[int, dict]) -> list[dict]:
     return out
 
 
-def report(records: list[dict], root: Path, n_boot: int = 5000, base: Optional[dict[str, Path]] = None) -> dict:
+REFS = ("pissa", "lora")
+
+
+def report(records: list[dict], root: Path, n_boot: int = 5000, base: Optional[dict[str, Path]] = None,
+           extra_refs: tuple[str, ...] = ()) -> dict:
+    """Every group's measures with paired differences against PiSSA, LoRA, the base model (when given) and each of
+    ``extra_refs`` (variant names, e.g. the lr-matched control "ba-lora v5 lambdas 0"); noise drops, and each
+    method's drop against PiSSA's and LoRA's; terms and cost."""
     groups = runs_by_group(records, root)
     if base:
         seeds = {s for runs in groups.values() for s in runs}
@@ -158,13 +191,18 @@ def report(records: list[dict], root: Path, n_boot: int = 5000, base: Optional[d
             if variant == "base":  # one greedy run, repeated per seed only to pair with every seed
                 v = {**v, "seeds": 1, "sd": 0.0}
             row = {"variant": variant, "noise": noise, "measure": measure, **v}
-            for ref in ("pissa", "lora", "base"):
+            for ref in (*REFS, "base", *extra_refs):
                 if ref != variant and (ref, noise) in groups and variant != "base":
                     row[f"minus_{ref}"] = compare(runs, groups[(ref, noise)], measure, n_boot)
             out["rows"].append(row)
             if noise > 0 and (variant, 0.0) in groups and measure in ("em_test", "em_ood"):
                 drop = compare(runs, groups[(variant, 0.0)], measure, n_boot)
-                out["noise"].append({"variant": variant, "noise": noise, "measure": measure, "drop": drop})
+                entry = {"variant": variant, "noise": noise, "measure": measure, "drop": drop}
+                for ref in REFS:
+                    if ref != variant and (ref, noise) in groups and (ref, 0.0) in groups:
+                        entry[f"drop_minus_{ref}"] = compare_drops(runs, groups[(variant, 0.0)], groups[(ref, noise)],
+                                                                   groups[(ref, 0.0)], measure, n_boot)
+                out["noise"].append(entry)
         if variant == "base":
             continue
         out["cost"].append({"variant": variant, "noise": noise, "runs": len(runs),
@@ -191,7 +229,7 @@ def _values(values: dict) -> str:
 SUMMARY = ("em_test", "em_ood", "distinct_2", "self_bleu", "kl")
 
 
-def summary(result: dict, noise: float = 0.0) -> str:
+def summary(result: dict, noise: float = 0.0, extra_refs: tuple[str, ...] = ()) -> str:
     """One row per method (mean ± sd over seeds of the main measures, with the selected setting), then one row per
     method and reference (PiSSA, LoRA) of the paired differences: the short form of the tables."""
     rows = {(r["variant"], r["measure"]): r for r in result["rows"] if r["noise"] == noise}
@@ -203,7 +241,7 @@ def summary(result: dict, noise: float = 0.0) -> str:
         cells = [f"{rows[(v, m)]['mean']:.3f} ± {rows[(v, m)]['sd']:.3f}" if (v, m) in rows else "-" for m in SUMMARY]
         lines.append(f"| {v} | {chosen.get(v, '-')} | " + " | ".join(cells) + " |")
     lines += ["", f"| difference | {head} |", "| --- |" + " --- |" * len(SUMMARY)]
-    for ref in ("pissa", "lora", "base"):
+    for ref in (*REFS, "base", *extra_refs):
         for v in variants:
             if v in (ref, "base") or not any(f"minus_{ref}" in rows.get((v, m), {}) for m in SUMMARY):
                 continue
@@ -230,9 +268,17 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['noise']:.0%} | {r['variant']} | {MEASURES[r['measure']][4]} | {r['mean']:.3f} ± "
                      f"{r['sd']:.3f} ({r['seeds']}) | {r['n']} | {_interval(r.get('minus_pissa'))} | "
                      f"{_interval(r.get('minus_lora'))} |{base_cell}")
+    extra = sorted({k[len("minus_"):] for r in result["rows"] for k in r
+                    if k.startswith("minus_") and k[len("minus_"):] not in (*REFS, "base")})
+    for ref in extra:  # e.g. each lambda variant against its lr-matched control
+        lines += ["", f"| answer noise | method | measure | - {ref} [95 %] |", "| ---: | --- | --- | --- |"]
+        lines += [f"| {r['noise']:.0%} | {r['variant']} | {MEASURES[r['measure']][4]} | "
+                  f"{_interval(r[f'minus_{ref}'])} |" for r in result["rows"] if r.get(f"minus_{ref}")]
     if result["noise"]:
-        lines += ["", "| method | answer noise | measure | noisy - clean [95 %] |", "| --- | ---: | --- | --- |"]
-        lines += [f"| {n['variant']} | {n['noise']:.0%} | {MEASURES[n['measure']][4]} | {_interval(n['drop'])} |"
+        lines += ["", "| method | answer noise | measure | noisy - clean [95 %] | drop - PiSSA's drop [95 %] | "
+                      "drop - LoRA's drop [95 %] |", "| --- | ---: | --- | --- | --- | --- |"]
+        lines += [f"| {n['variant']} | {n['noise']:.0%} | {MEASURES[n['measure']][4]} | {_interval(n['drop'])} | "
+                  f"{_interval(n.get('drop_minus_pissa'))} | {_interval(n.get('drop_minus_lora'))} |"
                   for n in result["noise"]]
     if result.get("terms"):
         lines += ["", "| method | answer noise | logged step | task loss | weighted terms (loss - task) | consistency | "
@@ -259,6 +305,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--base", nargs="*", default=[], metavar="FILE=PATH",
                    help="the pretrained model's per-example files, e.g. arithmetic_generations.jsonl=base_test.jsonl "
                         "(greedy, so one file pairs with every seed): adds a base row and each method - base")
+    p.add_argument("--ref", action="append", default=[], metavar="VARIANT",
+                   help="another reference every method is paired against, besides PiSSA and LoRA (repeatable), "
+                        "e.g. --ref 'ba-lora v5 lambdas 0' (the lr-matched control of the lambda rows)")
     args = p.parse_args(argv)
     base = {}
     for item in args.base:
@@ -267,8 +316,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             p.error(f"--base {item!r}: expected FILE=PATH with FILE one of "
                     f"{sorted({m[0] for m in MEASURES.values()})} and PATH an existing file")
         base[name] = Path(path)
-    result = report(read_results(args.results), Path(args.root), args.n_boot, base=base or None)
-    text = "## Summary\n\n" + summary(result) + "\n\n## All measures\n\n" + markdown(result)
+    result = report(read_results(args.results), Path(args.root), args.n_boot, base=base or None,
+                    extra_refs=tuple(args.ref))
+    text = "## Summary\n\n" + summary(result, extra_refs=tuple(args.ref))
+    noisy = sorted({r["noise"] for r in result["rows"] if r["noise"] > 0})
+    for level in noisy:
+        text += f"\n\n### Trained with {level:.0%} of the answers wrong\n\n" + summary(result, level)
+    text += "\n\n## All measures\n\n" + markdown(result)
     print(text)
     if args.out:
         write_json_atomic(Path(args.out) / "claims.json", result)

@@ -69,6 +69,40 @@ def test_report_values_intervals_and_drops(claims, tmp_path):
     assert "| lora - pissa | -50.000 [" in short and "| pissa - lora | +50.000 [" in short
 
 
+def test_noise_drop_is_paired_against_pissas_and_loras_drop(claims, tmp_path):
+    records = [
+        _run(tmp_path, "lora", 0, 0.0, [1, 1, 1, 0]), _run(tmp_path, "lora", 1, 0.0, [1, 1, 0, 0]),
+        _run(tmp_path, "lora", 0, 0.4, [1, 0, 0, 0]), _run(tmp_path, "lora", 1, 0.4, [0, 0, 0, 0]),  # drop -50
+        _run(tmp_path, "pissa", 0, 0.0, [1, 1, 1, 1]), _run(tmp_path, "pissa", 1, 0.0, [1, 1, 1, 0]),
+        _run(tmp_path, "pissa", 0, 0.4, [1, 1, 1, 0]), _run(tmp_path, "pissa", 1, 0.4, [1, 1, 0, 0]),  # drop -25
+        _run(tmp_path, "ba-lora v5", 0, 0.0, [1, 1, 0, 0]), _run(tmp_path, "ba-lora v5", 1, 0.0, [1, 1, 0, 0]),
+        _run(tmp_path, "ba-lora v5", 0, 0.4, [1, 1, 0, 0]),  # seed 1 noisy missing: seed 0 only, drop 0
+    ]
+    result = claims.report(records, tmp_path, n_boot=200)
+    drops = {n["variant"]: n for n in result["noise"] if n["measure"] == "em_test"}
+    assert drops["lora"]["drop"]["diff"] == pytest.approx(-50.0)  # 12.5 - 62.5
+    assert drops["lora"]["drop_minus_pissa"]["diff"] == pytest.approx(-25.0)  # LoRA loses more than PiSSA
+    assert "drop_minus_lora" not in drops["lora"]  # no reference against itself
+    assert drops["pissa"]["drop_minus_lora"]["diff"] == pytest.approx(25.0)
+    v5 = drops["ba-lora v5"]
+    assert v5["drop_minus_pissa"]["seeds"] == [0]  # only the seeds all four groups have
+    assert v5["drop_minus_pissa"]["diff"] == pytest.approx(0.0 - (75.0 - 100.0))
+    text = claims.markdown(result)
+    assert "| lora | 40% | in-domain EM % | -50.000 [" in text and "| drop - PiSSA's drop [95 %] |" in text
+
+
+def test_extra_reference_gets_its_own_paired_column(claims, tmp_path):
+    records = [_run(tmp_path, "ba-lora v5 lambdas 0", s, 0.0, [1, 0, 0, 0]) for s in (0, 1)]
+    records += [_run(tmp_path, "ba-lora v5 x10", s, 0.0, [1, 1, 0, 0]) for s in (0, 1)]
+    result = claims.report(records, tmp_path, n_boot=50, extra_refs=("ba-lora v5 lambdas 0",))
+    rows = {(r["variant"], r["measure"]): r for r in result["rows"]}
+    assert rows[("ba-lora v5 x10", "em_test")]["minus_ba-lora v5 lambdas 0"]["diff"] == pytest.approx(25.0)
+    assert "minus_ba-lora v5 lambdas 0" not in rows[("ba-lora v5 lambdas 0", "em_test")]
+    assert "| 0% | ba-lora v5 x10 | in-domain EM % | +25.000 [" in claims.markdown(result)
+    short = claims.summary(result, extra_refs=("ba-lora v5 lambdas 0",))
+    assert "| ba-lora v5 x10 - ba-lora v5 lambdas 0 | +25.000 [" in short
+
+
 def test_selection_table_shows_each_rate_and_the_choice(claims, tmp_path):
     tuning = {"metric": "scores.arithmetic", "choice": {"train.lr": 0.001}, "select_with": {"data.answer_noise": 0.0},
               "validation": [{"values": {"train.lr": 0.0003}, "score": 0.2, "per_seed": [0.2]},
