@@ -235,17 +235,18 @@ def summary(result: dict, noise: float = 0.0, extra_refs: tuple[str, ...] = ()) 
     rows = {(r["variant"], r["measure"]): r for r in result["rows"] if r["noise"] == noise}
     chosen = {s["variant"]: _values(s["choice"] or {}) for s in result.get("selection", []) if s["noise"] == noise}
     variants = sorted({v for v, _ in rows}, key=lambda v: (v != "base", v))
-    head = " | ".join(MEASURES[m][4] for m in SUMMARY)
-    lines = [f"| method | selected | {head} |", "| --- | --- |" + " ---: |" * len(SUMMARY)]
+    measures = [m for m in SUMMARY if any((v, m) in rows for v in variants)]  # no column without a value
+    head = " | ".join(MEASURES[m][4] for m in measures)
+    lines = [f"| method | selected | {head} |", "| --- | --- |" + " ---: |" * len(measures)]
     for v in variants:
-        cells = [f"{rows[(v, m)]['mean']:.3f} ± {rows[(v, m)]['sd']:.3f}" if (v, m) in rows else "-" for m in SUMMARY]
+        cells = [f"{rows[(v, m)]['mean']:.3f} ± {rows[(v, m)]['sd']:.3f}" if (v, m) in rows else "-" for m in measures]
         lines.append(f"| {v} | {chosen.get(v, '-')} | " + " | ".join(cells) + " |")
-    lines += ["", f"| difference | {head} |", "| --- |" + " --- |" * len(SUMMARY)]
+    lines += ["", f"| difference | {head} |", "| --- |" + " --- |" * len(measures)]
     for ref in (*REFS, "base", *extra_refs):
         for v in variants:
-            if v in (ref, "base") or not any(f"minus_{ref}" in rows.get((v, m), {}) for m in SUMMARY):
+            if v in (ref, "base") or not any(f"minus_{ref}" in rows.get((v, m), {}) for m in measures):
                 continue
-            cells = [_interval(rows.get((v, m), {}).get(f"minus_{ref}")) for m in SUMMARY]
+            cells = [_interval(rows.get((v, m), {}).get(f"minus_{ref}")) for m in measures]
             lines.append(f"| {v} - {'base model' if ref == 'base' else ref} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
