@@ -71,12 +71,14 @@ def per_example(run: dict, measure: str) -> Optional[tuple[list, list[np.ndarray
     return [r["id"] for r in rows], [np.array([float(r[c]) for r in rows]) for c in columns]
 
 
-def stack(runs: dict[int, dict], seeds: list[int], measure: str) -> Optional[tuple[list, list[np.ndarray]]]:
-    """(S, N) arrays of ``measure`` over ``seeds`` (rows aligned by example id); None if any run lacks it."""
+def stack(runs: dict[int, dict], seeds: list[int], measure: str,
+          ids: Optional[list] = None) -> Optional[tuple[list, list[np.ndarray]]]:
+    """(S, N) arrays of ``measure`` over ``seeds``, columns in the order of ``ids`` (default: the first run's
+    example ids); None if any run lacks it. Runs scored on other examples than ``ids`` are an error."""
     got = [per_example(runs[s], measure) for s in seeds]
     if not got or any(g is None for g in got):
         return None
-    ids = got[0][0]
+    ids = got[0][0] if ids is None else ids
     arrays = []
     for ex_ids, values in got:
         if sorted(map(str, ex_ids)) != sorted(map(str, ids)):
@@ -86,22 +88,25 @@ def stack(runs: dict[int, dict], seeds: list[int], measure: str) -> Optional[tup
     return ids, [np.stack([a[c] for a in arrays]) for c in range(len(arrays[0]))]
 
 
+def _scaled(d, measure: str, seeds: list[int]) -> dict:
+    """A bootstrap result in the measure's reporting scale."""
+    scale = MEASURES[measure][3]
+    return {"diff": d.diff * scale, "low": d.low * scale, "high": d.high * scale, "seeds": seeds,
+            "excludes_0": not d.within_noise}
+
+
 def compare(runs_a: dict[int, dict], runs_b: dict[int, dict], measure: str, n_boot: int) -> Optional[dict]:
     """Paired bootstrap of A - B over the seeds both have (the point value and the 95 % interval, scaled)."""
     seeds = sorted(set(runs_a) & set(runs_b))
-    a, b = stack(runs_a, seeds, measure), stack(runs_b, seeds, measure)
+    a = stack(runs_a, seeds, measure)
+    b = stack(runs_b, seeds, measure, ids=a[0]) if a is not None else None  # B's examples in A's order
     if a is None or b is None:
         return None
-    if [str(i) for i in a[0]] != [str(i) for i in b[0]]:  # align B's examples to A's order
-        order = {str(i): k for k, i in enumerate(b[0])}
-        b = (a[0], [x[:, [order[str(i)] for i in a[0]]] for x in b[1]])
-    _, _, metric, scale, _ = MEASURES[measure]
     if measure in ("kl", "tuned_nll"):
         d = paired_loss_bootstrap(a[1][0], a[1][1], b[1][0], b[1][1], n_boot=n_boot)
     else:
-        d = paired_rows_bootstrap(metric, tuple(a[1]), tuple(b[1]), n_boot=n_boot)
-    return {"diff": d.diff * scale, "low": d.low * scale, "high": d.high * scale, "seeds": seeds,
-            "excludes_0": not d.within_noise}
+        d = paired_rows_bootstrap(MEASURES[measure][2], tuple(a[1]), tuple(b[1]), n_boot=n_boot)
+    return _scaled(d, measure, seeds)
 
 
 def compare_drops(noisy_a: dict[int, dict], clean_a: dict[int, dict], noisy_b: dict[int, dict],
@@ -110,20 +115,14 @@ def compare_drops(noisy_a: dict[int, dict], clean_a: dict[int, dict], noisy_b: d
     groups have. Negative: A loses more to the noise than B. Exact match only (a mean over problems, so the drop of
     the mean is the mean of the per-problem drops and the four runs pair by seed and problem)."""
     seeds = sorted(set(noisy_a) & set(clean_a) & set(noisy_b) & set(clean_b))
-    got = [stack(g, seeds, measure) for g in (noisy_a, clean_a, noisy_b, clean_b)]
-    if not seeds or any(g is None for g in got):
+    first = stack(noisy_a, seeds, measure)
+    if first is None:
         return None
-    ids = [str(i) for i in got[0][0]]
-    aligned = []
-    for ex_ids, (values,) in got:
-        if sorted(map(str, ex_ids)) != sorted(ids):
-            raise ValueError(f"{measure}: the runs were scored on different examples; compare like with like")
-        order = {str(i): k for k, i in enumerate(ex_ids)}
-        aligned.append(values[:, [order[i] for i in ids]])
-    _, _, metric, scale, _ = MEASURES[measure]
-    d = paired_rows_bootstrap(metric, (aligned[0] - aligned[1],), (aligned[2] - aligned[3],), n_boot=n_boot)
-    return {"diff": d.diff * scale, "low": d.low * scale, "high": d.high * scale, "seeds": seeds,
-            "excludes_0": not d.within_noise}
+    got = [first] + [stack(g, seeds, measure, ids=first[0]) for g in (clean_a, noisy_b, clean_b)]
+    if any(g is None for g in got):
+        return None
+    (na,), (ca,), (nb,), (cb,) = (g[1] for g in got)
+    return _scaled(paired_rows_bootstrap(MEASURES[measure][2], (na - ca,), (nb - cb,), n_boot=n_boot), measure, seeds)
 
 
 def value(runs: dict[int, dict], measure: str) -> Optional[dict]:
